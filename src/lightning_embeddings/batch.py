@@ -1,0 +1,75 @@
+"""What a validation batch says about its samples: their dataset indices, labels, predictions, attention mask."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
+
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def per_sample(value: Any, batch_size: int) -> Optional[np.ndarray]:
+    """``value`` as a 1-D array of ``batch_size`` values, or None when it does not hold one value per sample."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    elif isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, float, str, np.generic)) for v in value):
+            return None
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != batch_size or value.size != batch_size:
+        return None
+    return value.reshape(batch_size)
+
+
+def batch_labels(batch: Any, batch_size: int, label_key: Optional[str] = None) -> Optional[np.ndarray]:
+    """The batch's per-sample labels: ``batch[label_key]``, a dict's ``label``/``labels``/``target``/``targets``/``y``,
+    or the second item of an ``(x, y)`` tuple; None when there are none."""
+    if label_key is not None:
+        return per_sample(batch[label_key], batch_size) if isinstance(batch, Mapping) and label_key in batch else None
+    if isinstance(batch, Mapping):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        return None if key is None else per_sample(batch[key], batch_size)
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return per_sample(batch[1], batch_size)
+    return None
+
+
+def batch_ids(batch: Any, batch_size: int, id_key: Optional[str]) -> Optional[np.ndarray]:
+    """Sample ids the batch carries under ``id_key``, as int64."""
+    if id_key is None:
+        return None
+    ids = per_sample(batch[id_key], batch_size) if isinstance(batch, Mapping) and id_key in batch else None
+    if ids is None or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"id_key {id_key!r}: the batch must hold one integer id per sample under {id_key!r}.")
+    return ids.astype(np.int64)
+
+
+def attention_mask(batch: Any) -> Optional[Tensor]:
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask if isinstance(mask, Tensor) else None
+
+
+def sample_order(loader: Any) -> Optional[np.ndarray]:
+    """The dataset indices in the order ``loader`` visits them, when that order is fixed; None when it is not
+    (a shuffling sampler, an iterable dataset, a sampler of unknown kind)."""
+    if not isinstance(loader, DataLoader):
+        return None
+    sampler = loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
+    if isinstance(sampler, SequentialSampler):
+        return np.arange(len(sampler), dtype=np.int64)
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
+        return np.fromiter(iter(sampler), dtype=np.int64)
+    return None
+
+
+def loaders(val_dataloaders: Any) -> list[Any]:
+    """The trainer's validation dataloaders as a list indexed by ``dataloader_idx``."""
+    if isinstance(val_dataloaders, Mapping):
+        return list(val_dataloaders.values())
+    if isinstance(val_dataloaders, (list, tuple)):
+        return list(val_dataloaders)
+    return [val_dataloaders]

@@ -1,0 +1,397 @@
+"""``EmbeddingCollector``: the Lightning callback. Nothing but wiring of layers, reshape, capture, store and reduce
+into Lightning's hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import pyarrow as pa
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import WarningCache
+from typing_extensions import override
+
+from lightning_embeddings import batch as batches
+from lightning_embeddings import reduce as reducers
+from lightning_embeddings import store
+from lightning_embeddings.capture import LayerCapture, OutputKey
+from lightning_embeddings.layers import LayerSpec, resolve_layers
+from lightning_embeddings.reshape import Strategy, resolve_strategy
+from lightning_embeddings.run import EmbeddingRun
+
+_PerLayer = Mapping[Union[int, str], Any]
+
+
+class EmbeddingCollector(Callback):
+    """Record each validation sample's activations at chosen layers, every validation epoch, to Parquet; at the
+    end of ``fit`` fit a reducer on the last epoch and project every epoch through it into one shared map.
+
+    Args:
+        layers: the layers to record: an ``int`` is a position in ``pl_module.named_modules()`` (0 is the
+            LightningModule itself, as 3LC counts), a ``str`` a module name such as ``"backbone.layer4.1"``.
+        reshape: how a layer's output becomes one vector per sample, for every layer or as a mapping from layer
+            spec to strategy: ``"mean"`` (average over dims 2.., ``(B, C, H, W) -> (B, C)``), ``"token_mean"``
+            (``(B, T, D) -> (B, D)``, padding left out where the batch has an ``attention_mask``), ``"cls"``
+            (token 0), ``"flatten"``, ``"avg_pool_N_N"`` (pool a ``(B, C, H, W)`` map to ``N x N``, then flatten),
+            a callable ``Tensor[B, ...] -> Tensor[B, D]``, or its import path ``"package.module:function"``.
+        output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
+            for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
+        dirpath: where the run is written; by default ``<trainer.log_dir>/embeddings``.
+        every_n_epochs: record the validation epochs ``0, n, 2n, ...`` (and the last one of ``max_epochs``).
+        max_samples: record at most this many samples per epoch and dataloader: the same first ones every epoch.
+        reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
+            ``fit``/``transform`` (a fresh copy is fitted per layer).
+        n_components: 2 or 3 dimensional maps.
+        reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``.
+        seed: random state of the reducer, for reproducible maps (``None``: not reproducible, faster UMAP).
+        label_key: the key of the per-sample labels in a dict batch; by default ``label``, ``labels``,
+            ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
+        id_key: the key of per-sample dataset ids in a dict batch; by default a sample's id is its index in the
+            validation dataset, read from a sequential sampler's order.
+        overwrite: replace a run already in ``dirpath``; by default that is an error, so nothing is lost.
+
+    Predictions are recorded when ``validation_step`` returns a dict with ``"preds"``: one value per sample.
+
+    Raises:
+        ValueError: an unknown strategy or reducer, or a bad number, at construction; a layer that is not in the
+            model, or an unwritable ``dirpath``, in ``setup``.
+
+    Example::
+
+        collector = EmbeddingCollector(layers=[3, "head.1"], reshape={3: "avg_pool_2_2", "head.1": "flatten"})
+        trainer = Trainer(max_epochs=5, callbacks=[collector])
+        trainer.fit(model, datamodule)
+        run = EmbeddingRun(collector.dirpath)
+        ids, X = run.vectors("head.1", epoch=4)
+        run.projections("head.1")
+    """
+
+    def __init__(
+        self,
+        layers: list[Union[int, str]],
+        reshape: Union[str, Callable, Mapping[Union[int, str], Union[str, Callable]]] = "mean",
+        output_key: Union[int, str, Mapping[Union[int, str], Union[int, str]], None] = None,
+        dirpath: Optional[Union[str, Path]] = None,
+        every_n_epochs: int = 1,
+        max_samples: Optional[int] = None,
+        reducer: reducers.ReducerSpec = "umap",
+        n_components: Literal[2, 3] = 2,
+        reducer_kwargs: Optional[dict[str, Any]] = None,
+        seed: Optional[int] = 0,
+        label_key: Optional[str] = None,
+        id_key: Optional[str] = None,
+        overwrite: bool = False,
+    ) -> None:
+        if isinstance(layers, (str, int)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of module indices or names, got {layers!r}.")
+        self.layers: list[LayerSpec] = list(layers)
+        self._strategies: dict[LayerSpec, Strategy] = {
+            spec: resolve_strategy(value) for spec, value in _per_layer("reshape", reshape, self.layers, "mean").items()
+        }
+        self._output_keys: dict[LayerSpec, Optional[OutputKey]] = _per_layer("output_key", output_key, self.layers, None)
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}.")
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+            raise ValueError(f"max_samples must be None or an int >= 1, got {max_samples!r}.")
+        reducers.check_reducer(reducer)
+        if n_components not in (2, 3):
+            raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
+        self.every_n_epochs = every_n_epochs
+        self.max_samples = max_samples
+        self.reducer = reducer
+        self.n_components = n_components
+        self.reducer_kwargs = dict(reducer_kwargs or {})
+        self.seed = seed
+        self.label_key = label_key
+        self.id_key = id_key
+        self.overwrite = overwrite
+        self._dirpath_arg = Path(dirpath) if dirpath is not None else None
+        self.dirpath: Optional[Path] = None
+        self._resumed = False
+        self._recording = False
+        self._captures: list[LayerCapture] = []
+        self._manifest: dict[str, Any] = {}
+        self._writer: Optional[store.EpochWriter] = None
+        self._seen: dict[int, int] = defaultdict(int)
+        self._orders: dict[int, Optional[np.ndarray]] = {}
+        self._warnings = WarningCache()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self.layers, dirpath=str(self._dirpath_arg))
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        resolved = resolve_layers(pl_module, self.layers)
+        log_dir = trainer.log_dir  # broadcasts: every rank calls it
+        self.dirpath = self._dirpath_arg or Path(log_dir or trainer.default_root_dir) / "embeddings"
+        _check_writable(self.dirpath)
+        self._captures = [
+            LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
+        ]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After any checkpoint is restored: refuse to mix this fit into another run's directory."""
+        assert self.dirpath is not None
+        earlier = (self.dirpath / store.MANIFEST).is_file() or any((self.dirpath / store.VECTORS).glob("epoch_*.parquet"))
+        if self._resumed or not earlier:
+            if self._resumed:
+                self._manifest = store.read_manifest(self.dirpath)
+            return
+        if not self.overwrite:
+            raise FileExistsError(
+                f"EmbeddingCollector: {self.dirpath} already holds a run. Pass another dirpath, delete it, set "
+                "overwrite=True to replace it, or resume its fit with ckpt_path=..."
+            )
+        if trainer.is_global_zero:
+            for old in [self.dirpath / store.MANIFEST, *(self.dirpath / store.VECTORS).glob("*.parquet"),
+                        *(self.dirpath / store.PROJECTIONS).glob("*.parquet")]:
+                old.unlink()
+        trainer.strategy.barrier("EmbeddingCollector.overwrite")
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._due(trainer):
+            return
+        self._recording = True
+        self._seen.clear()
+        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(batches.loaders(trainer.val_dataloaders))}
+        for capture in self._captures:
+            capture.active = True
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self._recording:
+            return
+        mask = batches.attention_mask(batch)
+        wanted = self.max_samples is None or self._seen[dataloader_idx] < self.max_samples
+        for capture in self._captures:
+            capture.start_batch(mask)
+            capture.active = wanted
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._recording or not self._captures[0].active:
+            return
+        vectors = self._batch_vectors()
+        size = len(vectors[0])
+        seen = self._seen[dataloader_idx]
+        take = size if self.max_samples is None else min(size, self.max_samples - seen)
+        columns: dict[str, Any] = {
+            "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
+            "epoch": np.full(size, trainer.current_epoch, dtype=np.int32),
+            "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
+            "label": batches.batch_labels(batch, size, self.label_key),
+            "prediction": self._predictions(outputs, size),
+            **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
+        }
+        columns = {name: value[:take] for name, value in columns.items() if value is not None}
+        if self._writer is None:
+            self._writer = store.EpochWriter(self._epoch_path(trainer), self._schema(columns))
+        ready = next((c.copied for c in self._captures if c.copied is not None), None)
+        self._writer.write(columns, ready)
+        self._seen[dataloader_idx] = seen + take
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._recording:
+            return
+        self._recording = False
+        for capture in self._captures:
+            capture.active = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        trainer.strategy.barrier("EmbeddingCollector.epoch_end")
+        if trainer.is_global_zero and writer is not None:
+            self._manifest.setdefault("epochs", [])
+            self._manifest["epochs"] = sorted({*self._manifest["epochs"], trainer.current_epoch})
+            self._manifest["layers"] = self._layer_facts()
+            self._manifest.setdefault("reducer", None)
+            self._manifest["versions"] = _versions()
+            store.write_manifest(self.dirpath, self._manifest)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.dirpath is None:
+            return
+        if trainer.is_global_zero and self._manifest.get("epochs"):
+            run = EmbeddingRun(self.dirpath)
+            run.reduce(self.reducer, self.n_components, self.seed, progress=trainer.progress_bar_callback is not None,
+                       **self.reducer_kwargs)
+            rank_zero_info(
+                f"lightning-embeddings: {len(run.epochs)} epochs of {len(run.layers)} layers in {self.dirpath}; "
+                f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"
+            )
+        trainer.strategy.barrier("EmbeddingCollector.on_fit_end")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath"):
+            self.dirpath = Path(state_dict["dirpath"])
+            self._resumed = True
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs - 1
+        return trainer.state.fn == "fit" and (epoch % self.every_n_epochs == 0 or last)
+
+    def _release(self) -> None:
+        """Remove every hook and discard an unfinished epoch file; safe to call twice."""
+        for capture in self._captures:
+            capture.remove()
+        self._captures = []
+        self._recording = False
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _batch_vectors(self) -> list[torch.Tensor]:
+        vectors = []
+        for capture in self._captures:
+            if capture.vectors is None:
+                raise RuntimeError(
+                    f"EmbeddingCollector: layer {capture.layer.column!r} was not called during validation_step; "
+                    "record a layer on the validation forward path."
+                )
+            if capture.calls > 1:
+                self._warnings.warn(
+                    f"EmbeddingCollector: layer {capture.layer.column!r} ran {capture.calls} times in one validation "
+                    "step; its first call's output is recorded."
+                )
+            if capture.strategy.name == "mean" and len(capture.output_shape or ()) == 2:
+                self._warnings.warn(
+                    f"EmbeddingCollector: 'mean' on layer {capture.layer.column!r} with output (B, "
+                    f"{', '.join(map(str, capture.output_shape))}) averages the last dim; for (batch, tokens, dim) "
+                    "outputs use reshape 'token_mean' or 'cls'."
+                )
+            vectors.append(capture.vectors.numpy())
+        sizes = {len(v) for v in vectors}
+        if len(sizes) > 1:
+            raise ValueError(
+                "EmbeddingCollector: the recorded layers gave different batch sizes "
+                f"({dict((c.layer.column, len(v)) for c, v in zip(self._captures, vectors))}); record layers that "
+                "keep one row per sample."
+            )
+        return vectors
+
+    def _sample_ids(self, batch: Any, size: int, dataloader_idx: int, seen: int) -> np.ndarray:
+        ids = batches.batch_ids(batch, size, self.id_key)
+        if ids is not None:
+            return ids
+        order = self._orders.get(dataloader_idx)
+        if order is not None and seen + size <= len(order):
+            return order[seen : seen + size]
+        self._warnings.warn(
+            f"EmbeddingCollector: validation dataloader {dataloader_idx} does not visit its samples in a fixed order "
+            "(a shuffling sampler or an iterable dataset), so sample_id records each sample's position in the epoch "
+            "and may not name the same sample in two epochs. Use an unshuffled loader, or pass id_key."
+        )
+        return np.arange(seen, seen + size, dtype=np.int64)
+
+    def _predictions(self, outputs: Any, size: int) -> Optional[np.ndarray]:
+        if not isinstance(outputs, Mapping) or "preds" not in outputs:
+            return None
+        preds = batches.per_sample(outputs["preds"], size)
+        if preds is None:
+            self._warnings.warn(
+                "EmbeddingCollector: validation_step returned 'preds' that do not hold one value per sample "
+                f"(batch of {size}); predictions are not recorded. Return e.g. logits.argmax(-1)."
+            )
+        return preds
+
+    def _epoch_path(self, trainer: pl.Trainer) -> Path:
+        return store.epoch_file(self.dirpath, trainer.current_epoch, trainer.global_rank, trainer.world_size)
+
+    def _layer_facts(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "column": c.layer.column,
+                "spec": c.layer.spec,
+                "index": c.layer.index,
+                "name": c.layer.name,
+                "type": type(c.layer.module).__name__,
+                "strategy": c.strategy.name,
+                "output_shape": list(c.output_shape or ()),
+                "dim": c.dim,
+            }
+            for c in self._captures
+        ]
+
+    def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
+        layer_columns = {c.layer.column for c in self._captures}
+        fields = [
+            pa.field(name, pa.list_(pa.float32(), value.shape[1]) if name in layer_columns else pa.array(value).type)
+            for name, value in columns.items()
+        ]
+        return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
+
+
+def _per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any) -> dict[LayerSpec, Any]:
+    """One value for every layer, or a mapping from layer spec to value (layers it leaves out get ``default``)."""
+    if not isinstance(value, Mapping):
+        return {spec: value for spec in layers}
+    unknown = [key for key in value if key not in layers]
+    if unknown:
+        raise ValueError(f"{argument} names {unknown}, which are not in layers={layers}; key it by those specs.")
+    return {spec: value.get(spec, default) for spec in layers}
+
+
+def _check_writable(dirpath: Path) -> None:
+    probe = dirpath / f".write-test-{os.getpid()}"
+    try:
+        dirpath.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"EmbeddingCollector cannot write to dirpath {str(dirpath)!r} ({err.strerror or err}); pass a dirpath "
+            "you can write to."
+        ) from err
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ("lightning-embeddings", "lightning", "torch", "pyarrow", "umap-learn", "pacmap", "scikit-learn")
+    found = {}
+    for name in names:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found

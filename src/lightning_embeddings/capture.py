@@ -1,0 +1,121 @@
+"""Forward hooks that turn a layer's output into per-sample float32 vectors, inside the hook, on the layer's device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from lightning_embeddings.layers import Layer
+from lightning_embeddings.reshape import Strategy
+
+OutputKey = Union[int, str]
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def select_tensor(output: Any, key: Optional[OutputKey], where: str) -> Tensor:
+    """Pick the tensor to record from a module's output.
+
+    A tensor is taken as is. From a tuple, list, dict or Hugging Face ``ModelOutput`` the ``key`` (an index or a
+    name) is taken, else ``last_hidden_state`` where there is one, else the first tensor found.
+
+    Example::
+
+        >>> select_tensor((torch.ones(2, 3), torch.zeros(2)), None, "lstm").shape
+        torch.Size([2, 3])
+    """
+    if isinstance(output, Tensor):
+        return output
+    if key is not None and isinstance(output, (Mapping, tuple, list)):
+        try:
+            picked = list(output.values())[key] if isinstance(output, Mapping) and isinstance(key, int) else output[key]
+        except (KeyError, IndexError, TypeError):
+            available = list(output.keys()) if isinstance(output, Mapping) else f"indices 0..{len(output) - 1}"
+            raise ValueError(
+                f"layer {where!r}: output_key {key!r} is not in its {type(output).__name__} output; available: {available}."
+            ) from None
+        return select_tensor(picked, None, where)
+    if isinstance(output, Mapping) and isinstance(output.get("last_hidden_state"), Tensor):
+        return output["last_hidden_state"]
+    found = _first_tensor(output)
+    if found is None:
+        raise ValueError(
+            f"layer {where!r} returned a {type(output).__name__} that holds no tensor; record another layer, "
+            "or pass output_key to say which part of the output to record."
+        )
+    return found
+
+
+def _first_tensor(output: Any) -> Optional[Tensor]:
+    if isinstance(output, Tensor):
+        return output
+    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
+    return next((t for t in map(_first_tensor, items) if t is not None), None)
+
+
+class LayerCapture:
+    """A forward hook on one layer. While ``active`` it keeps the first call's vectors of the current batch.
+
+    The hook is registered once and stays inert until switched on, so it survives ``torch.compile`` tracing.
+    Vectors are copied out of the output inside the hook: a later in-place op (``ReLU(inplace=True)``) cannot
+    change them.
+    """
+
+    def __init__(self, layer: Layer, strategy: Strategy, output_key: Optional[OutputKey]) -> None:
+        self.layer = layer
+        self.strategy = strategy
+        self.output_key = output_key
+        self.active = False
+        self.attention_mask: Optional[Tensor] = None
+        self.vectors: Optional[Tensor] = None
+        self.copied: Optional[torch.cuda.Event] = None
+        self.calls = 0
+        self.output_shape: Optional[tuple[int, ...]] = None
+        self.dim: Optional[int] = None
+        self._handle = layer.module.register_forward_hook(self._hook)
+
+    def start_batch(self, attention_mask: Optional[Tensor]) -> None:
+        self.attention_mask = attention_mask
+        self.vectors = None
+        self.copied = None
+        self.calls = 0
+
+    def remove(self) -> None:
+        self.active = False
+        self._handle.remove()
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not self.active:
+            return
+        self.calls += 1
+        if self.calls > 1:
+            return
+        t = select_tensor(output, self.output_key, self.layer.column).detach()
+        if t.dtype in _LOW_PRECISION:
+            t = t.float()
+        vectors = self.strategy(t, self.attention_mask).to(torch.float32)
+        self._check_dim(t, vectors)
+        if vectors.device.type == "cuda":
+            host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(vectors, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+            vectors = host
+        elif vectors.device.type != "cpu":
+            vectors = vectors.cpu()
+        elif vectors.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            vectors = vectors.clone()
+        self.vectors = vectors
+
+    def _check_dim(self, t: Tensor, vectors: Tensor) -> None:
+        if self.dim is None:
+            self.output_shape, self.dim = tuple(t.shape[1:]), vectors.shape[1]
+        elif vectors.shape[1] != self.dim:
+            raise ValueError(
+                f"layer {self.layer.column!r} with reshape {self.strategy.name!r} gave {vectors.shape[1]} values per "
+                f"sample for an output of shape {tuple(t.shape)}, but {self.dim} earlier (shape (B, "
+                f"{', '.join(map(str, self.output_shape))})): every sample needs one size. Use 'mean' or "
+                "'avg_pool_N_N' (e.g. 'avg_pool_2_2'), which give a fixed size whatever the input's size."
+            )
