@@ -41,7 +41,8 @@ class EmbeddingCollector(Callback):
             spec to strategy: ``"mean"`` (average over dims 2.., ``(B, C, H, W) -> (B, C)``), ``"token_mean"``
             (``(B, T, D) -> (B, D)``, padding left out where the batch has an ``attention_mask``), ``"cls"``
             (token 0), ``"flatten"``, ``"avg_pool_N_N"`` (pool a ``(B, C, H, W)`` map to ``N x N``, then flatten),
-            a callable ``Tensor[B, ...] -> Tensor[B, D]``, or its import path ``"package.module:function"``.
+            a callable ``Tensor[B, ...] -> Tensor[B, D]``, or its import path (``"package.module:function"`` or
+            ``"package.module.function"``).
         output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
             for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
         dirpath: where the run is written; by default ``<trainer.log_dir>/embeddings``.
@@ -77,8 +78,8 @@ class EmbeddingCollector(Callback):
     def __init__(
         self,
         layers: list[Union[int, str]],
-        reshape: Union[str, Callable, Mapping[Union[int, str], Union[str, Callable]]] = "mean",
-        output_key: Union[int, str, Mapping[Union[int, str], Union[int, str]], None] = None,
+        reshape: Union[Mapping[Union[int, str], Union[str, Callable]], str, Callable] = "mean",
+        output_key: Union[Mapping[Union[int, str], Union[int, str]], int, str, None] = None,
         dirpath: Optional[Union[str, Path]] = None,
         every_n_epochs: int = 1,
         max_samples: Optional[int] = None,

@@ -88,7 +88,8 @@ _NAMED = {
 
 
 def resolve_strategy(spec: StrategySpec) -> Strategy:
-    """Turn a strategy name, a callable or an import path ``package.module:function`` into a :class:`Strategy`.
+    """Turn a strategy name, a callable or an import path (``package.module:function`` or ``package.module.function``)
+    into a :class:`Strategy`.
 
     Example::
 
@@ -107,7 +108,7 @@ def resolve_strategy(spec: StrategySpec) -> Strategy:
         if n != m or n < 1:
             raise ValueError(f"reshape strategy {spec!r}: avg_pool_N_N takes one size N >= 1 twice, e.g. 'avg_pool_2_2'.")
         return Strategy(spec, lambda t: avg_pool(t, n))
-    if ":" in spec:
+    if ":" in spec or "." in spec:
         return Strategy(spec, _import_callable(spec))
     raise ValueError(
         f"Unknown reshape strategy {spec!r}. Choose one of {', '.join(STRATEGY_NAMES)} (N >= 1, e.g. 'avg_pool_2_2'), "
@@ -116,7 +117,7 @@ def resolve_strategy(spec: StrategySpec) -> Strategy:
 
 
 def _import_callable(path: str) -> Callable:
-    module_name, _, attr = path.partition(":")
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
