@@ -156,33 +156,27 @@ class EpochWriter:
     def _run(self) -> None:
         buffered: list[pa.RecordBatch] = []
         buffered_bytes = 0
+        done = False
         try:
             scalars = [f.name for f in self.schema if not pa.types.is_fixed_size_list(f.type)]
             with pq.ParquetWriter(self._tmp, self.schema, use_dictionary=scalars, write_statistics=scalars) as writer:
-                while True:
+                while not done:
                     item = self._queue.get()
                     if item is self._ABORT:
                         return
-                    if item is self._STOP:
-                        break
-                    batch = self._record_batch(*item)
-                    buffered.append(batch)
-                    buffered_bytes += batch.nbytes
-                    if buffered_bytes >= ROW_GROUP_BYTES:
+                    done = item is self._STOP
+                    if not done:
+                        batch = self._record_batch(*item)
+                        buffered.append(batch)
+                        buffered_bytes += batch.nbytes
+                    if buffered and (done or buffered_bytes >= ROW_GROUP_BYTES):
                         writer.write_table(pa.Table.from_batches(buffered), row_group_size=sum(map(len, buffered)))
                         buffered, buffered_bytes = [], 0
-                if buffered:
-                    writer.write_table(pa.Table.from_batches(buffered), row_group_size=sum(map(len, buffered)))
-        except BaseException as err:  # surfaced on the training thread by _raise_if_failed
+        except BaseException as err:  # raised on the training thread by _raise_if_failed
             self._error = err
-            self._drain()
-
-    def _drain(self) -> None:
-        """After a failure, keep taking batches so the training thread never blocks on a full queue."""
-        while True:
-            item = self._queue.get()
-            if item is self._STOP or item is self._ABORT:
-                return
+            while not done:  # keep taking batches, so the training thread never blocks on a full queue
+                item = self._queue.get()
+                done = item is self._STOP or item is self._ABORT
 
     def _record_batch(self, columns: Mapping[str, Any], ready: Any) -> pa.RecordBatch:
         if ready is not None:

@@ -1,0 +1,53 @@
+"""Shared helpers: the digits example's model and data, and a small real ``Trainer.fit`` with the collector."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import lightning.pytorch as pl
+import pytest
+
+from lightning_embeddings import EmbeddingCollector
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from digits import DigitsCNN, DigitsDataModule  # noqa: E402
+
+
+def make_trainer(root: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU Trainer writing under ``root``; ``kwargs`` override the defaults."""
+    options = dict(
+        default_root_dir=root,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+@pytest.fixture
+def fit_digits(tmp_path: Path) -> Callable[..., tuple[pl.Trainer, EmbeddingCollector]]:
+    """``fit_digits(model=None, datamodule=None, trainer_kwargs=None, **collector_kwargs)``: fit the digits CNN
+    with an ``EmbeddingCollector`` (PCA by default, layers ``[3, "head.1"]``) writing under ``tmp_path``."""
+
+    def fit(
+        model: Optional[pl.LightningModule] = None,
+        datamodule: Optional[pl.LightningDataModule] = None,
+        trainer_kwargs: Optional[dict] = None,
+        **collector_kwargs: Any,
+    ) -> tuple[pl.Trainer, EmbeddingCollector]:
+        pl.seed_everything(0, verbose=False)
+        collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", **collector_kwargs})
+        trainer = make_trainer(tmp_path, [collector], **(trainer_kwargs or {}))
+        trainer.fit(model or DigitsCNN(), datamodule or DigitsDataModule())
+        return trainer, collector
+
+    return fit
