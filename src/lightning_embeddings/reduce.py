@@ -8,7 +8,6 @@ its ``embedding_``; PaCMAP's differs from ``embedding_``, which is why ``embeddi
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any, Literal, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
@@ -95,12 +94,9 @@ def fit_and_project(
     """Fit ``estimator`` on ``fit_on`` and project every epoch's vectors through its ``transform``."""
     from tqdm.auto import tqdm
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
-        warnings.filterwarnings("ignore", message=".*random state is set.*")
-        estimator.fit(fit_on)
-        bar = tqdm(epochs.items(), desc="projecting epochs", unit="epoch", delay=2, disable=not progress, leave=False)
-        return {epoch: np.asarray(estimator.transform(vectors), dtype=np.float32) for epoch, vectors in bar}
+    estimator.fit(fit_on)
+    bar = tqdm(epochs.items(), desc="projecting epochs", unit="epoch", delay=2, disable=not progress, leave=False)
+    return {epoch: np.asarray(estimator.transform(vectors), dtype=np.float32) for epoch, vectors in bar}
 
 
 def describe(estimator: ReducerLike) -> dict[str, Any]:
