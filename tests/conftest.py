@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -33,21 +34,24 @@ def make_trainer(root: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(callbacks=callbacks, **options)
 
 
+def fit_collector(
+    root: Path,
+    model: Optional[pl.LightningModule] = None,
+    datamodule: Optional[pl.LightningDataModule] = None,
+    trainer_kwargs: Optional[dict] = None,
+    **collector_kwargs: Any,
+) -> tuple[pl.Trainer, EmbeddingCollector]:
+    """Fit the digits CNN (or ``model``) with an ``EmbeddingCollector`` (PCA by default, layers ``[3, "head.1"]``)
+    writing under ``root``."""
+    pl.seed_everything(0, verbose=False)
+    collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", **collector_kwargs})
+    trainer = make_trainer(root, [collector], **(trainer_kwargs or {}))
+    trainer.fit(model or DigitsCNN(), datamodule or DigitsDataModule())
+    return trainer, collector
+
+
 @pytest.fixture
 def fit_digits(tmp_path: Path) -> Callable[..., tuple[pl.Trainer, EmbeddingCollector]]:
-    """``fit_digits(model=None, datamodule=None, trainer_kwargs=None, **collector_kwargs)``: fit the digits CNN
-    with an ``EmbeddingCollector`` (PCA by default, layers ``[3, "head.1"]``) writing under ``tmp_path``."""
-
-    def fit(
-        model: Optional[pl.LightningModule] = None,
-        datamodule: Optional[pl.LightningDataModule] = None,
-        trainer_kwargs: Optional[dict] = None,
-        **collector_kwargs: Any,
-    ) -> tuple[pl.Trainer, EmbeddingCollector]:
-        pl.seed_everything(0, verbose=False)
-        collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", **collector_kwargs})
-        trainer = make_trainer(tmp_path, [collector], **(trainer_kwargs or {}))
-        trainer.fit(model or DigitsCNN(), datamodule or DigitsDataModule())
-        return trainer, collector
-
-    return fit
+    """``fit_digits(model=None, datamodule=None, trainer_kwargs=None, **collector_kwargs)``: :func:`fit_collector`
+    under ``tmp_path``."""
+    return partial(fit_collector, tmp_path)

@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

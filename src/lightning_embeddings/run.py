@@ -137,8 +137,9 @@ class EmbeddingRun:
             return {}
         last = self.epochs[-1]
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
+        earlier = (self.manifest.get("reducer") or {}).get("layers", {})  # layers reduced before and not now
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
-                                  "seed": seed, "kwargs": reducer_kwargs, "fitted_on_epoch": last, "layers": {}}
+                                  "seed": seed, "kwargs": reducer_kwargs, "fitted_on_epoch": last, "layers": earlier}
         maps = {}
         for column in columns:
             _, fit_on = self.vectors(column, last)
@@ -146,6 +147,7 @@ class EmbeddingRun:
                 reason = f"{len(fit_on)} samples at epoch {last}; a map needs at least {reducers.min_samples(n_components)}"
                 rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
                 record["layers"][column] = {"skipped": reason}
+                projection_file(self.path, column).unlink(missing_ok=True)
                 continue
             estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
             described = reducers.describe(estimator)
