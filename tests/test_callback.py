@@ -13,6 +13,11 @@ from conftest import DigitsCNN, DigitsDataModule, make_trainer
 from lightning_embeddings import EmbeddingCollector, EmbeddingRun
 
 
+def _files(dirpath):
+    """The run's snapshot files, in order."""
+    return sorted((dirpath / "vectors").glob("*.parquet"))
+
+
 def _first_channels(t):
     """A user strategy: the mean of the first 5 channels' values, per sample."""
     return t.flatten(1)[:, :5] * 2.0
@@ -93,7 +98,7 @@ def test_nothing_is_recorded_during_the_sanity_check(tmp_path):
     make_trainer(tmp_path, [collector, Spy()], num_sanity_val_steps=3, max_epochs=1).fit(DigitsCNN(), DigitsDataModule())
     assert seen["files"] == []
     assert EmbeddingRun(collector.dirpath).epochs == [0]
-    assert pq.read_metadata(collector.dirpath / "vectors" / "epoch_0000.parquet").num_rows == 449
+    assert pq.read_metadata(_files(collector.dirpath)[0]).num_rows == 449
 
 
 def test_hooks_are_removed_after_fit_and_the_model_pickles(fit_digits):
@@ -116,8 +121,8 @@ def test_an_exception_mid_epoch_removes_hooks_and_leaves_earlier_epochs_intact(f
         fit_digits(model=model, trainer_kwargs={"max_epochs": 3})
     assert all(not m._forward_hooks for m in model.modules())
     vectors = tmp_path / "embeddings" / "vectors"
-    assert sorted(p.name for p in vectors.iterdir()) == ["epoch_0000.parquet"]
     run = EmbeddingRun(tmp_path / "embeddings")
+    assert sorted(p.name for p in vectors.iterdir()) == ["epoch_0000-step_0000022.parquet"]
     assert run.epochs == [0]
     assert len(run.vectors("head.1", 0)[0]) == 449
     run.reduce(reducer="pca", progress=False)
@@ -171,7 +176,7 @@ def test_id_key_and_dict_labels(fit_digits):
 
 def test_bf16_mixed_is_stored_as_float32(fit_digits):
     _, collector = fit_digits(trainer_kwargs={"precision": "bf16-mixed", "max_epochs": 1})
-    schema = pq.read_schema(collector.dirpath / "vectors" / "epoch_0000.parquet")
+    schema = pq.read_schema(_files(collector.dirpath)[0])
     assert str(schema.field("head.1").type) == "fixed_size_list<element: float>[64]"
     ids, vectors = EmbeddingRun(collector.dirpath).vectors("head.1", 0)
     assert vectors.dtype == np.float32 and np.isfinite(vectors).all()
@@ -291,15 +296,16 @@ def test_a_callable_with_the_wrong_batch_size_fails_the_fit_clearly(fit_digits):
 
 def test_an_existing_run_is_never_overwritten_by_accident(fit_digits, tmp_path):
     _, collector = fit_digits(dirpath=tmp_path / "run")
-    before = (collector.dirpath / "vectors" / "epoch_0001.parquet").read_bytes()
+    second = _files(collector.dirpath)[1]
+    before = second.read_bytes()
     CountingCNN.steps = 0
     with pytest.raises(FileExistsError, match="already holds a run.*overwrite=True"):
         fit_digits(model=CountingCNN(), dirpath=tmp_path / "run")
     assert CountingCNN.steps == 0
-    assert (collector.dirpath / "vectors" / "epoch_0001.parquet").read_bytes() == before
+    assert second.read_bytes() == before
     _, collector = fit_digits(dirpath=tmp_path / "run", overwrite=True, trainer_kwargs={"max_epochs": 1})
     assert EmbeddingRun(collector.dirpath).epochs == [0]
-    assert not (collector.dirpath / "vectors" / "epoch_0001.parquet").exists()
+    assert not second.exists() and len(_files(collector.dirpath)) == 1
 
 
 class UnusedLayerCNN(DigitsCNN):

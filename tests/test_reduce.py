@@ -310,12 +310,12 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
     maps = run.reduce(reducer="pca", progress=False)
     assert sorted(maps) == sorted(LAYERS)
     record = _manifest(run.path)["reducer"]
-    assert (record["name"], record["n_components"], record["fitted_on_epoch"]) == ("pca", 2, 2)
+    assert (record["name"], record["n_components"], record["fitted_on"]["epoch"]) == ("pca", 2, 2)
     for layer in LAYERS:
         assert (run.path / "projections" / f"{layer}.parquet").is_file()
         projections = EmbeddingRun(run.path).projections(layer)
         pd.testing.assert_frame_equal(projections, maps[layer], check_dtype=False)
-        assert list(projections.columns) == ["sample_id", "epoch", "dataloader_idx", "x", "y", "label", "prediction"]
+        assert list(projections.columns) == ["sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
         assert projections.groupby("epoch").size().to_dict() == {0: 150, 1: 150, 2: 150}
         assert record["layers"][layer]["class"].endswith(".PCA")
         _, X_last = run.vectors(layer, 2)
@@ -326,7 +326,7 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
 
     maps = run.reduce(reducer="pacmap", n_components=3, progress=False)
     record = _manifest(run.path)["reducer"]
-    assert (record["name"], record["n_components"], record["fitted_on_epoch"]) == ("pacmap", 3, 2)
+    assert (record["name"], record["n_components"], record["fitted_on"]["epoch"]) == ("pacmap", 3, 2)
     for layer in LAYERS:
         assert record["layers"][layer]["class"].endswith(".PaCMAP")
         projections = EmbeddingRun(run.path).projections(layer)
@@ -357,20 +357,20 @@ def test_umap_projection_of_the_fitted_epoch_is_the_fitted_map(unreduced_run):
     _, X_last = unreduced_run.vectors("head.1", 2)
     _, X_first = unreduced_run.vectors("head.1", 0)
     estimator = reducers.make_reducer("umap", 2, seed=0, n_samples=len(X_last))
-    points = reducers.fit_and_project(estimator, X_last, {0: X_first, 2: X_last.copy()}, progress=False)
-    np.testing.assert_array_equal(points[2], estimator.embedding_)
-    np.testing.assert_array_equal(points[2], estimator.transform(X_last.copy()))  # transforming it twice agrees
-    assert points[0].shape == points[2].shape and not np.array_equal(points[0], points[2])
+    first, last = reducers.fit_and_project(estimator, X_last, [X_first, X_last.copy()], progress=False)
+    np.testing.assert_array_equal(last, estimator.embedding_)
+    np.testing.assert_array_equal(last, estimator.transform(X_last.copy()))  # transforming it twice agrees
+    assert first.shape == last.shape and not np.array_equal(first, last)
 
 
 def test_pacmap_identical_epochs_land_on_identical_points(unreduced_run):
     _, X_last = unreduced_run.vectors("head.1", 2)
     _, X_first = unreduced_run.vectors("head.1", 0)
     estimator = reducers.make_reducer("pacmap", 2, seed=0, n_samples=len(X_last))
-    points = reducers.fit_and_project(estimator, X_last, {0: X_first, 1: X_last.copy(), 2: X_last.copy()},
-                                      progress=False)
-    np.testing.assert_array_equal(points[1], points[2])
-    assert not np.array_equal(points[0], points[2])
+    first, last, again = reducers.fit_and_project(estimator, X_last, [X_first, X_last.copy(), X_last.copy()],
+                                                  progress=False)
+    np.testing.assert_array_equal(last, again)
+    assert not np.array_equal(first, last)
 
 
 def test_callback_umap_map_of_the_last_epoch_is_the_fitted_map(trained_run):

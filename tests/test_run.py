@@ -48,7 +48,7 @@ def test_vectors_dir_reads_as_one_dataset_everywhere(run):
 
 def test_projections_cover_every_epoch_with_labels(run):
     maps = run.projections("head.1")
-    assert list(maps.columns) == ["sample_id", "epoch", "dataloader_idx", "x", "y", "label", "prediction"]
+    assert list(maps.columns) == ["sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
     assert maps.groupby("epoch").size().tolist() == [449] * 3
     assert maps[["x", "y"]].notna().all().all()
     assert run.manifest["reducer"]["layers"]["head.1"]["class"] == "sklearn.decomposition._pca.PCA"
@@ -56,7 +56,7 @@ def test_projections_cover_every_epoch_with_labels(run):
 
 def test_table_holds_keys_facts_and_one_array_column_per_layer(run):
     frame = run.table(epochs=[0, 2], layers=["head.1"])
-    assert list(frame.columns) == ["epoch", "dataloader_idx", "sample_id", "label", "prediction", "head.1"]
+    assert list(frame.columns) == ["stage", "epoch", "step", "dataloader_idx", "sample_id", "label", "prediction", "head.1"]
     assert frame["epoch"].unique().tolist() == [0, 2]
 
 
@@ -74,7 +74,7 @@ def test_clear_errors_for_what_is_not_there(run, tmp_path):
         EmbeddingRun(run.path.parent)
     with pytest.raises(ValueError, match=r"layer 'head\.2' was not recorded .*recorded: 'features\.1' \(index 3\), 'head\.1'"):
         run.vectors("head.2", 0)
-    with pytest.raises(ValueError, match=r"epoch 7 was not recorded .*complete epochs: \[0, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"fit epoch 7 was not recorded .*complete snapshots: fit epoch 0 step 22, fit epoch 1 step 44"):
         run.vectors("head.1", 7)
     with pytest.raises(ValueError, match="Unknown reducer 'tsne'"):
         run.reduce(reducer="tsne")

@@ -99,10 +99,13 @@ def test_manifest_is_replaced_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
-def test_epoch_files_of_every_rank(tmp_path):
+def test_snapshot_files_of_every_rank(tmp_path):
+    name = store.snapshot_name("fit", 3, 440)
+    assert name == "epoch_0003-step_0000440"
+    assert store.snapshot_name("test", 5, 660) == "test-epoch_0005-step_0000660"
     for rank in (1, 0):
-        store.epoch_file(tmp_path, 3, rank, 2).parent.mkdir(exist_ok=True)
-        store.epoch_file(tmp_path, 3, rank, 2).touch()
-    store.epoch_file(tmp_path, 4, 0, 1).touch()
-    assert [p.name for p in store.epoch_files(tmp_path, 3)] == ["epoch_0003-rank0.parquet", "epoch_0003-rank1.parquet"]
-    assert [p.name for p in store.epoch_files(tmp_path, 4)] == ["epoch_0004.parquet"]
+        store.snapshot_file(tmp_path, name, rank, 2).parent.mkdir(exist_ok=True)
+        store.snapshot_file(tmp_path, name, rank, 2).touch()
+    store.snapshot_file(tmp_path, "epoch_0004-step_0000550", 0, 1).touch()
+    assert [p.name for p in store.snapshot_files(tmp_path, name)] == [f"{name}-rank0.parquet", f"{name}-rank1.parquet"]
+    assert [p.name for p in store.snapshot_files(tmp_path, "epoch_0004-step_0000550")] == ["epoch_0004-step_0000550.parquet"]

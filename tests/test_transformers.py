@@ -7,8 +7,9 @@ validation batches, computed here with our own hooks and our own reshape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -103,10 +104,10 @@ def reference(model: TinyBert, module_name: str, pick: Callable[[Any], Tensor], 
     return torch.cat(rows), torch.cat(masks)
 
 
-def fit(root: Path, collectors: list[EmbeddingCollector], model: pl.LightningModule = None, **trainer_kwargs):
+def fit(root: Path, collectors: list[EmbeddingCollector], model: pl.LightningModule | None = None, **trainer_kwargs):
     pl.seed_everything(0, verbose=False)
     model = model or TinyBert()
-    options = dict(max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0)
+    options = {"max_epochs": 2, "limit_train_batches": 2, "num_sanity_val_steps": 0}
     options.update(trainer_kwargs)
     trainer = make_trainer(root, collectors, **options)
     trainer.fit(model)

@@ -7,12 +7,14 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
@@ -27,7 +29,7 @@ from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import EmbeddingRun
 
-_PerLayer = Mapping[Union[int, str], Any]
+STAGES = ("fit", "validate", "test")
 
 
 class EmbeddingCollector(Callback):
@@ -46,7 +48,8 @@ class EmbeddingCollector(Callback):
         output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
             for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
         dirpath: where the run is written; by default ``<trainer.log_dir>/embeddings``.
-        every_n_epochs: record the validation epochs ``0, n, 2n, ...`` (and the last one of ``max_epochs``).
+        every_n_epochs: record the validation epochs ``0, n, 2n, ...`` (and the last one of ``max_epochs``);
+            every validation in such an epoch is its own snapshot (``val_check_interval < 1`` gives several).
         max_samples: record at most this many samples per epoch and dataloader: the same first ones every epoch.
         reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
             ``fit``/``transform`` (a fresh copy is fitted per layer).
@@ -57,6 +60,8 @@ class EmbeddingCollector(Callback):
             ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
         id_key: the key of per-sample dataset ids in a dict batch; by default a sample's id is its index in the
             validation dataset, read from a sequential sampler's order.
+        stages: what to record: ``"fit"`` (validation during fit), ``"validate"`` (``trainer.validate``),
+            ``"test"`` (``trainer.test``). After a fit, validate/test snapshots go into the fit's run and its map.
         overwrite: replace a run already in ``dirpath``; by default that is an error, so nothing is lost.
 
     Predictions are recorded when ``validation_step`` returns a dict with ``"preds"``: one value per sample.
@@ -89,6 +94,7 @@ class EmbeddingCollector(Callback):
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,
+        stages: tuple[Literal["fit", "validate", "test"], ...] = ("fit",),
         overwrite: bool = False,
     ) -> None:
         if isinstance(layers, (str, int)) or not layers:
@@ -114,10 +120,15 @@ class EmbeddingCollector(Callback):
         self.label_key = label_key
         self.id_key = id_key
         self.overwrite = overwrite
+        unknown = [stage for stage in stages if stage not in STAGES]
+        if isinstance(stages, str) or unknown:
+            raise ValueError(f"stages takes some of {STAGES}, got {stages!r}.")
+        self.stages = tuple(stages)
         self._dirpath_arg = Path(dirpath) if dirpath is not None else None
         self.dirpath: Optional[Path] = None
         self._resumed = False
-        self._recording = False
+        self._snapshot: Optional[dict[str, Any]] = None
+        self._rank_zero_wait: Optional[Any] = None
         self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
         self._writer: Optional[store.EpochWriter] = None
@@ -132,24 +143,31 @@ class EmbeddingCollector(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        log_dir = trainer.log_dir  # broadcasts: every rank calls it
+        if stage not in self.stages:
             return
         resolved = resolve_layers(pl_module, self.layers)
-        log_dir = trainer.log_dir  # broadcasts: every rank calls it
-        self.dirpath = self._dirpath_arg or Path(log_dir or trainer.default_root_dir) / "embeddings"
+        if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
+            self.dirpath = self._dirpath_arg or Path(log_dir or trainer.default_root_dir) / "embeddings"
         _check_writable(self.dirpath)
         self._captures = [
             LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
         ]
+        if stage != "fit":
+            self._continue_run()
+        if trainer.world_size > 1 and torch.distributed.is_initialized() and self._rank_zero_wait is None:
+            # rank 0 may reduce for long at the end: the other ranks wait on a group with a long timeout
+            self._rank_zero_wait = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=7))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After any checkpoint is restored: refuse to mix this fit into another run's directory."""
+        """After any checkpoint is restored: continue a resumed run, refuse to mix into another one."""
         assert self.dirpath is not None
-        earlier = (self.dirpath / store.MANIFEST).is_file() or any((self.dirpath / store.VECTORS).glob("epoch_*.parquet"))
-        if self._resumed or not earlier:
-            if self._resumed:
-                self._manifest = store.read_manifest(self.dirpath)
+        if self._resumed:
+            self._continue_run()
+            return
+        self._manifest = {}
+        if not (self.dirpath / store.MANIFEST).is_file() and not any((self.dirpath / store.VECTORS).glob("*.parquet")):
             return
         if not self.overwrite:
             raise FileExistsError(
@@ -164,89 +182,59 @@ class EmbeddingCollector(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._due(trainer):
-            return
-        self._recording = True
-        self._seen.clear()
-        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(batches.loaders(trainer.val_dataloaders))}
-        for capture in self._captures:
-            capture.active = True
+        if not trainer.sanity_checking:
+            self._start_snapshot(trainer, trainer.val_dataloaders)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_snapshot(trainer, trainer.test_dataloaders)
 
     @override
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not self._recording:
-            return
-        mask = batches.attention_mask(batch)
-        wanted = self.max_samples is None or self._seen[dataloader_idx] < self.max_samples
-        for capture in self._captures:
-            capture.start_batch(mask)
-            capture.active = wanted
+        self._start_batch(batch, dataloader_idx)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._start_batch(batch, dataloader_idx)
 
     @override
     def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._recording or not self._captures[0].active:
-            return
-        vectors = self._batch_vectors()
-        size = len(vectors[0])
-        seen = self._seen[dataloader_idx]
-        take = size if self.max_samples is None else min(size, self.max_samples - seen)
-        columns: dict[str, Any] = {
-            "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
-            "epoch": np.full(size, trainer.current_epoch, dtype=np.int32),
-            "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
-            "label": batches.batch_labels(batch, size, self.label_key),
-            "prediction": self._predictions(outputs, size),
-            **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
-        }
-        columns = {name: value[:take] for name, value in columns.items() if value is not None}
-        if self._writer is None:
-            self._writer = store.EpochWriter(self._epoch_path(trainer), self._schema(columns))
-        ready = next((c.copied for c in self._captures if c.copied is not None), None)
-        self._writer.write(columns, ready)
-        self._seen[dataloader_idx] = seen + take
+        self._end_batch(trainer, outputs, batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._end_batch(trainer, outputs, batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._recording:
-            return
-        self._recording = False
-        for capture in self._captures:
-            capture.active = False
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        trainer.strategy.barrier("EmbeddingCollector.epoch_end")
-        if trainer.is_global_zero and writer is not None:
-            self._manifest.setdefault("epochs", [])
-            self._manifest["epochs"] = sorted({*self._manifest["epochs"], trainer.current_epoch})
-            self._manifest["layers"] = self._layer_facts()
-            self._manifest.setdefault("reducer", None)
-            self._manifest["versions"] = _versions()
-            store.write_manifest(self.dirpath, self._manifest)
+        self._end_snapshot(trainer)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_snapshot(trainer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.dirpath is None:
-            return
-        if trainer.is_global_zero and self._manifest.get("epochs"):
-            run = EmbeddingRun(self.dirpath)
-            run.reduce(self.reducer, self.n_components, self.seed, progress=trainer.progress_bar_callback is not None,
-                       **self.reducer_kwargs)
-            rank_zero_info(
-                f"lightning-embeddings: {len(run.epochs)} epochs of {len(run.layers)} layers in {self.dirpath}; "
-                f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"
-            )
-        trainer.strategy.barrier("EmbeddingCollector.on_fit_end")
+        self._reduce(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if _stage(trainer) == "validate":
+            self._reduce(trainer)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reduce(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -266,17 +254,110 @@ class EmbeddingCollector(Callback):
             self.dirpath = Path(state_dict["dirpath"])
             self._resumed = True
 
-    def _due(self, trainer: pl.Trainer) -> bool:
-        epoch = trainer.current_epoch
+    def _start_snapshot(self, trainer: pl.Trainer, dataloaders: Any) -> None:
+        stage = _stage(trainer)
+        if not self._captures or stage not in self.stages:
+            return
+        epoch, step = trainer.current_epoch, trainer.global_step
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs - 1
-        return trainer.state.fn == "fit" and (epoch % self.every_n_epochs == 0 or last)
+        if stage == "fit" and epoch % self.every_n_epochs != 0 and not last:
+            return
+        name = store.snapshot_name(stage, epoch, step)
+        if any(s["name"] == name for s in self._manifest.get("snapshots", [])):
+            self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
+            return
+        self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
+        self._seen.clear()
+        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(batches.loaders(dataloaders))}
+        for capture in self._captures:
+            capture.active = True
+
+    def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
+        if self._snapshot is None:
+            return
+        mask = batches.attention_mask(batch)
+        wanted = self.max_samples is None or self._seen[dataloader_idx] < self.max_samples
+        for capture in self._captures:
+            capture.start_batch(mask)
+            capture.active = wanted
+
+    def _end_batch(self, trainer: pl.Trainer, outputs: Any, batch: Any, dataloader_idx: int) -> None:
+        if self._snapshot is None or not self._captures[0].active:
+            return
+        vectors = self._batch_vectors()
+        size = len(vectors[0])
+        seen = self._seen[dataloader_idx]
+        take = size if self.max_samples is None else min(size, self.max_samples - seen)
+        columns: dict[str, Any] = {
+            "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
+            "stage": np.full(size, self._snapshot["stage"]),
+            "epoch": np.full(size, self._snapshot["epoch"], dtype=np.int32),
+            "step": np.full(size, self._snapshot["step"], dtype=np.int64),
+            "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
+            "label": batches.batch_labels(batch, size, self.label_key),
+            "prediction": self._predictions(outputs, size),
+            **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
+        }
+        columns = {name: value[:take] for name, value in columns.items() if value is not None}
+        if self._writer is None:
+            path = store.snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
+            self._writer = store.EpochWriter(path, self._schema(columns))
+        ready = next((c.copied for c in self._captures if c.copied is not None), None)
+        self._writer.write(columns, ready)
+        self._seen[dataloader_idx] = seen + take
+
+    def _end_snapshot(self, trainer: pl.Trainer) -> None:
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None:
+            return
+        for capture in self._captures:
+            capture.active = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
+        files = store.snapshot_files(self.dirpath, snapshot["name"])
+        if trainer.is_global_zero and files:
+            self._manifest.setdefault("snapshots", []).append(snapshot)
+            self._manifest["layers"] = store.layer_metadata(pq.read_schema(files[0]))
+            self._manifest.setdefault("reducer", None)
+            self._manifest["versions"] = _versions()
+            store.write_manifest(self.dirpath, self._manifest)
+
+    def _reduce(self, trainer: pl.Trainer) -> None:
+        """Rank 0 fits the maps of every layer while the other ranks wait for it."""
+        if self.dirpath is None or _stage(trainer) not in self.stages:
+            return
+        if trainer.is_global_zero and self._manifest.get("snapshots"):
+            run = EmbeddingRun(self.dirpath)
+            run.reduce(self.reducer, self.n_components, self.seed, progress=trainer.progress_bar_callback is not None,
+                       **self.reducer_kwargs)
+            rank_zero_info(
+                f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
+                f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"
+            )
+        if self._rank_zero_wait is not None:
+            torch.distributed.barrier(group=self._rank_zero_wait)
+
+    def _continue_run(self) -> None:
+        """Append to the run already in ``dirpath`` (a resumed fit, or validate/test after fit), if there is one."""
+        if not (self.dirpath / store.MANIFEST).is_file():
+            return
+        self._manifest = store.read_manifest(self.dirpath)
+        theirs = [(f["column"], f["strategy"]) for f in self._manifest.get("layers", [])]
+        ours = [(c.layer.column, c.strategy.name) for c in self._captures]
+        if theirs and theirs != ours:
+            raise ValueError(
+                f"EmbeddingCollector: {self.dirpath} holds a run of layers {theirs} (name, reshape), but this collector "
+                f"records {ours}. Record the same layers to add to that run, or pass another dirpath."
+            )
 
     def _release(self) -> None:
-        """Remove every hook and discard an unfinished epoch file; safe to call twice."""
+        """Remove every hook and discard an unfinished snapshot file; safe to call twice."""
         for capture in self._captures:
             capture.remove()
         self._captures = []
-        self._recording = False
+        self._snapshot = None
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
@@ -335,9 +416,6 @@ class EmbeddingCollector(Callback):
             )
         return preds
 
-    def _epoch_path(self, trainer: pl.Trainer) -> Path:
-        return store.epoch_file(self.dirpath, trainer.current_epoch, trainer.global_rank, trainer.world_size)
-
     def _layer_facts(self) -> list[dict[str, Any]]:
         return [
             {
@@ -360,6 +438,11 @@ class EmbeddingCollector(Callback):
             for name, value in columns.items()
         ]
         return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
+
+
+def _stage(trainer: pl.Trainer) -> str:
+    """``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``: what the trainer is running."""
+    return trainer.state.fn.value if trainer.state.fn is not None else ""
 
 
 def _per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any) -> dict[LayerSpec, Any]:

@@ -1,14 +1,14 @@
-"""Reducers behind scikit-learn's estimator API, and the procedure: fit on the last epoch, project every epoch.
+"""Reducers behind scikit-learn's estimator API, and the procedure: fit on the last snapshot, project them all.
 
-Every epoch, the last one included, goes through ``transform`` of the reducer fitted on the last epoch, so two
-epochs with equal vectors land on equal points. (UMAP's ``transform`` of its own training data returns exactly
+Every snapshot, the fitted one included, goes through ``transform`` of the reducer fitted on the last snapshot of
+``fit``, so two snapshots with equal vectors land on equal points. (UMAP's ``transform`` of its own training data returns exactly
 its ``embedding_``; PaCMAP's differs from ``embedding_``, which is why ``embedding_`` is not used.)
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Mapping, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
@@ -89,14 +89,14 @@ def _fresh_copy(estimator: ReducerLike) -> ReducerLike:
 
 
 def fit_and_project(
-    estimator: ReducerLike, fit_on: np.ndarray, epochs: Mapping[int, np.ndarray], progress: bool = True
-) -> dict[int, np.ndarray]:
-    """Fit ``estimator`` on ``fit_on`` and project every epoch's vectors through its ``transform``."""
+    estimator: ReducerLike, fit_on: np.ndarray, snapshots: Sequence[np.ndarray], progress: bool = True
+) -> list[np.ndarray]:
+    """Fit ``estimator`` on ``fit_on`` and project every snapshot's vectors through its ``transform``."""
     from tqdm.auto import tqdm
 
     estimator.fit(fit_on)
-    bar = tqdm(epochs.items(), desc="projecting epochs", unit="epoch", delay=2, disable=not progress, leave=False)
-    return {epoch: np.asarray(estimator.transform(vectors), dtype=np.float32) for epoch, vectors in bar}
+    bar = tqdm(snapshots, desc="projecting snapshots", unit="snapshot", delay=2, disable=not progress, leave=False)
+    return [np.asarray(estimator.transform(vectors), dtype=np.float32) for vectors in bar]
 
 
 def describe(estimator: ReducerLike) -> dict[str, Any]:

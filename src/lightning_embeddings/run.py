@@ -18,19 +18,22 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.store import (
     MANIFEST,
     column_vectors,
-    epoch_files,
     projection_file,
+    snapshot_files,
     read_manifest,
     write_manifest,
     write_table,
 )
 
-KEYS = ("epoch", "dataloader_idx", "sample_id")
+KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")
 SAMPLE_FACTS = ("label", "prediction")
 
 
 class EmbeddingRun:
     """The vectors and projections of one run directory.
+
+    A run holds snapshots: one per recorded validation (several per epoch with ``val_check_interval < 1``), and
+    one per recorded ``trainer.validate``/``trainer.test``, each named by its stage, epoch and global step.
 
     Args:
         path: the run directory (``collector.dirpath``, by default ``<log_dir>/embeddings``).
@@ -43,7 +46,7 @@ class EmbeddingRun:
         run = EmbeddingRun("lightning_logs/version_0/embeddings")
         run.layers, run.epochs                      # ['conv2', 'head.1'], [0, 1, 2, 3, 4]
         ids, X = run.vectors("head.1", epoch=4)     # (N,) int64, (N, D) float32
-        run.projections("head.1")                   # sample_id, epoch, dataloader_idx, x, y, label...
+        run.projections("head.1")                   # sample_id, stage, epoch, step, dataloader_idx, x, y, label...
         run.reduce(reducer="pca")                   # fit again, no retraining
     """
 
@@ -65,9 +68,14 @@ class EmbeddingRun:
         return [layer["column"] for layer in self.manifest["layers"]]
 
     @property
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every complete snapshot in the order it was recorded: ``{"name", "stage", "epoch", "step"}``."""
+        return [dict(snapshot) for snapshot in self.manifest["snapshots"]]
+
+    @property
     def epochs(self) -> list[int]:
-        """The complete recorded epochs, in order."""
-        return sorted(self.manifest["epochs"])
+        """The epochs with a complete snapshot recorded during ``fit``, in order."""
+        return sorted({s["epoch"] for s in self.manifest["snapshots"] if s["stage"] == "fit"})
 
     def layer(self, layer: LayerSpec) -> dict[str, Any]:
         """The facts of one layer (index, name, type, strategy, output shape, dim), found by its column name,
@@ -80,26 +88,44 @@ class EmbeddingRun:
         raise ValueError(f"layer {layer!r} was not recorded in {self.path}; recorded: {described}.")
 
     def vectors(
-        self, layer: LayerSpec, epoch: int, dataloader_idx: Optional[int] = None
+        self,
+        layer: LayerSpec,
+        epoch: Optional[int] = None,
+        step: Optional[int] = None,
+        stage: str = "fit",
+        dataloader_idx: Optional[int] = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One layer's vectors at one epoch, ordered by ``(dataloader_idx, sample_id)``.
+        """One layer's vectors in one snapshot, ordered by ``(dataloader_idx, sample_id)``.
+
+        The snapshot is the ``stage``'s last one at ``epoch`` (at ``step``, where an epoch has several), or its
+        last one overall when ``epoch`` is None.
 
         Returns:
             ``(sample_ids, vectors)``: an ``(N,)`` int64 array and an ``(N, D)`` float32 array.
         """
         column = self.layer(layer)["column"]
-        table = self._epoch_table(epoch, [column], dataloader_idx)
+        table = self._snapshot_table(self._snapshot(stage, epoch, step), [column], dataloader_idx)
         return table.column("sample_id").to_numpy(), column_vectors(table.column(column))
 
-    def table(self, epochs: Optional[Sequence[int]] = None, layers: Optional[Sequence[LayerSpec]] = None) -> pd.DataFrame:
-        """The recorded rows as a DataFrame: keys, label/prediction when known, one array-valued column per layer."""
+    def table(
+        self,
+        epochs: Optional[Sequence[int]] = None,
+        layers: Optional[Sequence[LayerSpec]] = None,
+        stages: Optional[Sequence[str]] = None,
+    ) -> pd.DataFrame:
+        """The recorded rows of the chosen snapshots (all by default) as a DataFrame: keys, label/prediction
+        when known, one array-valued column per layer."""
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
-        wanted = self.epochs if epochs is None else list(epochs)
-        tables = [self._epoch_table(epoch, columns) for epoch in wanted]
+        chosen = [
+            s for s in self.manifest["snapshots"]
+            if (epochs is None or s["epoch"] in epochs) and (stages is None or s["stage"] in stages)
+        ]
+        tables = [self._snapshot_table(snapshot, columns) for snapshot in chosen]
         return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=[*KEYS, *columns])
 
     def projections(self, layer: LayerSpec) -> pd.DataFrame:
-        """One layer's map: ``sample_id, epoch, dataloader_idx, x, y[, z]``, with ``label``/``prediction`` when known."""
+        """One layer's map: ``sample_id, stage, epoch, step, dataloader_idx, x, y[, z]``, with ``label`` and
+        ``prediction`` when known; one row per sample and snapshot."""
         path = projection_file(self.path, self.layer(layer)["column"])
         if not path.is_file():
             raise FileNotFoundError(
@@ -117,10 +143,11 @@ class EmbeddingRun:
         progress: bool = True,
         **reducer_kwargs: Any,
     ) -> dict[str, pd.DataFrame]:
-        """Fit ``reducer`` on the last epoch of each layer, project every epoch through it, and write the maps.
+        """Fit ``reducer`` on each layer's last snapshot of ``fit``, project every snapshot through it, write the maps.
 
-        Every epoch, the last one included, goes through the fitted reducer's ``transform``: equal vectors in two
-        epochs give equal points. Layers with too few samples are skipped with a warning.
+        Every snapshot, the fitted one included, goes through the fitted reducer's ``transform``: equal vectors in
+        two snapshots give equal points. Snapshots of ``trainer.validate``/``test`` land in the same map. Layers
+        with too few samples are skipped with a warning.
 
         Example::
 
@@ -132,19 +159,22 @@ class EmbeddingRun:
             return {}
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
-        if not self.epochs:
-            rank_zero_warn(f"{self.path} has no complete epoch: nothing to reduce.")
+        snapshots = self.manifest["snapshots"]
+        if not snapshots:
+            rank_zero_warn(f"{self.path} has no complete snapshot: nothing to reduce.")
             return {}
-        last = self.epochs[-1]
+        fitted = next((s for s in reversed(snapshots) if s["stage"] == "fit"), snapshots[-1])
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
         earlier = (self.manifest.get("reducer") or {}).get("layers", {})  # layers reduced before and not now
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
-                                  "seed": seed, "kwargs": reducer_kwargs, "fitted_on_epoch": last, "layers": earlier}
+                                  "seed": seed, "kwargs": reducer_kwargs, "fitted_on": dict(fitted),
+                                  "layers": earlier}
         maps = {}
         for column in columns:
-            _, fit_on = self.vectors(column, last)
+            tables = [self._snapshot_table(snapshot, [column]) for snapshot in snapshots]
+            fit_on = column_vectors(tables[snapshots.index(fitted)].column(column))
             if len(fit_on) < reducers.min_samples(n_components):
-                reason = f"{len(fit_on)} samples at epoch {last}; a map needs at least {reducers.min_samples(n_components)}"
+                reason = f"{len(fit_on)} samples in {fitted['name']}; a map needs at least {reducers.min_samples(n_components)}"
                 rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
                 record["layers"][column] = {"skipped": reason}
                 projection_file(self.path, column).unlink(missing_ok=True)
@@ -153,38 +183,47 @@ class EmbeddingRun:
             described = reducers.describe(estimator)
             rank_zero_info(
                 f"lightning-embeddings: fitting {described['class'].rsplit('.', 1)[-1]} on layer {column!r}: "
-                f"{fit_on.shape[0]} samples x {fit_on.shape[1]} dims (epoch {last}), projecting {len(self.epochs)} epochs"
+                f"{fit_on.shape[0]} samples x {fit_on.shape[1]} dims ({fitted['name']}), "
+                f"projecting {len(snapshots)} snapshots"
             )
-            tables = {epoch: self._epoch_table(epoch, [column]) for epoch in self.epochs}
-            points = reducers.fit_and_project(
-                estimator, fit_on, {e: column_vectors(t.column(column)) for e, t in tables.items()}, progress
-            )
+            points = reducers.fit_and_project(estimator, fit_on, [column_vectors(t.column(column)) for t in tables], progress)
             maps[column] = self._write_map(column, tables, points)
             record["layers"][column] = {"samples": len(fit_on), **described}
         self.manifest["reducer"] = record
         write_manifest(self.path, self.manifest)
         return maps
 
-    def _write_map(self, column: str, tables: dict[int, pa.Table], points: dict[int, np.ndarray]) -> pd.DataFrame:
+    def _write_map(self, column: str, tables: list[pa.Table], points: list[np.ndarray]) -> pd.DataFrame:
         frames = []
-        for epoch, table in tables.items():
+        for table, xyz in zip(tables, points):
             frame = table.drop_columns([column]).to_pandas()
-            for axis, values in zip("xyz", points[epoch].T):
+            for axis, values in zip("xyz", xyz.T):
                 frame[axis] = values
             frames.append(frame)
         projections = pd.concat(frames, ignore_index=True)
         axes = [a for a in "xyz" if a in projections]
         facts = [c for c in SAMPLE_FACTS if c in projections]
-        projections = projections[["sample_id", "epoch", "dataloader_idx", *axes, *facts]]
+        projections = projections[["sample_id", "stage", "epoch", "step", "dataloader_idx", *axes, *facts]]
         write_table(projection_file(self.path, column), pa.Table.from_pandas(projections, preserve_index=False))
         return projections
 
-    def _epoch_table(self, epoch: int, columns: Sequence[str], dataloader_idx: Optional[int] = None) -> pa.Table:
-        """One epoch's rows of all ranks, padding duplicates dropped, ordered by ``(dataloader_idx, sample_id)``."""
-        if epoch not in self.epochs:
-            raise ValueError(f"epoch {epoch!r} was not recorded in {self.path}; complete epochs: {self.epochs}.")
+    def _snapshot(self, stage: str, epoch: Optional[int], step: Optional[int]) -> dict[str, Any]:
+        candidates = [
+            s for s in self.manifest["snapshots"]
+            if s["stage"] == stage and (epoch is None or s["epoch"] == epoch) and (step is None or s["step"] == step)
+        ]
+        if not candidates:
+            recorded = ", ".join(f"{s['stage']} epoch {s['epoch']} step {s['step']}" for s in self.manifest["snapshots"])
+            wanted = f"{stage} epoch {epoch!r}" + ("" if step is None else f" step {step!r}")
+            raise ValueError(f"{wanted} was not recorded in {self.path}; complete snapshots: {recorded or 'none'}.")
+        return candidates[-1]
+
+    def _snapshot_table(
+        self, snapshot: dict[str, Any], columns: Sequence[str], dataloader_idx: Optional[int] = None
+    ) -> pa.Table:
+        """One snapshot's rows of all ranks, DDP's padding duplicates dropped, ordered by (dataloader_idx, sample_id)."""
         tables = []
-        for path in epoch_files(self.path, epoch):
+        for path in snapshot_files(self.path, snapshot["name"]):
             schema = pq.read_schema(path)
             present = [c for c in (*KEYS, *SAMPLE_FACTS) if c in schema.names]
             tables.append(pq.read_table(path, columns=[*present, *columns]))
@@ -196,4 +235,3 @@ class EmbeddingRun:
         keep = np.ones(len(order), dtype=bool)
         keep[1:] = (np.diff(loader[order]) != 0) | (np.diff(ids[order]) != 0)
         return table.take(order[keep])
-

@@ -1,9 +1,11 @@
-"""The on-disk format of a run: epoch files of vectors, projections, and ``manifest.json``.
+"""The on-disk format of a run: snapshot files of vectors, projections, and ``manifest.json``.
 
 ```
 embeddings/
   manifest.json
-  vectors/epoch_0003.parquet          (under DDP: epoch_0003-rank1.parquet, one per rank)
+  vectors/epoch_0003-step_0000440.parquet        one snapshot: a validation run during fit
+  vectors/epoch_0003-step_0000440-rank1.parquet  under DDP, one file per rank
+  vectors/test-epoch_0005-step_0000660.parquet   trainer.test() or trainer.validate(), when recorded
   projections/<layer>.parquet
 ```
 Every file is written under a hidden temporary name and renamed when complete, so a reader never sees half a file.
@@ -32,16 +34,20 @@ METADATA_KEY = b"lightning_embeddings"
 ROW_GROUP_BYTES = 32 * 2**20
 
 
-def epoch_file(dirpath: Path, epoch: int, rank: int, world_size: int) -> Path:
+def snapshot_name(stage: str, epoch: int, step: int) -> str:
+    """The file stem of one snapshot: ``epoch_0003-step_0000440``, prefixed by the stage outside ``fit``."""
+    prefix = "" if stage == "fit" else f"{stage}-"
+    return f"{prefix}epoch_{epoch:04d}-step_{step:07d}"
+
+
+def snapshot_file(dirpath: Path, name: str, rank: int, world_size: int) -> Path:
     suffix = f"-rank{rank}" if world_size > 1 else ""
-    return dirpath / VECTORS / f"epoch_{epoch:04d}{suffix}.parquet"
+    return dirpath / VECTORS / f"{name}{suffix}.parquet"
 
 
-def epoch_files(dirpath: Path, epoch: int) -> list[Path]:
-    """Every complete file of one epoch (one per rank under DDP)."""
-    return sorted((dirpath / VECTORS).glob(f"epoch_{epoch:04d}.parquet")) + sorted(
-        (dirpath / VECTORS).glob(f"epoch_{epoch:04d}-rank*.parquet")
-    )
+def snapshot_files(dirpath: Path, name: str) -> list[Path]:
+    """Every complete file of one snapshot (one per rank under DDP)."""
+    return sorted((dirpath / VECTORS).glob(f"{name}.parquet")) + sorted((dirpath / VECTORS).glob(f"{name}-rank*.parquet"))
 
 
 def projection_file(dirpath: Path, column: str) -> Path:
