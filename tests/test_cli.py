@@ -344,16 +344,6 @@ def test_command_line_flags_and_custom_strategies_by_import_path(run_command_lin
     assert run.manifest["reducer"]["name"] == "pca"
 
 
-REDUCER_BUG = (
-    "BUG: reduce.ReducerLike declares fit(self, X, *args, **kwargs) / transform(self, X, *args, **kwargs); "
-    "jsonargparse 4.53's implements_protocol requires an implementation to accept every call the protocol "
-    "accepts, so sklearn's PCA.fit(self, X, y=None) (no *args) and umap.UMAP/pacmap.PaCMAP fail it too: "
-    "'Import path sklearn.decomposition.PCA does not implement protocol ReducerLike'. Declaring "
-    "fit(self, X: Any) -> Any and transform(self, X: Any) -> Any makes all three match."
-)
-
-
-@pytest.mark.xfail(reason=REDUCER_BUG, strict=True)
 def test_reducer_class_path_from_yaml(run_reducer_class):
     run = run_reducer_class.ok().run()
     described = run.manifest["reducer"]["layers"]["head.1"]
