@@ -64,11 +64,14 @@ class DigitsCNN(pl.LightningModule):
         self.log("train_loss", loss)
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y = batch
         logits = self(x)
         self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
         return {"preds": logits.argmax(-1)}  # recorded as each sample's prediction
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

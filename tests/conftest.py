@@ -46,7 +46,7 @@ def fit_collector(
     pl.seed_everything(0, verbose=False)
     collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", **collector_kwargs})
     trainer = make_trainer(root, [collector], **(trainer_kwargs or {}))
-    trainer.fit(model or DigitsCNN(), datamodule or DigitsDataModule())
+    trainer.fit(model if model is not None else DigitsCNN(), datamodule or DigitsDataModule())
     return trainer, collector
 
 
