@@ -174,8 +174,9 @@ def test_id_key_and_dict_labels(fit_digits):
     assert table["label"].tolist() == datamodule.val_set.tensors[1].tolist()
 
 
-def test_bf16_mixed_is_stored_as_float32(fit_digits):
-    _, collector = fit_digits(trainer_kwargs={"precision": "bf16-mixed", "max_epochs": 1})
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_is_stored_as_float32(fit_digits, precision):
+    _, collector = fit_digits(trainer_kwargs={"precision": precision, "max_epochs": 1})
     schema = pq.read_schema(_files(collector.dirpath)[0])
     assert str(schema.field("head.1").type) == "fixed_size_list<element: float>[64]"
     ids, vectors = EmbeddingRun(collector.dirpath).vectors("head.1", 0)
