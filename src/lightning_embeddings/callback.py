@@ -55,6 +55,9 @@ class EmbeddingCollector(Callback):
             ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
         reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``.
+        align: how snapshots share one map: ``"last"`` (fit on the last snapshot, place the others through
+            ``transform``), ``"joint"`` (fit on all snapshots together), ``"aligned"`` (``umap.AlignedUMAP``).
+            Each snapshot's trustworthiness is measured and stored; see :meth:`EmbeddingRun.reduce`.
         seed: random state of the reducer, for reproducible maps (``None``: not reproducible, faster UMAP).
         label_key: the key of the per-sample labels in a dict batch; by default ``label``, ``labels``,
             ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
@@ -91,6 +94,7 @@ class EmbeddingCollector(Callback):
         reducer: reducers.ReducerSpec = "umap",
         n_components: Literal[2, 3] = 2,
         reducer_kwargs: Optional[dict[str, Any]] = None,
+        align: reducers.Align = "last",
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,
@@ -108,7 +112,7 @@ class EmbeddingCollector(Callback):
             raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}.")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"max_samples must be None or an int >= 1, got {max_samples!r}.")
-        reducers.check_reducer(reducer)
+        reducers.check_reducer(reducer, align)
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
         self.every_n_epochs = every_n_epochs
@@ -116,6 +120,7 @@ class EmbeddingCollector(Callback):
         self.reducer = reducer
         self.n_components = n_components
         self.reducer_kwargs = dict(reducer_kwargs or {})
+        self.align = align
         self.seed = seed
         self.label_key = label_key
         self.id_key = id_key
@@ -330,8 +335,8 @@ class EmbeddingCollector(Callback):
             return
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             run = EmbeddingRun(self.dirpath)
-            run.reduce(self.reducer, self.n_components, self.seed, progress=trainer.progress_bar_callback is not None,
-                       **self.reducer_kwargs)
+            run.reduce(self.reducer, self.n_components, self.seed, align=self.align,
+                       progress=trainer.progress_bar_callback is not None, **self.reducer_kwargs)
             rank_zero_info(
                 f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
                 f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"

@@ -14,6 +14,10 @@ import numpy as np
 
 ReducerName = Literal["umap", "pacmap", "pca"]
 REDUCER_NAMES: tuple[str, ...] = ("umap", "pacmap", "pca")
+Align = Literal["last", "joint", "aligned"]
+ALIGNS: tuple[str, ...] = ("last", "joint", "aligned")
+JOINT_FIT_ROWS = 20_000  # a joint fit sees at most this many rows of all snapshots together
+FAITHFUL = 0.8  # below this trustworthiness a snapshot's map is called not faithful
 
 
 @runtime_checkable
@@ -28,8 +32,13 @@ class ReducerLike(Protocol):
 ReducerSpec = Union[ReducerName, ReducerLike, None]
 
 
-def check_reducer(reducer: Any) -> None:
-    """Raise at once for a reducer that can never work: an unknown name, or an object without fit/transform."""
+def check_reducer(reducer: Any, align: str = "last") -> None:
+    """Raise at once for a reducer that can never work: an unknown name, an object without fit/transform, an
+    unknown ``align``, or ``align="aligned"`` with another reducer than UMAP."""
+    if align not in ALIGNS:
+        raise ValueError(f"Unknown align {align!r}. Choose one of {', '.join(map(repr, ALIGNS))}.")
+    if align == "aligned" and reducer not in ("umap", None):
+        raise ValueError(f"align='aligned' uses umap.AlignedUMAP: it needs reducer='umap', got {reducer!r}.")
     if reducer is None or isinstance(reducer, ReducerLike):
         return
     if isinstance(reducer, str):
@@ -97,6 +106,43 @@ def fit_and_project(
     estimator.fit(fit_on)
     bar = tqdm(snapshots, desc="projecting snapshots", unit="snapshot", delay=2, disable=not progress, leave=False)
     return [np.asarray(estimator.transform(vectors), dtype=np.float32) for vectors in bar]
+
+
+def joint_sample(snapshots: Sequence[np.ndarray], seed: Optional[int], rows: int = JOINT_FIT_ROWS) -> np.ndarray:
+    """All snapshots' vectors stacked, a random subset of ``rows`` of them where there are more."""
+    stacked = np.concatenate(snapshots)
+    if len(stacked) <= rows:
+        return stacked
+    return stacked[np.sort(np.random.default_rng(seed).choice(len(stacked), rows, replace=False))]
+
+
+def aligned_maps(
+    snapshots: Sequence[np.ndarray], keys: Sequence[np.ndarray], n_components: int, seed: Optional[int], **kwargs: Any
+) -> tuple[list[np.ndarray], ReducerLike]:
+    """One UMAP map per snapshot, fitted together by ``umap.AlignedUMAP``: a sample's points in consecutive
+    snapshots are tied by its key (e.g. ``(dataloader_idx, sample_id)``), each snapshot keeps its own structure."""
+    import umap
+
+    relations = []
+    for before, after in zip(keys, keys[1:]):
+        where = {key: j for j, key in enumerate(after.tolist())}
+        relations.append({i: where[key] for i, key in enumerate(before.tolist()) if key in where})
+    kwargs["n_neighbors"] = min(kwargs.get("n_neighbors", 15), min(map(len, snapshots)) - 1)
+    estimator = umap.AlignedUMAP(n_components=n_components, random_state=seed, **kwargs)
+    estimator.fit(list(snapshots), relations=relations)
+    return [np.asarray(e, dtype=np.float32) for e in estimator.embeddings_], estimator
+
+
+def faithfulness(vectors: np.ndarray, points: np.ndarray, seed: Optional[int] = 0, rows: int = 2000) -> Optional[float]:
+    """``sklearn.manifold.trustworthiness`` (10 neighbours) of a map against its own vectors, on a random subset
+    of ``rows`` samples where there are more; None where there are too few samples to tell."""
+    from sklearn.manifold import trustworthiness
+
+    if len(vectors) > rows:
+        keep = np.random.default_rng(seed).choice(len(vectors), rows, replace=False)
+        vectors, points = vectors[keep], points[keep]
+    neighbours = min(10, len(vectors) // 2 - 1)
+    return float(trustworthiness(vectors, points, n_neighbors=neighbours)) if neighbours >= 1 else None
 
 
 def describe(estimator: ReducerLike) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from lightning_embeddings.store import (
 )
 
 KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")
+LONG_PROJECTIONS = "projections.parquet"
 SAMPLE_FACTS = ("label", "prediction")
 
 
@@ -140,21 +141,32 @@ class EmbeddingRun:
         n_components: int = 2,
         seed: Optional[int] = 0,
         layers: Optional[Sequence[LayerSpec]] = None,
+        align: reducers.Align = "last",
         progress: bool = True,
         **reducer_kwargs: Any,
     ) -> dict[str, pd.DataFrame]:
-        """Fit ``reducer`` on each layer's last snapshot of ``fit``, project every snapshot through it, write the maps.
+        """Fit a map per layer, place every snapshot in it, write the maps and measure how faithful each one is.
 
-        Every snapshot, the fitted one included, goes through the fitted reducer's ``transform``: equal vectors in
-        two snapshots give equal points. Snapshots of ``trainer.validate``/``test`` land in the same map. Layers
-        with too few samples are skipped with a warning.
+        ``align`` chooses how snapshots share one space:
+
+        - ``"last"``: fit on the last snapshot of ``fit`` (all dataloaders together) and pass every snapshot,
+          that one included, through ``transform``: equal vectors give equal points, and each sample is drawn
+          where it sits relative to the final structure. Early snapshots can look more formed than they were;
+          their trustworthiness says so.
+        - ``"joint"``: fit on all snapshots together (at most 20,000 rows), then ``transform`` each: every
+          snapshot keeps its own structure in one shared space.
+        - ``"aligned"``: ``umap.AlignedUMAP``, one map per snapshot tied by each sample's identity (UMAP only).
+
+        Each snapshot's ``trustworthiness`` (10 neighbours, against its own vectors) goes into the manifest;
+        below 0.8 a warning says the map is not faithful there. Snapshots of ``trainer.validate``/``test`` land
+        in the same map. Layers with too few samples are skipped with a warning.
 
         Example::
 
-            maps = EmbeddingRun(path).reduce(reducer="pacmap", n_components=3)
+            maps = EmbeddingRun(path).reduce(reducer="pacmap", n_components=3, align="joint")
             maps["head.1"].groupby("epoch")[["x", "y", "z"]].mean()
         """
-        reducers.check_reducer(reducer)
+        reducers.check_reducer(reducer, align)
         if reducer is None:
             return {}
         if n_components not in (2, 3):
@@ -167,31 +179,69 @@ class EmbeddingRun:
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
         earlier = (self.manifest.get("reducer") or {}).get("layers", {})  # layers reduced before and not now
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
-                                  "seed": seed, "kwargs": reducer_kwargs, "fitted_on": dict(fitted),
+                                  "seed": seed, "align": align, "kwargs": reducer_kwargs, "fitted_on": dict(fitted),
                                   "layers": earlier}
         maps = {}
         for column in columns:
             tables = [self._snapshot_table(snapshot, [column]) for snapshot in snapshots]
-            fit_on = column_vectors(tables[snapshots.index(fitted)].column(column))
-            if len(fit_on) < reducers.min_samples(n_components):
-                reason = f"{len(fit_on)} samples in {fitted['name']}; a map needs at least {reducers.min_samples(n_components)}"
+            vectors = [column_vectors(t.column(column)) for t in tables]
+            fit_on = vectors[snapshots.index(fitted)] if align == "last" else reducers.joint_sample(vectors, seed)
+            fewest = min(map(len, vectors)) if align == "aligned" else len(fit_on)
+            if fewest < reducers.min_samples(n_components):
+                reason = f"{fewest} samples to fit on; a map needs at least {reducers.min_samples(n_components)}"
                 rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
                 record["layers"][column] = {"skipped": reason}
                 projection_file(self.path, column).unlink(missing_ok=True)
                 continue
-            estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
-            described = reducers.describe(estimator)
+            name = reducer if isinstance(reducer, str) else type(reducer).__name__
             rank_zero_info(
-                f"lightning-embeddings: fitting {described['class'].rsplit('.', 1)[-1]} on layer {column!r}: "
-                f"{fit_on.shape[0]} samples x {fit_on.shape[1]} dims ({fitted['name']}), "
-                f"projecting {len(snapshots)} snapshots"
+                f"lightning-embeddings: fitting {name} (align={align!r}) on layer {column!r}: {len(fit_on)} samples x "
+                f"{fit_on.shape[1]} dims, placing {len(snapshots)} snapshots"
             )
-            points = reducers.fit_and_project(estimator, fit_on, [column_vectors(t.column(column)) for t in tables], progress)
+            if align == "aligned":
+                keys = [t.column("dataloader_idx").to_numpy().astype(np.int64) << 40 | t.column("sample_id").to_numpy()
+                        for t in tables]
+                points, estimator = reducers.aligned_maps(vectors, keys, n_components, seed, **reducer_kwargs)
+            else:
+                estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
+                points = reducers.fit_and_project(estimator, fit_on, vectors, progress)
             maps[column] = self._write_map(column, tables, points)
-            record["layers"][column] = {"samples": len(fit_on), **described}
+            trust = {s["name"]: reducers.faithfulness(v, p, seed) for s, v, p in zip(snapshots, vectors, points)}
+            record["layers"][column] = {"samples": len(fit_on), **reducers.describe(estimator), "trustworthiness": trust}
+            self._report_faithfulness(column, trust)
         self.manifest["reducer"] = record
         write_manifest(self.path, self.manifest)
+        self._write_long_projections()
         return maps
+
+    def _report_faithfulness(self, column: str, trust: dict[str, Optional[float]]) -> None:
+        said = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in trust.items())
+        rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: {said}")
+        unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
+        if unfaithful:
+            rank_zero_warn(
+                f"lightning-embeddings: the map of layer {column!r} is not faithful at {', '.join(unfaithful)} "
+                f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not "
+                "neighbours in the vectors. With align='last' early snapshots are drawn by the final structure; "
+                "align='joint' or 'aligned' keep each snapshot's own."
+            )
+
+    def _write_long_projections(self) -> None:
+        """``projections.parquet`` at the run's root: every layer's map in one long table, with ``correct``."""
+        frames = []
+        for column in self.layers:
+            path = projection_file(self.path, column)
+            if path.is_file():
+                frame = pd.read_parquet(path)
+                frame.insert(0, "layer", column)
+                if {"label", "prediction"} <= set(frame.columns):
+                    frame["correct"] = frame["label"] == frame["prediction"]
+                frames.append(frame)
+        target = self.path / LONG_PROJECTIONS
+        if not frames:
+            target.unlink(missing_ok=True)
+            return
+        write_table(target, pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False))
 
     def _write_map(self, column: str, tables: list[pa.Table], points: list[np.ndarray]) -> pd.DataFrame:
         frames = []
