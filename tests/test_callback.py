@@ -316,5 +316,5 @@ class UnusedLayerCNN(DigitsCNN):
 
 
 def test_a_layer_not_on_the_validation_path_is_a_clear_error(fit_digits):
-    with pytest.raises(RuntimeError, match="layer 'unused' was not called during validation_step"):
+    with pytest.raises(RuntimeError, match="layer 'unused' was not called in this validation/test step"):
         fit_digits(model=UnusedLayerCNN(), layers=["unused"])

@@ -153,3 +153,8 @@ def test_frozen_and_eval_modules_are_recorded_the_same(fit_digits):
     _, vectors = run.vectors("features.2", 1)
     expected = _forward(model, datamodule.val_set.tensors[0], "features.2").reshape(449, -1)
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_test_only_collector_does_nothing_during_fit(fit_digits, tmp_path):
+    _, collector = fit_digits(stages=("test",))
+    assert collector.dirpath is None and not (tmp_path / "embeddings").exists()

@@ -167,7 +167,8 @@ class EmbeddingCollector(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After any checkpoint is restored: continue a resumed run, refuse to mix into another one."""
-        assert self.dirpath is not None
+        if self.dirpath is None or "fit" not in self.stages:
+            return
         if self._resumed:
             self._continue_run()
             return
@@ -372,8 +373,8 @@ class EmbeddingCollector(Callback):
         for capture in self._captures:
             if capture.vectors is None:
                 raise RuntimeError(
-                    f"EmbeddingCollector: layer {capture.layer.column!r} was not called during validation_step; "
-                    "record a layer on the validation forward path."
+                    f"EmbeddingCollector: layer {capture.layer.column!r} was not called in this validation/test step; "
+                    "record a layer on the forward path of validation_step/test_step."
                 )
             if capture.calls > 1:
                 self._warnings.warn(
