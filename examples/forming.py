@@ -1,7 +1,16 @@
-"""A model whose recorded layer forms clusters over training: at epoch e each sample's vector is
-``(1 - t) * noise + t * centre`` with ``t = e / (epochs - 1)``. Real ``Trainer.fit`` runs, known ground truth."""
+"""Clusters that form over training, and a comparison of the ways to draw every epoch in one map.
+
+    python examples/forming.py [--out runs/align]
+
+``FormingClusters`` is a model whose recorded layer forms clusters over 5 epochs: at epoch e each sample's vector
+is ``(1 - t) * noise + t * centre`` with ``t = e / 4``, a known ground truth. ``main`` records it and the digits
+CNN, reduces each run with PCA and with UMAP under ``align='last'``, ``'joint'`` and ``'aligned'``, prints each
+snapshot's trustworthiness and draws the pictures (docs/align.md shows them).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -52,3 +61,41 @@ class FormingClusters(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def main() -> None:
+    """Compare align='last', 'joint' and 'aligned' on forming clusters and on the digits CNN: per-snapshot
+    trustworthiness, and pictures under --out."""
+    import argparse
+    import warnings
+
+    from digits import DigitsCNN, DigitsDataModule
+
+    from lightning_embeddings import EmbeddingCollector, EmbeddingRun
+    from lightning_embeddings.plot import plot_layer
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", default="runs/align", help="where runs and pictures go (default: %(default)s)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    cases = {"forming": (FormingClusters(), None, "forming"), "digits": (DigitsCNN(), DigitsDataModule(), "head.1")}
+    print("case     align    reducer  trustworthiness per snapshot")
+    for case, (model, datamodule, layer) in cases.items():
+        pl.seed_everything(0, verbose=False)
+        dirpath = Path(args.out) / case
+        collector = EmbeddingCollector(layers=[layer], reducer=None, plots=False, dirpath=dirpath, overwrite=True)
+        trainer = pl.Trainer(max_epochs=5, default_root_dir=args.out, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=[collector])
+        trainer.fit(model, datamodule=datamodule)
+        run = EmbeddingRun(dirpath)
+        for reducer, align in [("pca", "last"), ("umap", "last"), ("umap", "joint"), ("umap", "aligned")]:
+            run.reduce(reducer=reducer, align=align, progress=False)
+            trust = run.manifest["reducer"]["layers"][layer]["trustworthiness"].values()
+            print(f"{case:8} {align:8} {reducer:8} " + " ".join(f"{t:.3f}" for t in trust))
+            for picture in plot_layer(run, layer, Path(args.out) / "pictures"):
+                picture.rename(picture.with_name(f"{case}-{reducer}-{align}-{picture.name}"))
+
+
+if __name__ == "__main__":
+    main()

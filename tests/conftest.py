@@ -41,10 +41,10 @@ def fit_collector(
     trainer_kwargs: Optional[dict] = None,
     **collector_kwargs: Any,
 ) -> tuple[pl.Trainer, EmbeddingCollector]:
-    """Fit the digits CNN (or ``model``) with an ``EmbeddingCollector`` (PCA by default, layers ``[3, "head.1"]``)
-    writing under ``root``."""
+    """Fit the digits CNN (or ``model``) with an ``EmbeddingCollector`` (PCA, no pictures, layers ``[3, "head.1"]``
+    unless ``collector_kwargs`` say otherwise) writing under ``root``."""
     pl.seed_everything(0, verbose=False)
-    collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", **collector_kwargs})
+    collector = EmbeddingCollector(**{"layers": [3, "head.1"], "reducer": "pca", "plots": False, **collector_kwargs})
     trainer = make_trainer(root, [collector], **(trainer_kwargs or {}))
     trainer.fit(model if model is not None else DigitsCNN(), datamodule or DigitsDataModule())
     return trainer, collector

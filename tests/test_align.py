@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_trainer
 from lightning_embeddings import EmbeddingCollector, EmbeddingRun
-from synthetic import FormingClusters
+from forming import FormingClusters
 
 
 @pytest.fixture(scope="module")

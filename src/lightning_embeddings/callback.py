@@ -3,6 +3,7 @@ into Lightning's hooks."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections import defaultdict
@@ -26,6 +27,8 @@ from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, OutputKey
 from lightning_embeddings.layers import LayerSpec, resolve_layers
+from lightning_embeddings.loggers import export_to_loggers
+from lightning_embeddings.plot import plot_run
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import EmbeddingRun
 
@@ -65,7 +68,12 @@ class EmbeddingCollector(Callback):
             validation dataset, read from a sequential sampler's order.
         stages: what to record: ``"fit"`` (validation during fit), ``"validate"`` (``trainer.validate``),
             ``"test"`` (``trainer.test``). After a fit, validate/test snapshots go into the fit's run and its map.
+        plots: draw each layer's pictures into ``<dirpath>/plots`` at the end (see :func:`~.plot.plot_run`).
+        html: also write the interactive page ``<dirpath>/plots/embeddings.html`` (needs the ``html`` extra).
         overwrite: replace a run already in ``dirpath``; by default that is an error, so nothing is lost.
+
+    With a ``TensorBoardLogger`` the projector files are written to its log directory, a ``WandbLogger`` gets the
+    pictures and a table of the last snapshot's map, an ``MLFlowLogger`` the pictures and ``projections.parquet``.
 
     Predictions are recorded when ``validation_step`` returns a dict with ``"preds"``: one value per sample.
 
@@ -99,6 +107,8 @@ class EmbeddingCollector(Callback):
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,
         stages: tuple[Literal["fit", "validate", "test"], ...] = ("fit",),
+        plots: bool = True,
+        html: bool = False,
         overwrite: bool = False,
     ) -> None:
         if isinstance(layers, (str, int)) or not layers:
@@ -129,6 +139,10 @@ class EmbeddingCollector(Callback):
         if isinstance(stages, str) or unknown:
             raise ValueError(f"stages takes some of {STAGES}, got {stages!r}.")
         self.stages = tuple(stages)
+        if html and importlib.util.find_spec("plotly") is None:
+            raise ImportError("html=True draws with plotly: pip install 'lightning-embeddings[html]'.")
+        self.plots = plots
+        self.html = html
         self._dirpath_arg = Path(dirpath) if dirpath is not None else None
         self.dirpath: Optional[Path] = None
         self._resumed = False
@@ -336,8 +350,10 @@ class EmbeddingCollector(Callback):
             return
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             run = EmbeddingRun(self.dirpath)
-            run.reduce(self.reducer, self.n_components, self.seed, align=self.align,
-                       progress=trainer.progress_bar_callback is not None, **self.reducer_kwargs)
+            maps = run.reduce(self.reducer, self.n_components, self.seed, align=self.align,
+                              progress=trainer.progress_bar_callback is not None, **self.reducer_kwargs)
+            pictures = plot_run(run, html=self.html) if self.plots and maps else []
+            export_to_loggers(run, trainer.loggers, pictures)
             rank_zero_info(
                 f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
                 f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"

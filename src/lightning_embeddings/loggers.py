@@ -1,0 +1,56 @@
+"""The run, in the loggers the Trainer already has: TensorBoard's projector, W&B images and tables, MLflow artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
+
+TABLE_ROWS = 10_000
+
+
+def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Sequence[Path]) -> None:
+    """Hand the run to each logger in its own terms (a ``CSVLogger`` gets nothing).
+
+    - ``TensorBoardLogger``: the projector files, in its ``log_dir`` (see :func:`~.export.export_tensorboard`).
+    - ``WandbLogger``: the pictures as images, and each layer's map of the last snapshot as a table
+      (at most 10,000 rows).
+    - ``MLFlowLogger``: the pictures and ``projections.parquet`` as artifacts under ``embeddings/``.
+
+    Example::
+
+        export_to_loggers(EmbeddingRun(path), trainer.loggers, plot_run(path))
+    """
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            from lightning_embeddings.export import export_tensorboard
+
+            export_tensorboard(run, logger.log_dir, progress=False)
+        elif isinstance(logger, WandbLogger):
+            for picture in pictures:
+                if picture.suffix == ".png":
+                    logger.log_image(key=f"embeddings/{picture.stem}", images=[str(picture)])
+            for layer, table in last_maps(run).items():
+                logger.log_table(key=f"embeddings/{layer}", dataframe=table)
+        elif isinstance(logger, MLFlowLogger):
+            for artifact in [*pictures, run.path / LONG_PROJECTIONS]:
+                if artifact.is_file():
+                    logger.experiment.log_artifact(logger.run_id, str(artifact), artifact_path="embeddings")
+
+
+def last_maps(run: EmbeddingRun, rows: int = TABLE_ROWS) -> dict[str, pd.DataFrame]:
+    """Each reduced layer's map of the last snapshot, at most ``rows`` rows (a fixed random subset beyond)."""
+    maps = {}
+    for layer in run.layers:
+        try:
+            projections = run.projections(layer)
+        except FileNotFoundError:
+            continue
+        last = run.snapshots[-1]
+        table = projections[(projections["stage"] == last["stage"]) & (projections["step"] == last["step"])]
+        maps[layer] = table.sample(rows, random_state=0) if len(table) > rows else table
+    return maps

@@ -1,0 +1,1036 @@
+"""Pictures of a run's maps: PNGs per layer (matplotlib) and one interactive HTML page (plotly).
+
+Per layer, under ``<run>/plots/``:
+
+- ``<layer>-snapshots.png``: one panel per snapshot (``fit`` first, then ``validate``/``test``) on shared axes,
+  coloured by label, each panel titled with its epoch, step and trustworthiness; a panel whose map is not faithful
+  (trustworthiness below 0.8) is framed and titled in red with a warning in plain words.
+- ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples marked, the
+  path of each class's median across ``fit``, the paths of the samples that moved most and of some that ended
+  misclassified, and beside it each class's median distance to its final position over training. Never every
+  sample's path: that is a hairball.
+
+``embeddings.html``: every layer in one self-contained page (one inlined copy of plotly.js, no network), a
+slider and a play button over the snapshots, points moving by sample identity, numeric hover.
+
+The colours of both come from :func:`label_palette`. The pure functions that choose what is drawn
+(:func:`misclassified`, :func:`movers`, :func:`class_medians`, :func:`distance_to_final`, :func:`stratified_sample`,
+:func:`panel_title`) work on the DataFrame of :meth:`EmbeddingRun.projections` and are tested on their own.
+"""
+
+from __future__ import annotations
+
+import html as html_escape
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_embeddings.layers import LayerSpec
+from lightning_embeddings.reduce import FAITHFUL
+from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.store import projection_file, snapshot_name
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+PLOTS = "plots"
+HTML_NAME = "embeddings.html"
+MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
+MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
+MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
+N_MOVERS = 10  # paths of the samples that moved most
+N_MISCLASSIFIED_PATHS = 20  # at most this many paths of samples that ended misclassified
+SEED = 0
+
+# matplotlib's tab20, its dark half first: the first ten are exactly tab10.
+CATEGORICAL = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)
+# viridis at ten evenly spaced stops (plotly's ``sequential.Viridis``): interpolated the same way in both outputs.
+CONTINUOUS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725")
+UNKNOWN = "#a0a0a0"  # samples without a label
+WARNING = "#c00000"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ----------------------------------------------------------------------------------------------------- colours
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Colours of labels, shared by the PNGs and the HTML page; build it with :func:`label_palette`.
+
+    Attributes:
+        kind: ``"categorical"`` (at most 20 classes, one colour each), ``"continuous"`` (more classes, or
+            non-integer numeric labels: a viridis scale from ``vmin`` to ``vmax``) or ``"none"`` (no labels: grey).
+        classes: the distinct labels, sorted.
+        colors: ``{label: "#rrggbb"}`` for every class.
+        vmin, vmax: the continuous scale's range.
+        scale: the continuous scale's stops ``[(position in [0, 1], "#rrggbb"), ...]``.
+    """
+
+    kind: str
+    classes: tuple = ()
+    colors: dict = field(default_factory=dict)
+    vmin: float = 0.0
+    vmax: float = 1.0
+    scale: tuple = ()
+
+    def color(self, label: Any) -> str:
+        """The colour of one label; grey for a missing or unknown one."""
+        if label is None or (isinstance(label, float) and math.isnan(label)) or label is pd.NA:
+            return UNKNOWN
+        if self.kind == "continuous":
+            return _interpolate(CONTINUOUS, (float(label) - self.vmin) / ((self.vmax - self.vmin) or 1.0))
+        return self.colors.get(_plain(label), UNKNOWN)
+
+    def colors_of(self, labels: Any) -> np.ndarray:
+        """The colours of many labels, as an array of ``"#rrggbb"`` strings."""
+        values = pd.Series(labels, dtype=object) if labels is not None else pd.Series([], dtype=object)
+        known = values.notna()
+        colors = np.full(len(values), UNKNOWN, dtype=object)
+        lookup = {v: self.color(v) for v in pd.unique(values[known])}
+        colors[known.to_numpy()] = [lookup[v] for v in values[known]]
+        return colors
+
+
+def label_palette(labels: Any = None, max_classes: int = MAX_CLASSES) -> Palette:
+    """The colours of a run's labels, the same in every picture and on the HTML page.
+
+    Up to ``max_classes`` distinct labels get matplotlib's ``tab10`` colours (``tab20`` beyond ten, its first ten
+    being ``tab10``'s), in sorted label order. More classes, or non-integer numeric labels, get a continuous viridis
+    scale over the labels' range. No labels (None, empty, all missing) give grey.
+
+    Args:
+        labels: the labels of the samples (any iterable; missing values are ignored), or None.
+        max_classes: the most classes that get categorical colours.
+
+    Example::
+
+        palette = label_palette(run.projections("head.1")["label"])
+        palette.kind, palette.color(3)          # ('categorical', '#d62728')
+    """
+    if labels is None:
+        return Palette("none")
+    values = pd.Series(labels).dropna()
+    if values.empty:
+        return Palette("none")
+    classes = tuple(sorted({_plain(v) for v in values}, key=_sort_key))
+    numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes)
+    integral = numeric and all(float(c).is_integer() for c in classes)
+    if len(classes) <= max_classes and (integral or not numeric):
+        colors = {c: CATEGORICAL[i % len(CATEGORICAL)] for i, c in enumerate(classes)}
+        return Palette("categorical", classes, colors)
+    if numeric:
+        vmin, vmax = float(min(classes)), float(max(classes))
+    else:  # many non-numeric classes: spread them over the scale by their sorted order
+        vmin, vmax = 0.0, float(len(classes) - 1)
+    stops = tuple((i / (len(CONTINUOUS) - 1), c) for i, c in enumerate(CONTINUOUS))
+    palette = Palette("continuous", classes, {}, vmin, vmax, stops)
+    if numeric:
+        colors = {c: palette.color(c) for c in classes}
+    else:
+        colors = {c: _interpolate(CONTINUOUS, i / max(len(classes) - 1, 1)) for i, c in enumerate(classes)}
+    return Palette("continuous", classes, colors, vmin, vmax, stops)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (so ``np.int64(3)`` and ``3`` are one class)."""
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _interpolate(stops: Sequence[str], t: float) -> str:
+    t = min(max(float(t), 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(t), len(stops) - 2)
+    a, b = (np.array([int(s[k:k + 2], 16) for k in (1, 3, 5)], dtype=float) for s in (stops[i], stops[i + 1]))
+    r, g, bl = np.rint(a + (b - a) * (t - i)).astype(int)
+    return f"#{r:02x}{g:02x}{bl:02x}"
+
+
+# --------------------------------------------------------------------------- what is drawn: pure functions
+
+
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``_key`` column naming each sample across snapshots: ``(dataloader_idx, sample_id)``."""
+    frame = frame.copy()
+    loader = frame["dataloader_idx"].to_numpy(np.int64) if "dataloader_idx" in frame else np.zeros(len(frame), np.int64)
+    frame["_key"] = loader << 40 | frame["sample_id"].to_numpy(np.int64)
+    if "dataloader_idx" not in frame:
+        frame["dataloader_idx"] = 0
+    return frame
+
+
+def fit_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the ``fit`` snapshots (all rows when the frame has no ``stage`` column or no ``fit`` row),
+    ordered by global step."""
+    rows = frame
+    if "stage" in frame and (frame["stage"] == "fit").any():
+        rows = frame[frame["stage"] == "fit"]
+    return rows.sort_values(["step", "epoch"], kind="stable")
+
+
+def _steps(rows: pd.DataFrame) -> list[tuple[int, int]]:
+    """The ``(epoch, step)`` of each snapshot in ``rows``, in order."""
+    pairs = rows[["epoch", "step"]].drop_duplicates().sort_values(["step", "epoch"])
+    return [(int(e), int(s)) for e, s in pairs.itertuples(index=False)]
+
+
+def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
+    """The samples misclassified at the last ``fit`` snapshot: its rows where ``prediction != label``.
+
+    Empty when labels or predictions were not recorded; rows missing either value are left out.
+
+    Example::
+
+        wrong = misclassified(run.projections("head.1"))
+        wrong[["sample_id", "label", "prediction"]]
+    """
+    if not {"label", "prediction"} <= set(frame.columns) or frame.empty:
+        return frame.iloc[:0]
+    rows = fit_rows(frame)
+    last = rows[rows["step"] == rows["step"].max()]
+    known = last["label"].notna() & last["prediction"].notna()
+    wrong = known & (last["label"] != last["prediction"])
+    return last[wrong.astype(bool)]
+
+
+def movers(frame: pd.DataFrame, n: int = N_MOVERS) -> pd.DataFrame:
+    """The ``n`` samples whose path across the ``fit`` snapshots is longest (sum of the distances between
+    consecutive snapshots, in map units), longest first.
+
+    Returns:
+        A DataFrame with ``dataloader_idx, sample_id, distance``.
+
+    Example::
+
+        movers(run.projections("head.1"), n=5)
+    """
+    rows = _keyed(fit_rows(frame))
+    if rows.empty:
+        return pd.DataFrame({"dataloader_idx": [], "sample_id": [], "distance": []})
+    rows = rows.sort_values(["_key", "step", "epoch"], kind="stable")
+    same = rows["_key"].to_numpy()[1:] == rows["_key"].to_numpy()[:-1]
+    steps = np.hypot(np.diff(rows["x"].to_numpy(float)), np.diff(rows["y"].to_numpy(float)))
+    lengths = np.zeros(len(rows))
+    lengths[1:] = np.where(same, steps, 0.0)
+    rows = rows.assign(_length=lengths)
+    total = rows.groupby("_key", sort=True).agg(
+        dataloader_idx=("dataloader_idx", "first"), sample_id=("sample_id", "first"), distance=("_length", "sum")
+    )
+    top = total.sort_values(["distance"], ascending=False, kind="stable").head(n)
+    return top.reset_index(drop=True)
+
+
+def class_medians(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each class's median position at every ``fit`` snapshot: ``label, epoch, step, x, y`` ordered by label then
+    step. Empty without labels.
+
+    Example::
+
+        for label, path in class_medians(run.projections("head.1")).groupby("label"):
+            print(label, path[["x", "y"]].to_numpy())
+    """
+    if "label" not in frame or frame["label"].isna().all():
+        return pd.DataFrame(columns=["label", "epoch", "step", "x", "y"])
+    rows = fit_rows(frame)
+    rows = rows[rows["label"].notna()]
+    medians = rows.groupby(["label", "step", "epoch"], sort=True)[["x", "y"]].median().reset_index()
+    return medians[["label", "epoch", "step", "x", "y"]].reset_index(drop=True)
+
+
+def distance_to_final(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per class (and over all samples, ``label`` ``None``), the median distance of the samples at each ``fit``
+    snapshot to where the same samples are at the last one: ``label, epoch, step, distance``.
+
+    Only samples present in the last snapshot count. Per-class rows are left out without labels.
+
+    Example::
+
+        curve = distance_to_final(run.projections("head.1"))
+        curve[curve.label.isna()]              # all samples: falls to 0 at the last snapshot
+    """
+    rows = _keyed(fit_rows(frame))
+    columns = ["label", "epoch", "step", "distance"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    final = rows[rows["step"] == rows["step"].max()].drop_duplicates("_key", keep="last").set_index("_key")
+    joined = rows.join(final[["x", "y"]], on="_key", rsuffix="_final", how="inner")
+    joined["distance"] = np.hypot(joined["x"] - joined["x_final"], joined["y"] - joined["y_final"])
+    overall = joined.groupby(["step", "epoch"], sort=True)["distance"].median().reset_index()
+    overall.insert(0, "label", None)
+    parts = [overall[columns]]
+    if "label" in joined and joined["label"].notna().any():
+        # the label a sample ends with names its class along the whole path
+        joined["_final_label"] = joined["_key"].map(final["label"]) if "label" in final else joined["label"]
+        per_class = (
+            joined[joined["_final_label"].notna()]
+            .groupby(["_final_label", "step", "epoch"], sort=True)["distance"].median().reset_index()
+            .rename(columns={"_final_label": "label"})
+        )
+        parts.insert(0, per_class[columns].astype({"label": object}))
+    out = pd.concat(parts, ignore_index=True)
+    return out
+
+
+def stratified_sample(
+    frame: pd.DataFrame, limit: int = MAX_POINTS, seed: Optional[int] = SEED
+) -> tuple[Optional[np.ndarray], int]:
+    """The samples to draw when a snapshot has more than ``limit`` points: the same samples in every snapshot, each
+    class keeping its share (at least one sample per class), chosen at random with ``seed``.
+
+    Args:
+        frame: the projections (every snapshot; the most points in one snapshot is what ``limit`` bounds).
+        limit: the most points per snapshot.
+        seed: the random choice's seed.
+
+    Returns:
+        ``(keys, total)``: the sorted keys ``dataloader_idx << 40 | sample_id`` to keep, or None when all are kept,
+        and the number of distinct samples.
+
+    Example::
+
+        keys, total = stratified_sample(run.projections("head.1"), limit=5000)
+    """
+    rows = _keyed(frame)
+    labels = rows.drop_duplicates("_key", keep="last").set_index("_key")
+    total = len(labels)
+    per_snapshot = int(rows.groupby(["stage", "step", "epoch"]).size().max()) if "stage" in rows and len(rows) else total
+    if per_snapshot <= limit:
+        return None, total
+    share = limit / per_snapshot
+    rng = np.random.default_rng(seed)
+    groups = (
+        labels.groupby(labels["label"].astype(object).where(labels["label"].notna(), "<none>"), sort=False)
+        if "label" in labels else [(None, labels)]
+    )
+    chosen = []
+    for _, group in groups:
+        keys = group.index.to_numpy()
+        take = min(len(keys), max(1, int(len(keys) * share)))
+        chosen.append(rng.choice(keys, size=take, replace=False))
+    keys = np.sort(np.concatenate(chosen))
+    return keys, total
+
+
+class PanelTitle(NamedTuple):
+    """A panel's title and, when its map is not faithful, the warning that goes with it (drawn in red)."""
+
+    text: str
+    warning: Optional[str]
+
+
+def snapshot_label(snapshot: Mapping[str, Any]) -> str:
+    """``"epoch 2 · step 66"``, prefixed by the stage outside ``fit`` (``"test · epoch 2 · step 66"``)."""
+    stage = snapshot.get("stage", "fit")
+    words = f"epoch {snapshot['epoch']} · step {snapshot['step']}"
+    return words if stage == "fit" else f"{stage} · {words}"
+
+
+def panel_title(
+    snapshot: Mapping[str, Any],
+    trustworthiness: Optional[float] = None,
+    *,
+    shown: Optional[int] = None,
+    total: Optional[int] = None,
+    fitted: bool = False,
+    align: Optional[str] = "last",
+    threshold: float = FAITHFUL,
+) -> PanelTitle:
+    """The title of one snapshot's panel: stage, epoch and step, the trustworthiness when known, how many points
+    are shown when not all, and a warning in plain words when trustworthiness is below ``threshold``.
+
+    Args:
+        snapshot: ``{"stage", "epoch", "step"}``.
+        trustworthiness: the snapshot's trustworthiness (10 neighbours, against its own vectors), or None.
+        shown: the points drawn, when a subsample.
+        total: the points the snapshot has.
+        fitted: whether the map was fitted on this snapshot.
+        align: how the run's snapshots share one map (``"last"``, ``"joint"``, ``"aligned"``), which decides the
+            warning's words.
+        threshold: below this trustworthiness the map is called not faithful.
+
+    Example::
+
+        panel_title({"stage": "fit", "epoch": 0, "step": 22}, 0.62)
+        # PanelTitle(text='epoch 0 · step 22\\ntrustworthiness 0.62', warning='not faithful: points placed by the final map')
+    """
+    lines = [snapshot_label(snapshot) + (" (map fitted here)" if fitted else "")]
+    warning = None
+    if trustworthiness is not None and not (isinstance(trustworthiness, float) and math.isnan(trustworthiness)):
+        lines.append(f"trustworthiness {trustworthiness:.2f}")
+        if trustworthiness < threshold:
+            if align == "last" and not fitted:
+                warning = "not faithful: points placed by the final map"
+            else:
+                warning = "not faithful: neighbours here are often not neighbours in the vectors"
+    if shown is not None and total is not None and shown < total:
+        lines.append(f"{shown:,} of {total:,} points shown")
+    return PanelTitle("\n".join(lines), warning)
+
+
+# ------------------------------------------------------------------------------------------------ run facts
+
+
+@dataclass
+class _Layer:
+    """Everything one layer's pictures need, read once."""
+
+    column: str
+    frame: pd.DataFrame  # keyed projections, panel order in ``_panel``
+    snapshots: list[dict[str, Any]]  # in panel order: fit first, then validate/test
+    trust: dict[str, Optional[float]]
+    fitted_on: Optional[str]
+    align: Optional[str]
+    reducer: str
+    palette: Palette
+    three_d: bool
+    keep: Optional[np.ndarray]  # keys drawn, None for all
+    total: int  # distinct samples
+
+
+def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
+    return run if isinstance(run, EmbeddingRun) else EmbeddingRun(run)
+
+
+def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
+    column = run.layer(layer)["column"]
+    frame = _keyed(run.projections(layer))
+    record = run.manifest.get("reducer") or {}
+    facts = (record.get("layers") or {}).get(column) or {}
+    trust = dict(facts.get("trustworthiness") or {})
+    fitted_on = (record.get("fitted_on") or {}).get("name")
+    order = {s["name"]: i for i, s in enumerate(run.snapshots)}
+    present = frame[["stage", "epoch", "step"]].drop_duplicates()
+    snapshots = []
+    for stage, epoch, step in present.itertuples(index=False):
+        name = snapshot_name(str(stage), int(epoch), int(step))
+        snapshots.append({"name": name, "stage": str(stage), "epoch": int(epoch), "step": int(step)})
+    snapshots.sort(key=lambda s: (s["stage"] != "fit", order.get(s["name"], len(order)), s["step"]))
+    frame["_panel"] = frame.set_index(["stage", "epoch", "step"]).index.map(
+        {(s["stage"], s["epoch"], s["step"]): i for i, s in enumerate(snapshots)}
+    ).to_numpy()
+    name = record.get("name") or (facts.get("class") or "reducer").rsplit(".", 1)[-1]
+    labels = frame.get("label")
+    keep, total = stratified_sample(frame, limit=MAX_POINTS)
+    return _Layer(
+        column, frame, snapshots, trust, fitted_on, record.get("align"), str(name), label_palette(labels),
+        "z" in frame, keep, total,
+    )
+
+
+def _kept(info: _Layer, rows: pd.DataFrame) -> pd.DataFrame:
+    return rows if info.keep is None else rows[np.isin(rows["_key"].to_numpy(), info.keep)]
+
+
+def _limits(frame: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
+    limits = []
+    for axis in "xy":
+        values = frame[axis].to_numpy(float)
+        values = values[np.isfinite(values)]
+        low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+        pad = (high - low) * 0.04 or 1.0
+        limits.append((low - pad, high + pad))
+    return limits[0], limits[1]
+
+
+def _reducer_words(info: _Layer) -> str:
+    fitted = next((s for s in info.snapshots if s["name"] == info.fitted_on), None)
+    words = f"{info.reducer} map"
+    if info.align:
+        words += f", align={info.align!r}"
+    if fitted is not None and info.align in (None, "last"):
+        words += f", fitted on {snapshot_label(fitted)}"
+    return words
+
+
+# ------------------------------------------------------------------------------------------------------ PNGs
+
+
+def _matplotlib() -> Any:
+    from matplotlib.figure import Figure  # imported on first use: it is slow to import
+
+    return Figure
+
+
+def _save(fig: Any, target: Path) -> Path:
+    """Write ``fig`` to ``target`` under a hidden temporary name, then rename it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _point_size(n: int) -> float:
+    return float(np.clip(3000.0 / max(n, 1), 0.5, 14.0))
+
+
+def _scatter(ax: "Axes", info: _Layer, rows: pd.DataFrame, alpha: Optional[float] = None, scale: float = 1.0) -> None:
+    colors = info.palette.colors_of(rows["label"]) if "label" in rows else np.full(len(rows), UNKNOWN, dtype=object)
+    n = len(rows)
+    ax.scatter(
+        rows["x"].to_numpy(float), rows["y"].to_numpy(float), c=list(colors), s=_point_size(n) * scale, linewidths=0,
+        alpha=alpha if alpha is not None else (0.85 if n < 2000 else 0.6), rasterized=True,
+    )
+
+
+def _label_legend(fig: Any, info: _Layer, where: Any) -> None:
+    """A legend of class colours (categorical), a colour bar (continuous) or a note (no labels)."""
+    palette = info.palette
+    if palette.kind == "categorical":
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], marker="o", linestyle="", markersize=7, markerfacecolor=palette.colors[c],
+                   markeredgewidth=0, label=str(c))
+            for c in palette.classes
+        ]
+        fig.legend(handles=handles, title="label", loc="outside right upper", frameon=False)
+    elif palette.kind == "continuous":
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import LinearSegmentedColormap, Normalize
+
+        cmap = LinearSegmentedColormap.from_list("lightning-embeddings", list(CONTINUOUS))
+        mappable = ScalarMappable(norm=Normalize(palette.vmin, palette.vmax), cmap=cmap)
+        fig.colorbar(mappable, ax=where, label=f"label ({len(palette.classes)} classes)", shrink=0.8)
+
+
+def _snapshot_panels(info: _Layer) -> tuple[list[dict[str, Any]], int]:
+    """The snapshots that get a panel (at most ``MAX_PANELS``, evenly spaced, first and last kept), and how many
+    there are."""
+    snapshots = info.snapshots
+    if len(snapshots) <= MAX_PANELS:
+        return snapshots, len(snapshots)
+    picks = sorted(set(np.linspace(0, len(snapshots) - 1, MAX_PANELS).round().astype(int)))
+    return [snapshots[i] for i in picks], len(snapshots)
+
+
+def _draw_snapshots(info: _Layer, target: Path) -> Path:
+    Figure = _matplotlib()
+    panels, count = _snapshot_panels(info)
+    n = len(panels)
+    ncols = min(n, max(3, math.ceil(math.sqrt(n))))
+    nrows = math.ceil(n / ncols)
+    extra = 1.4 if info.palette.kind != "none" else 0.0
+    fig = Figure(figsize=(3.3 * ncols + extra, 3.4 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    xlim, ylim = _limits(info.frame)
+    for ax, snapshot in zip(axes, panels):
+        rows = info.frame[info.frame["_panel"] == info.snapshots.index(snapshot)]
+        drawn = _kept(info, rows)
+        _scatter(ax, info, drawn)
+        title = panel_title(
+            snapshot, info.trust.get(snapshot["name"]), shown=len(drawn), total=len(rows),
+            fitted=snapshot["name"] == info.fitted_on, align=info.align or "last",
+        )
+        text = title.text if title.warning is None else f"{title.text}\n{title.warning}"
+        ax.set_title(text, fontsize=9, color=WARNING if title.warning else "black")
+        if title.warning:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(WARNING)
+                spine.set_linewidth(2.0)
+        ax.tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[0].set_xlim(*xlim)
+    axes[0].set_ylim(*ylim)
+    header = f"{info.column}: {_reducer_words(info)}, {info.total:,} samples"
+    header += ", coloured by label" if info.palette.kind != "none" else ", no labels recorded (grey)"
+    if count > n:
+        header += f"\n{n} of {count} snapshots shown, evenly spaced"
+    if info.three_d:
+        header += "\n3-D map: x and y drawn, z not shown"
+    fig.suptitle(header, fontsize=11)
+    _label_legend(fig, info, list(axes[:n]))
+    return _save(fig, target)
+
+
+def _draw_path(ax: "Axes", xy: np.ndarray, color: str, width: float, style: str = "-", outline: bool = True,
+               arrow: bool = True, zorder: float = 3, alpha: float = 1.0) -> None:
+    from matplotlib import patheffects
+
+    effects = [patheffects.Stroke(linewidth=width + 2.2, foreground="white"), patheffects.Normal()] if outline else None
+    ax.plot(xy[:, 0], xy[:, 1], linestyle=style, color=color, linewidth=width, marker="o",
+            markersize=width + 1.5, path_effects=effects, zorder=zorder, alpha=alpha)
+    if arrow and len(xy) >= 2 and not np.allclose(xy[-2], xy[-1]):
+        ax.annotate("", xy=tuple(xy[-1]), xytext=tuple(xy[-2]), zorder=zorder + 0.1,
+                    arrowprops=dict(arrowstyle="-|>", color=color, lw=width, mutation_scale=8 + 3 * width,
+                                    shrinkA=0, shrinkB=0, alpha=alpha))
+
+
+def _sample_paths(rows: pd.DataFrame, keys: np.ndarray) -> list[np.ndarray]:
+    picked = rows[np.isin(rows["_key"].to_numpy(), keys)].sort_values(["_key", "step", "epoch"])
+    return [group[["x", "y"]].to_numpy(float) for _, group in picked.groupby("_key", sort=False)]
+
+
+def _draw_overview(info: _Layer, target: Path) -> Path:
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+
+    Figure = _matplotlib()
+    fig = Figure(figsize=(14.5, 6.8), layout="constrained")
+    grid = fig.add_gridspec(1, 2, width_ratios=[1.55, 1.0])
+    ax, curve_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    rows = fit_rows(info.frame)
+    steps = _steps(rows)
+    last_epoch, last_step = steps[-1]
+    last = rows[rows["step"] == last_step]
+    drawn = _kept(info, last)
+    _scatter(ax, info, drawn, alpha=0.45 if len(drawn) < 2000 else 0.5, scale=2.0)
+    handles: list[Any] = []
+
+    wrong = misclassified(info.frame)
+    has_predictions = {"label", "prediction"} <= set(info.frame.columns)
+    if len(wrong):
+        marked = _kept(info, wrong)
+        ax.scatter(marked["x"].to_numpy(float), marked["y"].to_numpy(float), marker="x", c="black",
+                   s=max(10.0, _point_size(len(drawn)) * 3), linewidths=1.0, zorder=4)
+        handles.append(Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})"))
+
+    many = len(steps) >= 2
+    if many:
+        medians = class_medians(info.frame) if info.palette.kind == "categorical" else class_medians(info.frame.iloc[:0])
+        for label, path in medians.groupby("label", sort=True):
+            xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
+            color = info.palette.color(label)
+            _draw_path(ax, xy, color, 2.4, zorder=6)
+            ax.annotate(str(_plain(label)), xy=tuple(xy[-1]), xytext=(5, 5), textcoords="offset points", color=color,
+                        fontsize=10, fontweight="bold", zorder=7,
+                        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
+        if len(medians):
+            handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
+                                  label="class median path (arrow: to the last snapshot)"))
+        top = movers(info.frame, N_MOVERS)
+        top_keys = (top["dataloader_idx"].to_numpy(np.int64) << 40) | top["sample_id"].to_numpy(np.int64)
+        for xy in _sample_paths(rows, top_keys):
+            _draw_path(ax, xy, "black", 0.8, outline=False, zorder=5, alpha=0.7)
+        if len(top):
+            handles.append(Line2D([], [], color="black", linewidth=0.9, marker="o", markersize=2.4,
+                                  label=f"the {len(top)} samples that moved most"))
+        if len(wrong):
+            wrong_keys = np.setdiff1d(wrong["_key"].to_numpy(np.int64), top_keys)
+            if len(wrong_keys) > N_MISCLASSIFIED_PATHS:
+                wrong_keys = np.sort(np.random.default_rng(SEED).choice(wrong_keys, N_MISCLASSIFIED_PATHS, replace=False))
+            for xy in _sample_paths(rows, wrong_keys):
+                _draw_path(ax, xy, "#555555", 0.8, style="--", outline=False, zorder=5, alpha=0.75)
+            if len(wrong_keys):
+                said = (f"paths of {len(wrong_keys)} of the {len(wrong):,} misclassified samples (random)"
+                        if len(wrong) > len(wrong_keys) + len(top) else "paths of the misclassified samples")
+                handles.append(Line2D([], [], color="#555555", linewidth=0.8, linestyle="--", label=said))
+
+    xlim, ylim = _limits(rows)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    fitted = any(s["name"] == info.fitted_on and s["step"] == last_step and s["stage"] == "fit" for s in info.snapshots)
+    snapshot = {"stage": "fit", "epoch": last_epoch, "step": last_step}
+    name = snapshot_name("fit", last_epoch, last_step)
+    title = panel_title(snapshot, info.trust.get(name), shown=len(drawn), total=len(last), fitted=fitted,
+                        align=info.align or "last")
+    lines = [f"last fit snapshot: {title.text.replace(chr(10), ', ')}"]
+    if has_predictions:
+        lines.append(f"{len(wrong):,} of {len(last):,} misclassified (x)")
+    elif "label" in info.frame:
+        lines.append("predictions not recorded: no misclassified marks")
+    else:
+        lines.append("no labels recorded: points grey, no class paths")
+    if info.palette.kind == "continuous":
+        lines.append(f"{len(info.palette.classes)} classes: class paths drawn for at most {MAX_CLASSES}")
+    if info.three_d:
+        lines.append("3-D map: x and y drawn, z not shown")
+    if title.warning:
+        lines.append(title.warning)
+    ax.set_title("\n".join(lines), fontsize=10, color=WARNING if title.warning else "black")
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+
+    _draw_distance_curve(curve_ax, info, steps)
+    fig.suptitle(f"{info.column}: {_reducer_words(info)}, {info.total:,} samples: where they end and how they got there",
+                 fontsize=12)
+    if info.palette.kind == "continuous":
+        _label_legend(fig, info, [ax, curve_ax])
+    return _save(fig, target)
+
+
+def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]]) -> None:
+    whose = "each class's samples" if info.palette.kind == "categorical" else "the samples"
+    ax.set_title(f"median distance of {whose} to their final position", fontsize=10)
+    if len(steps) < 2:
+        ax.text(0.5, 0.5, "one fit snapshot: no movement to show", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    curve = distance_to_final(info.frame)
+    per_class = curve[curve["label"].notna()] if info.palette.kind == "categorical" else curve.iloc[:0]
+    for label, part in per_class.groupby("label", sort=True):
+        ax.plot(part["step"], part["distance"], color=info.palette.color(label), linewidth=1.6, marker="o",
+                markersize=3, label=str(_plain(label)))
+    overall = curve[curve["label"].isna()]
+    ax.plot(overall["step"], overall["distance"], color="black", linewidth=2.6, linestyle="--", label="all samples")
+    shown = steps if len(steps) <= 12 else [steps[i] for i in np.linspace(0, len(steps) - 1, 12).round().astype(int)]
+    ax.set_xticks([s for _, s in shown], [f"{s}\ne{e}" for e, s in shown], fontsize=8)
+    ax.set_xlabel("global step (e: epoch)")
+    ax.set_ylabel("median distance to final position (map units)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(title="label" if len(per_class) else None, fontsize=8,
+              ncols=2 if per_class["label"].nunique() > 10 else 1, loc="upper right")
+
+
+def _output_dir(run: EmbeddingRun, path: Optional[PathLike]) -> Path:
+    return Path(path) if path is not None else run.path / PLOTS
+
+
+def plot_layer(
+    run: Union[EmbeddingRun, PathLike], layer: LayerSpec, path: Optional[PathLike] = None
+) -> list[Path]:
+    """Draw one layer's two PNGs: ``<layer>-snapshots.png`` and ``<layer>-overview.png``.
+
+    The snapshots picture has one panel per snapshot (``fit`` first, then ``validate``/``test``; at most 30, evenly
+    spaced) on shared axes, coloured by label, each titled with its epoch, step and trustworthiness; a panel whose
+    trustworthiness is below 0.8 is framed and titled in red with a warning in plain words. Above 20,000 points a
+    panel draws a per-class sample, and says so.
+
+    The overview draws the last ``fit`` snapshot coloured by label with misclassified samples marked ``x`` (when
+    labels and predictions were recorded), each class's median path across ``fit``, the paths of the 10 samples that
+    moved most and of up to 20 that ended misclassified, and beside it each class's median distance to its final
+    position against the global step. A 3-D map is drawn by its x and y, and the titles say so.
+
+    Files are written under a temporary name and renamed, so a reader never sees half a picture.
+
+    Args:
+        run: an :class:`EmbeddingRun` or its directory.
+        layer: the layer (column name, module name, spec or index).
+        path: the directory to write to; ``<run>/plots`` by default.
+
+    Returns:
+        The two PNGs' paths.
+
+    Raises:
+        FileNotFoundError: the layer has no projections.
+        ValueError: the layer was not recorded.
+
+    Example::
+
+        from lightning_embeddings.plot import plot_layer
+
+        snapshots_png, overview_png = plot_layer(EmbeddingRun(collector.dirpath), "head.1")
+    """
+    _matplotlib()
+    run = _as_run(run)
+    info = _load(run, layer)
+    directory = _output_dir(run, path)
+    if info.frame.empty:
+        raise ValueError(f"Layer {info.column!r} of {run.path} has an empty map: nothing to draw.")
+    return [
+        _draw_snapshots(info, directory / f"{info.column}-snapshots.png"),
+        _draw_overview(info, directory / f"{info.column}-overview.png"),
+    ]
+
+
+def _with_projections(run: EmbeddingRun, layers: Optional[Sequence[LayerSpec]]) -> list[str]:
+    """The chosen layers' columns that have projections; the others are warned about and left out."""
+    columns = [run.layer(layer)["column"] for layer in layers] if layers is not None else run.layers
+    record = ((run.manifest.get("reducer") or {}).get("layers")) or {}
+    present = []
+    for column in columns:
+        if not projection_file(run.path, column).is_file():
+            why = (record.get(column) or {}).get("skipped") or "the run was not reduced"
+            rank_zero_warn(f"lightning-embeddings: layer {column!r} has no map ({why}); it is not drawn.")
+            continue
+        present.append(column)
+    return present
+
+
+def plot_run(
+    run: Union[EmbeddingRun, PathLike],
+    layers: Optional[Sequence[LayerSpec]] = None,
+    html: bool = False,
+    path: Optional[PathLike] = None,
+) -> list[Path]:
+    """Draw every layer's PNGs (see :func:`plot_layer`) and, with ``html=True``, the interactive page
+    (see :func:`write_html`). Layers without a map are left out with a warning.
+
+    Args:
+        run: an :class:`EmbeddingRun` or its directory.
+        layers: the layers to draw; all recorded layers by default.
+        html: also write ``embeddings.html``.
+        path: the directory to write to; ``<run>/plots`` by default.
+
+    Returns:
+        The written files: two PNGs per layer, then the HTML page when asked.
+
+    Raises:
+        ImportError: with ``html=True``, plotly is not installed.
+
+    Example::
+
+        from lightning_embeddings.plot import plot_run
+
+        for picture in plot_run("lightning_logs/version_0/embeddings", html=True):
+            print(picture)
+    """
+    _matplotlib()
+    if html:
+        _plotly()
+    run = _as_run(run)
+    columns = _with_projections(run, layers)
+    written = [picture for column in columns for picture in plot_layer(run, column, path)]
+    if html and columns:
+        written.append(write_html(run, columns, path))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------------ HTML
+
+
+def _plotly() -> Any:
+    try:
+        import plotly.graph_objects as go
+        import plotly.io as pio
+    except ImportError as err:
+        raise ImportError(
+            "lightning-embeddings writes its interactive page with plotly, which is not installed: "
+            "pip install 'lightning-embeddings[html]'"
+        ) from err
+    return go, pio
+
+
+def _hover(info: _Layer) -> tuple[list[str], str]:
+    fields = ["sample_id"] + [c for c in ("label", "prediction") if c in info.frame]
+    if info.frame["dataloader_idx"].nunique() > 1:
+        fields.append("dataloader_idx")
+    names = {"sample_id": "sample", "label": "label", "prediction": "prediction", "dataloader_idx": "dataloader"}
+    lines = [f"{names[f]} %{{customdata[{i}]}}" for i, f in enumerate(fields)]
+    return fields, "<br>".join(lines) + "<br>x %{x:.3f}, y %{y:.3f}<extra></extra>"
+
+
+def _customdata(rows: pd.DataFrame, fields: list[str]) -> list[list[Any]]:
+    columns = []
+    for f in fields:
+        values = rows[f].astype(object).where(rows[f].notna(), None).tolist()
+        columns.append([_plain(v) if v is not None else None for v in values])
+    return [list(row) for row in zip(*columns)] if columns else []
+
+
+def _ids(rows: pd.DataFrame, several_loaders: bool) -> list[str]:
+    if several_loaders:
+        return [f"{d}:{s}" for d, s in zip(rows["dataloader_idx"].tolist(), rows["sample_id"].tolist())]
+    return [str(s) for s in rows["sample_id"].tolist()]
+
+
+def _frame_traces(go: Any, info: _Layer, rows: pd.DataFrame, fields: list[str], template: str) -> list[Any]:
+    """One trace per class (categorical), or one trace (continuous or no labels); same order in every frame."""
+    several = info.frame["dataloader_idx"].nunique() > 1
+    size = float(np.clip(1600.0 / math.sqrt(max(info.total, 1)) / 10.0, 3.0, 8.0))
+    common = dict(mode="markers", hovertemplate=template)
+    if info.palette.kind == "categorical":
+        traces = []
+        labels = rows["label"].astype(object).map(lambda v: None if pd.isna(v) else _plain(v))
+        for c in info.palette.classes:
+            part = rows[(labels == c).to_numpy()]
+            traces.append(go.Scatter(
+                x=part["x"].to_numpy(float), y=part["y"].to_numpy(float), ids=_ids(part, several),
+                customdata=_customdata(part, fields), name=str(c), legendgroup=str(c),
+                marker=dict(color=info.palette.colors[c], size=size, opacity=0.85), **common,
+            ))
+        unknown = rows[rows["label"].isna().to_numpy()]
+        traces.append(go.Scatter(
+            x=unknown["x"].to_numpy(float), y=unknown["y"].to_numpy(float), ids=_ids(unknown, several),
+            customdata=_customdata(unknown, fields), name="no label", showlegend=bool(rows["label"].isna().any()),
+            marker=dict(color=UNKNOWN, size=size, opacity=0.85), **common,
+        ))
+        return traces
+    if info.palette.kind == "continuous":
+        palette = info.palette
+        numeric = all(isinstance(c, (int, float)) for c in palette.classes)
+        values = rows["label"] if numeric else rows["label"].map({c: i for i, c in enumerate(palette.classes)})
+        marker = dict(
+            color=values.astype(float).to_numpy(), colorscale=[[p, c] for p, c in palette.scale], cmin=palette.vmin,
+            cmax=palette.vmax, size=size, opacity=0.85, showscale=True, colorbar=dict(title="label"),
+        )
+    else:
+        marker = dict(color=UNKNOWN, size=size, opacity=0.85)
+    return [go.Scatter(
+        x=rows["x"].to_numpy(float), y=rows["y"].to_numpy(float), ids=_ids(rows, several),
+        customdata=_customdata(rows, fields), name="samples", marker=marker, showlegend=False, **common,
+    )]
+
+
+def _figure(go: Any, info: _Layer) -> Any:
+    fields, template = _hover(info)
+    xlim, ylim = _limits(info.frame)
+    frames, steps, titles = [], [], []
+    for i, snapshot in enumerate(info.snapshots):
+        rows = info.frame[info.frame["_panel"] == i].sort_values(["dataloader_idx", "sample_id"])
+        drawn = _kept(info, rows)
+        title = panel_title(snapshot, info.trust.get(snapshot["name"]), shown=len(drawn), total=len(rows),
+                            fitted=snapshot["name"] == info.fitted_on, align=info.align or "last")
+        text = title.text.replace("\n", " · ")
+        if title.warning:
+            text += f"<br><span style='color:{WARNING}'><b>{html_escape.escape(title.warning)}</b></span>"
+        titles.append(dict(text=text, font=dict(size=14)))
+        frames.append(go.Frame(data=_frame_traces(go, info, drawn, fields, template), name=snapshot["name"],
+                               layout=go.Layout(title=titles[-1])))
+        steps.append(dict(
+            method="animate", label=snapshot_label(snapshot),
+            args=[[snapshot["name"]], dict(mode="immediate", frame=dict(duration=0, redraw=False),
+                                           transition=dict(duration=400))],
+        ))
+    play = dict(frame=dict(duration=900, redraw=False), transition=dict(duration=500), fromcurrent=True, mode="immediate")
+    pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
+    figure = go.Figure(
+        data=frames[0].data,
+        frames=frames,
+        layout=go.Layout(
+            title=titles[0],
+            xaxis=dict(range=list(xlim), title="x", zeroline=False),
+            yaxis=dict(range=list(ylim), title="y", zeroline=False),
+            height=680,
+            template="plotly_white",
+            legend=dict(title="label", itemsizing="constant"),
+            hovermode="closest",
+            updatemenus=[dict(
+                type="buttons", direction="left", x=0.0, y=-0.12, xanchor="left", yanchor="top", showactive=False,
+                buttons=[dict(label="▶ play", method="animate", args=[None, play]),
+                         dict(label="❚❚ pause", method="animate", args=[[None], pause])],
+            )],
+            sliders=[dict(active=0, steps=steps, x=0.16, len=0.84, y=-0.06, yanchor="top",
+                          currentvalue=dict(prefix="snapshot: "), transition=dict(duration=400))],
+            margin=dict(t=110, b=150),
+        ),
+    )
+    return figure
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }}
+h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; margin-top: 2em; }}
+.note {{ color: #555; font-size: 0.92em; }} .warning {{ color: {warning}; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p class="note">{intro}</p>
+{sections}
+</body>
+</html>
+"""
+
+
+def write_html(
+    run: Union[EmbeddingRun, PathLike],
+    layers: Optional[Sequence[LayerSpec]] = None,
+    path: Optional[PathLike] = None,
+) -> Path:
+    """Write one self-contained interactive page of the chosen layers' maps: ``<run>/plots/embeddings.html``.
+
+    Each layer gets a figure with a slider and a play button over its snapshots; points move between frames by
+    sample identity (plotly's ``ids``, what ``animation_group`` sets), are coloured as in the PNGs
+    (:func:`label_palette`), and show sample id, label and prediction on hover. Every frame's title gives its
+    trustworthiness, in red where the map is not faithful. Above 20,000 points per frame a per-class sample is
+    drawn (the same samples in every frame), and the page says so. plotly.js is inlined once for all figures: the
+    page opens offline.
+
+    Args:
+        run: an :class:`EmbeddingRun` or its directory.
+        layers: the layers to draw; all recorded layers with a map by default (others are warned about).
+        path: the directory to write to; ``<run>/plots`` by default.
+
+    Returns:
+        The page's path.
+
+    Raises:
+        ImportError: plotly is not installed (``pip install 'lightning-embeddings[html]'``).
+        ValueError: none of the layers has a map.
+
+    Example::
+
+        from lightning_embeddings.plot import write_html
+
+        page = write_html("lightning_logs/version_0/embeddings", layers=["head.1"])
+        # open it in a browser; no network needed
+    """
+    go, pio = _plotly()
+    run = _as_run(run)
+    columns = _with_projections(run, layers)
+    if not columns:
+        raise ValueError(f"No layer of {run.path} has a map to draw; reduce the run first (EmbeddingRun.reduce()).")
+    sections = []
+    for i, column in enumerate(columns):
+        info = _load(run, column)
+        notes = [f"{_reducer_words(info)}; {len(info.snapshots)} snapshots, {info.total:,} samples."]
+        if info.keep is not None:
+            notes.append(
+                f"<b>Subsampled:</b> {len(info.keep):,} of {info.total:,} samples drawn in every frame (more than "
+                f"{MAX_POINTS:,} points per frame; each class keeps its share, the same samples in every frame)."
+            )
+        if info.three_d:
+            notes.append("3-D map: x and y drawn, z not shown.")
+        unfaithful = [snapshot_label(s) for s in info.snapshots
+                      if info.trust.get(s["name"]) is not None and info.trust[s["name"]] < FAITHFUL]
+        if unfaithful:
+            notes.append(f"<span class='warning'>Not faithful (trustworthiness below {FAITHFUL}) at "
+                         f"{html_escape.escape(', '.join(unfaithful))}: neighbours there are often not neighbours "
+                         "in the vectors.</span>")
+        figure = _figure(go, info)
+        div = pio.to_html(figure, include_plotlyjs=(i == 0), full_html=False, auto_play=False,
+                          div_id=f"lightning-embeddings-{i}", config={"responsive": True, "displaylogo": False})
+        sections.append(f"<section>\n<h2>{html_escape.escape(column)}</h2>\n<p class=\"note\">{' '.join(notes)}</p>\n"
+                        f"{div}\n</section>")
+    intro = (
+        "Each point is a validation sample; drag the slider or press play to follow it across training. Colours "
+        "are labels; hover shows sample id, label and prediction. Trustworthiness (10 neighbours) says how far "
+        f"neighbours in the picture are neighbours in the vectors; below {FAITHFUL} a frame is not faithful."
+    )
+    title = f"Embeddings of {run.path}"
+    page = _PAGE.format(title=html_escape.escape(title), intro=intro, sections="\n".join(sections), warning=WARNING)
+    target = _output_dir(run, path) / HTML_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+__all__ = [
+    "Palette",
+    "PanelTitle",
+    "class_medians",
+    "distance_to_final",
+    "fit_rows",
+    "label_palette",
+    "misclassified",
+    "movers",
+    "panel_title",
+    "plot_layer",
+    "plot_run",
+    "snapshot_label",
+    "stratified_sample",
+    "write_html",
+]

@@ -1,0 +1,50 @@
+"""The run in the Trainer's own loggers: TensorBoard's projector, W&B (offline), MLflow (local file store), CSV."""
+
+import os
+
+import pytest
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from conftest import fit_collector
+
+
+def test_tensorboard_logger_gets_the_projector_files(tmp_path):
+    logger = TensorBoardLogger(save_dir=tmp_path, name="tb")
+    _, collector = fit_collector(tmp_path, trainer_kwargs={"logger": logger})
+    config = (tmp_path / "tb" / "version_0" / "projector_config.pbtxt").read_text()
+    for layer in ("features.1", "head.1"):
+        assert f'tensor_name: "{layer}/projections:' in config and f'tensor_name: "{layer}/vectors:' in config
+    assert collector.dirpath == tmp_path / "tb" / "version_0" / "embeddings"
+
+
+def test_csv_logger_gets_nothing_extra(tmp_path):
+    logger = CSVLogger(save_dir=tmp_path, name="csv")
+    fit_collector(tmp_path, trainer_kwargs={"logger": logger})
+    assert sorted(p.name for p in (tmp_path / "csv" / "version_0").iterdir()) == ["embeddings", "hparams.yaml",
+                                                                                 "metrics.csv"]
+
+
+def test_wandb_offline_gets_pictures_and_a_table(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), project="lightning-embeddings-test", offline=True)
+    fit_collector(tmp_path, plots=True, trainer_kwargs={"logger": logger})
+    logger.experiment.finish()
+    media = list((tmp_path / "wandb").glob("offline-run-*/files/media"))
+    assert media, f"no offline run in {sorted(os.listdir(tmp_path / 'wandb'))}"
+    images = sorted(p.name for p in media[0].rglob("*.png"))
+    tables = sorted(p.name for p in media[0].rglob("*.table.json"))
+    assert len(images) == 4 and any("head.1-overview" in name for name in images), images
+    assert len(tables) == 2 and any(name.startswith("embeddings") or "head.1" in name for name in tables), tables
+
+
+def test_mlflow_gets_pictures_and_projections_as_artifacts(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store, nothing to install or serve
+    logger = MLFlowLogger(experiment_name="emb", tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    fit_collector(tmp_path, plots=True, trainer_kwargs={"logger": logger})
+    artifacts = list((tmp_path / "mlruns").glob(f"*/{logger.run_id}/artifacts/embeddings"))
+    assert artifacts
+    names = sorted(p.name for p in artifacts[0].iterdir())
+    assert "projections.parquet" in names and "head.1-overview.png" in names and len(names) == 5, names

@@ -1,0 +1,332 @@
+"""Pictures: the pure functions that choose what is drawn, the PNGs and the HTML page of a real run, and the page
+rendered by a headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+from conftest import fit_collector  # noqa: E402
+
+from lightning_embeddings import EmbeddingRun, plot  # noqa: E402
+from lightning_embeddings.plot import (  # noqa: E402
+    CATEGORICAL,
+    CONTINUOUS,
+    UNKNOWN,
+    class_medians,
+    distance_to_final,
+    label_palette,
+    misclassified,
+    movers,
+    panel_title,
+    plot_layer,
+    plot_run,
+    stratified_sample,
+    write_html,
+)
+
+N_VAL = 449  # digits validation samples
+RED = np.array([0xC0, 0x00, 0x00]) / 255  # plot.WARNING
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real 3-epoch PCA fit of the digits CNN (layers ``features.1`` and ``head.1``), shared by the module;
+    tests work on copies (:func:`fresh`)."""
+    _, collector = fit_collector(tmp_path_factory.mktemp("digits"), trainer_kwargs={"max_epochs": 3})
+    return Path(collector.dirpath)
+
+
+@pytest.fixture
+def fresh(digits_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the shared run, without pictures."""
+    target = tmp_path / "embeddings"
+    shutil.copytree(digits_run, target, ignore=shutil.ignore_patterns("plots"))
+    return target
+
+
+def edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def read_png(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return imread(path)
+
+
+def distinct_colours(image: np.ndarray) -> int:
+    rgb = np.round(image[..., :3] * 255).astype(np.int64)
+    return len(np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]))
+
+
+def near(image: np.ndarray, colour: np.ndarray, tolerance: float = 6 / 255) -> int:
+    return int((np.abs(image[..., :3] - colour) <= tolerance).all(axis=-1).sum())
+
+
+# ------------------------------------------------------------------------------------ pure functions
+
+
+def hand_made() -> pd.DataFrame:
+    """Three samples over three fit snapshots, then one test snapshot that the fit-only functions must ignore.
+
+    sample 0 (label 0) walks (0,0) -> (3,4) -> (3,4): path 5, ends right.
+    sample 1 (label 0) walks (1,0) -> (1,0) -> (1,1): path 1, ends predicted 1: misclassified.
+    sample 2 (label 1) walks (10,0) -> (10,0) -> (4,8): path 10, ends right.
+    """
+    rows = []
+    path = {0: [(0, 0), (3, 4), (3, 4)], 1: [(1, 0), (1, 0), (1, 1)], 2: [(10, 0), (10, 0), (4, 8)]}
+    labels, final_predictions = {0: 0, 1: 0, 2: 1}, {0: 0, 1: 1, 2: 1}
+    for epoch, step in enumerate((10, 20, 30)):
+        for sample, points in path.items():
+            x, y = points[epoch]
+            prediction = final_predictions[sample] if epoch == 2 else (1 - labels[sample])  # all wrong before the end
+            rows.append(dict(sample_id=sample, stage="fit", epoch=epoch, step=step, dataloader_idx=0, x=float(x),
+                             y=float(y), label=labels[sample], prediction=prediction))
+    for sample in path:  # a test snapshot: far away, everything misclassified
+        rows.append(dict(sample_id=sample, stage="test", epoch=2, step=30, dataloader_idx=0, x=100.0, y=100.0,
+                         label=labels[sample], prediction=9))
+    return pd.DataFrame(rows)
+
+
+def test_misclassified_is_the_last_fit_snapshot_where_prediction_differs():
+    frame = hand_made()
+    wrong = misclassified(frame)
+    assert wrong["sample_id"].tolist() == [1]
+    assert wrong["step"].tolist() == [30] and wrong["stage"].tolist() == ["fit"]
+    assert misclassified(frame.drop(columns=["prediction"])).empty
+    partly_known = frame.astype({"prediction": "Int64"})
+    partly_known.loc[(partly_known.sample_id == 1) & (partly_known.step == 30) & (partly_known.stage == "fit"),
+                     "prediction"] = pd.NA
+    assert misclassified(partly_known).empty
+
+
+def test_movers_are_ranked_by_path_length():
+    top = movers(hand_made(), n=2)
+    assert top["sample_id"].tolist() == [2, 0]
+    np.testing.assert_allclose(top["distance"], [10.0, 5.0])
+    # the same sample id under another dataloader is another sample
+    frame = hand_made()
+    other = frame[frame.stage == "fit"].assign(dataloader_idx=1, x=lambda f: f.x * 3, y=lambda f: f.y * 3)
+    top = movers(pd.concat([frame, other]), n=1)
+    assert (top["dataloader_idx"].item(), top["sample_id"].item(), top["distance"].item()) == (1, 2, 30.0)
+
+
+def test_class_medians_follow_each_class_across_fit_snapshots():
+    medians = class_medians(hand_made())
+    class0 = medians[medians.label == 0].sort_values("step")
+    np.testing.assert_allclose(class0[["x", "y"]].to_numpy(), [[0.5, 0.0], [2.0, 2.0], [2.0, 2.5]])
+    class1 = medians[medians.label == 1].sort_values("step")
+    np.testing.assert_allclose(class1[["x", "y"]].to_numpy(), [[10, 0], [10, 0], [4, 8]])
+    assert set(medians["step"]) == {10, 20, 30}  # the test snapshot at (100, 100) is not part of the path
+    assert class_medians(hand_made().drop(columns=["label"])).empty
+
+
+def test_distance_to_final_falls_to_zero():
+    curve = distance_to_final(hand_made())
+    class1 = curve[curve.label == 1].sort_values("step")["distance"].to_numpy(float)
+    np.testing.assert_allclose(class1, [10.0, 10.0, 0.0])
+    class0 = curve[curve.label == 0].sort_values("step")["distance"].to_numpy(float)
+    np.testing.assert_allclose(class0, [np.median([5.0, 1.0]), np.median([0.0, 1.0]), 0.0])
+    overall = curve[curve.label.isna()].sort_values("step")["distance"].to_numpy(float)
+    np.testing.assert_allclose(overall, [5.0, 1.0, 0.0])
+    unlabelled = distance_to_final(hand_made().drop(columns=["label"]))
+    assert unlabelled["label"].isna().all() and len(unlabelled) == 3
+
+
+def test_stratified_sample_keeps_every_class_and_the_same_samples():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    frame = pd.concat(
+        pd.DataFrame(dict(sample_id=np.arange(1000), stage="fit", epoch=e, step=e, dataloader_idx=0, x=0.0, y=0.0,
+                          label=labels))
+        for e in range(2)
+    )
+    keys, total = stratified_sample(frame, limit=100, seed=0)
+    assert total == 1000 and 90 <= len(keys) <= 100
+    kept = labels[keys]
+    assert {int(c): int((kept == c).sum()) for c in (0, 1, 2)} == {0: 90, 1: 9, 2: 1}
+    again, _ = stratified_sample(frame, limit=100, seed=0)
+    np.testing.assert_array_equal(keys, again)
+    assert stratified_sample(frame, limit=1000)[0] is None
+    some_unlabelled = frame.astype({"label": "Int64"})
+    some_unlabelled.loc[some_unlabelled.sample_id >= 990, "label"] = pd.NA
+    keys, _ = stratified_sample(some_unlabelled, limit=100, seed=0)
+    assert np.isin(np.arange(990, 1000), keys).sum() == 1  # the unlabelled samples are a class of their own
+    assert stratified_sample(frame.drop(columns=["label"]), limit=100)[0].size == 100
+
+
+def test_panel_title_warns_in_plain_words_below_0_8():
+    snapshot = {"stage": "fit", "epoch": 0, "step": 22}
+    unfaithful = panel_title(snapshot, 0.62)
+    assert unfaithful.text.splitlines() == ["epoch 0 · step 22", "trustworthiness 0.62"]
+    assert unfaithful.warning == "not faithful: points placed by the final map"
+    assert panel_title(snapshot, 0.62, fitted=True).warning.startswith("not faithful: neighbours")
+    assert panel_title(snapshot, 0.62, align="joint").warning.startswith("not faithful: neighbours")
+    assert panel_title(snapshot, 0.93).warning is None
+    assert panel_title(snapshot, 0.80).warning is None
+    unknown = panel_title(snapshot, None)
+    assert unknown.warning is None and "trustworthiness" not in unknown.text
+    sampled = panel_title({"stage": "test", "epoch": 4, "step": 110}, 0.9, shown=20_000, total=51_234)
+    assert sampled.text.splitlines() == ["test · epoch 4 · step 110", "trustworthiness 0.90", "20,000 of 51,234 points shown"]
+    assert "points shown" not in panel_title(snapshot, 0.9, shown=449, total=449).text
+
+
+def test_palette_is_tab10_then_tab20_then_continuous():
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    ten = label_palette(np.arange(10).repeat(3))
+    assert ten.kind == "categorical"
+    assert [ten.color(c) for c in range(10)] == [to_hex(c) for c in colormaps["tab10"].colors]
+    assert ten.color(np.int64(3)) == ten.color(3.0) == "#d62728"
+    fifteen = label_palette(list(range(15)))
+    assert [fifteen.color(c) for c in range(10)] == list(CATEGORICAL[:10])
+    assert len({fifteen.color(c) for c in range(15)}) == 15
+    assert set(map(to_hex, colormaps["tab20"].colors)) >= {fifteen.color(c) for c in range(15)}
+    many = label_palette(range(100))
+    assert many.kind == "continuous" and (many.vmin, many.vmax) == (0.0, 99.0)
+    assert (many.color(0), many.color(99)) == (CONTINUOUS[0], CONTINUOUS[-1])
+    viridis = np.array([int(many.color(50)[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    np.testing.assert_allclose(viridis, colormaps["viridis"](50 / 99)[:3], atol=0.03)
+    assert label_palette(None).kind == label_palette([np.nan, None]).kind == "none"
+    assert label_palette([1, 2]).color(None) == UNKNOWN
+    assert label_palette(["cat", "dog"]).colors == {"cat": CATEGORICAL[0], "dog": CATEGORICAL[1]}
+
+
+def test_a_missing_html_extra_is_named(monkeypatch, fresh):
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    with pytest.raises(ImportError, match=r"pip install 'lightning-embeddings\[html\]'"):
+        write_html(fresh)
+
+
+# ---------------------------------------------------------------------------------------------- PNGs
+
+
+def test_plot_run_writes_two_readable_pngs_per_layer(fresh):
+    run = EmbeddingRun(fresh)
+    written = plot_run(run)
+    names = [p.name for p in written]
+    assert names == ["features.1-snapshots.png", "features.1-overview.png", "head.1-snapshots.png", "head.1-overview.png"]
+    assert all(p.parent == fresh / "plots" for p in written)
+    assert sorted(p.name for p in (fresh / "plots").iterdir()) == sorted(names)  # no temporary file left
+    for path in written:
+        image = read_png(path)
+        height, width = image.shape[:2]
+        assert 400 <= height <= 3000 and 1000 <= width <= 3000, (path.name, image.shape)
+        assert distinct_colours(image) > 200, f"{path.name} looks blank"
+    # three fit snapshots side by side: wider than tall; trustworthiness of PCA on digits is high: no red frame
+    snapshots = read_png(fresh / "plots" / "head.1-snapshots.png")
+    assert snapshots.shape[1] > 2 * snapshots.shape[0]
+    assert near(snapshots, RED) < 50
+    assert not misclassified(run.projections("head.1")).empty  # the overview has marks to draw
+
+
+def test_unfaithful_panels_are_framed_in_red_and_trustworthiness_may_be_absent(fresh):
+    def unfaithful(manifest):
+        trust = manifest["reducer"]["layers"]["head.1"]["trustworthiness"]
+        first = next(iter(trust))
+        trust[first] = 0.5
+        del manifest["reducer"]["layers"]["features.1"]["trustworthiness"]
+
+    edit_manifest(fresh, unfaithful)
+    written = plot_run(fresh)
+    red = near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED)
+    assert red > 500, red  # a 2-px red frame around one panel, and its red title
+    assert near(read_png(fresh / "plots" / "features.1-snapshots.png"), RED) < 50
+    assert len(written) == 4
+
+
+def test_plot_run_skips_a_layer_without_a_map(fresh):
+    (fresh / "projections" / "features.1.parquet").unlink()
+    with pytest.warns(UserWarning, match="layer 'features.1' has no map"):
+        written = plot_run(fresh, html=True)
+    assert [p.name for p in written] == ["head.1-snapshots.png", "head.1-overview.png", "embeddings.html"]
+    with pytest.raises(FileNotFoundError, match="No projections of layer 'features.1'"):
+        plot_layer(fresh, "features.1")
+
+
+def test_a_3d_map_is_drawn_by_x_and_y(fresh, tmp_path):
+    run = EmbeddingRun(fresh)
+    run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)
+    assert "z" in run.projections("head.1")
+    written = plot_run(run, layers=["head.1"], html=True, path=tmp_path / "pictures")
+    assert [p.parent for p in written] == [tmp_path / "pictures"] * 3
+    assert distinct_colours(read_png(written[0])) > 200
+    assert "3-D map: x and y drawn, z not shown." in written[-1].read_text()
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+def page_scripts(page: str) -> list[str]:
+    return re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.DOTALL)
+
+
+def test_html_is_one_offline_page_with_plotly_inlined_once(fresh):
+    pytest.importorskip("plotly", reason="the page needs the 'html' extra: pip install 'lightning-embeddings[html]'")
+    run = EmbeddingRun(fresh)
+    page_path = write_html(run)
+    assert page_path == fresh / "plots" / "embeddings.html"
+    page = page_path.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<html") == 1
+    scripts = page_scripts(page)
+    assert sum(len(s) > 1_000_000 for s in scripts) == 1, [len(s) for s in scripts]  # plotly.js, once
+    assert len(re.findall(r'Plotly\.newPlot\(\s*"lightning-embeddings-\d+"', page)) == 2  # one figure per layer
+    assert not re.search(r"<script[^>]*\bsrc=", page), "the page loads a script from elsewhere: not offline"
+    assert not re.search(r"src=[\"']?https?://cdn\.plot\.ly", page)
+    for layer in run.layers:
+        assert f"<h2>{layer}</h2>" in page
+    figure = next(s for s in scripts if "lightning-embeddings-0" in s)
+    ids = set(re.findall(r'"ids":\[([^\]]*)\]', figure)[0:11])  # the first frame's traces
+    shown = {int(i) for part in ids for i in re.findall(r'"(\d+)"', part)}
+    assert shown == set(range(N_VAL))
+    assert "sample %{customdata[0]}<br>label %{customdata[1]}<br>prediction %{customdata[2]}" in figure.replace(
+        "\\u003cbr\\u003e", "<br>")
+    for snapshot in run.snapshots:
+        assert f'"name":"{snapshot["name"]}"' in figure  # one frame per snapshot
+    assert "Subsampled" not in page
+
+
+def test_html_says_when_it_subsamples(fresh, monkeypatch):
+    pytest.importorskip("plotly", reason="the page needs the 'html' extra")
+    monkeypatch.setattr(plot, "MAX_POINTS", 100)
+    page = write_html(fresh, layers=["head.1"]).read_text()
+    note = re.search(r"<b>Subsampled:</b> (\d+) of 449 samples drawn in every frame", page)
+    assert note and 90 <= int(note.group(1)) <= 100
+    figure = next(s for s in page_scripts(page) if "lightning-embeddings-0" in s)
+    first = re.findall(r'"ids":\[([^\]]*)\]', figure)[:11]
+    assert sum(len(re.findall(r'"\d+"', part)) for part in first) == int(note.group(1))
+    assert "of 449 points shown" in figure
+
+
+def test_html_renders_in_headless_chromium(fresh, tmp_path):
+    pytest.importorskip("plotly", reason="the page needs the 'html' extra")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium): the page is not opened in a browser")
+    page = write_html(fresh)
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri(),
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert done.returncode == 0 and "lightning-embeddings-1" in dom, done.stderr[-2000:]
+    first, second = dom.split('id="lightning-embeddings-1"', 1)
+    assert first.count('class="main-svg"') >= 1 and second.count('class="main-svg"') >= 1
+    points = [len(re.findall(r'<path class="point\b', part)) for part in (first, second)]
+    assert points == [N_VAL, N_VAL], points
+    assert '<g class="slider-container"' in first or 'class="slider-container"' in first
