@@ -3,8 +3,20 @@
 ``EmbeddingCollector`` records chosen layers every validation epoch; ``EmbeddingRun`` reads a run back.
 """
 
-from lightning_embeddings.callback import EmbeddingCollector
-from lightning_embeddings.run import EmbeddingRun
+from typing import Any
 
 __all__ = ["EmbeddingCollector", "EmbeddingRun"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public classes on first use: the command line starts without importing Lightning."""
+    if name == "EmbeddingCollector":
+        from lightning_embeddings.callback import EmbeddingCollector
+
+        return EmbeddingCollector
+    if name == "EmbeddingRun":
+        from lightning_embeddings.run import EmbeddingRun
+
+        return EmbeddingRun
+    raise AttributeError(f"module 'lightning_embeddings' has no attribute {name!r}")

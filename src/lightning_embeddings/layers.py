@@ -73,3 +73,101 @@ def resolve_layers(model: nn.Module, specs: Sequence[LayerSpec]) -> list[Layer]:
 def _describe(modules: list[tuple[str, nn.Module]], indices) -> str:
     return ", ".join(f"{i}: {modules[i][0] or ROOT_NAME!r} ({type(modules[i][1]).__name__})" for i in indices)
 
+
+def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
+    """Every module of ``model.named_modules()`` as a row, the view to choose layer specs from.
+
+    Each row holds ``index`` (the int spec: 0 is the model itself), ``name`` (the str spec; ``"root"`` for the
+    model itself), ``type`` (the class name), ``params`` (the module's own parameters, its children's not counted)
+    and ``output_shape``. Given ``example_input`` (a tensor, a tuple of positional arguments or a dict of keyword
+    arguments, batch dimension included), one forward pass runs in eval mode under ``no_grad`` and ``output_shape``
+    is the shape of the tensor the collector would record from each module's first call (from a tuple, dict or
+    ``ModelOutput``: ``last_hidden_state`` or the first tensor); it is None for a module that was not called, or
+    when no input is given. The model's training flags are restored and every hook is removed afterwards.
+
+    Example::
+
+        >>> import torch
+        >>> rows = module_table(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), torch.zeros(2, 4))
+        >>> [(r["index"], r["name"], r["type"], r["params"], r["output_shape"]) for r in rows]
+        [(0, 'root', 'Sequential', 0, (2, 8)), (1, '0', 'Linear', 40, (2, 8)), (2, '1', 'ReLU', 0, (2, 8))]
+
+    Raises:
+        ValueError: the forward pass failed; the message names the innermost module that was running and the
+            input's shape.
+    """
+    from collections.abc import Mapping
+
+    import torch
+
+    from lightning_embeddings.capture import select_tensor
+
+    modules = list(model.named_modules())
+    rows = [
+        {
+            "index": index,
+            "name": name or ROOT_NAME,
+            "type": type(module).__name__,
+            "params": sum(p.numel() for p in module.parameters(recurse=False)),
+            "output_shape": None,
+        }
+        for index, (name, module) in enumerate(modules)
+    ]
+    if example_input is None:
+        return rows
+
+    running: list[int] = []  # the modules whose forward is under way, innermost last
+
+    def enter(index: int):
+        def hook(module: nn.Module, args: object) -> None:
+            running.append(index)
+        return hook
+
+    def leave(index: int):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if running and running[-1] == index:
+                running.pop()
+            if rows[index]["output_shape"] is None:
+                try:
+                    rows[index]["output_shape"] = tuple(select_tensor(output, None, rows[index]["name"]).shape)
+                except ValueError:  # an output that holds no tensor
+                    pass
+        return hook
+
+    training = [module.training for _, module in modules]
+    handles = []
+    try:
+        for index, (_, module) in enumerate(modules):
+            handles.append(module.register_forward_pre_hook(enter(index)))
+            handles.append(module.register_forward_hook(leave(index)))
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, Mapping):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    except Exception as error:
+        shapes = (
+            {k: tuple(v.shape) for k, v in example_input.items() if isinstance(v, torch.Tensor)}
+            if isinstance(example_input, Mapping)
+            else [tuple(v.shape) for v in example_input if isinstance(v, torch.Tensor)]
+            if isinstance(example_input, (tuple, list))
+            else tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        )
+        where = (
+            f" in module {rows[running[-1]]['name']!r} (index {running[-1]}, {rows[running[-1]]['type']})"
+            if running else ""
+        )
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"the forward pass of {type(model).__name__} with an input of shape {shapes} failed{where}: {message}. "
+            "Give the shape of one whole input, batch dimension included (e.g. 1,3,224,224)."
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+        for (_, module), mode in zip(modules, training):
+            module.training = mode
+    return rows

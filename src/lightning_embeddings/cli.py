@@ -1,0 +1,692 @@
+"""The ``lightning-embeddings`` command line: choose layers, inspect a run, reduce it again, draw it, export it.
+
+    lightning-embeddings layers digits:DigitsCNN --input-shape 1,1,8,8
+    lightning-embeddings info lightning_logs/version_0/embeddings
+    lightning-embeddings reduce lightning_logs/version_0/embeddings --reducer pacmap --n-components 3
+    lightning-embeddings plot lightning_logs/version_0/embeddings --html
+    lightning-embeddings export lightning_logs/version_0/embeddings --to tensorboard
+
+Exit status: 0 on success, 1 when the command failed (a directory that holds no run, an unknown layer, a model
+that cannot be imported or run), 2 for a command line that does not parse. Errors are one line on stderr,
+``lightning-embeddings: error: ...``, saying what to do; ``--traceback`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import textwrap
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lightning_embeddings.reduce import ALIGNS, FAITHFUL, REDUCER_NAMES
+
+PROG = "lightning-embeddings"
+DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
+LAYERS_HELP = "only these layers (names or indices); default all"
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit status 1."""
+
+
+class UsageError(Exception):
+    """A command line that cannot work whatever the files hold: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------------- parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' and examples' line breaks; shows defaults where a help text asks with %(default)s."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=min(100, _terminal_width()))
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lightning-embeddings`` argument parser, one sub-parser per command."""
+    from lightning_embeddings import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description=textwrap.dedent(
+            """\
+            See a model's embeddings while it trains. The EmbeddingCollector callback writes a run directory
+            (by default <trainer.log_dir>/embeddings: manifest.json, vectors/, projections/); these commands
+            help choose the layers to record and look at what was recorded, without retraining.
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings layers my_package.models:Net --input-shape 1,3,32,32",
+            "lightning-embeddings info lightning_logs/version_0/embeddings",
+            "lightning-embeddings reduce lightning_logs/version_0/embeddings --reducer pca --align joint",
+            "lightning-embeddings plot lightning_logs/version_0/embeddings --html",
+            "lightning-embeddings export lightning_logs/version_0/embeddings --to tensorboard",
+        )
+        + "\n\nRun 'lightning-embeddings COMMAND --help' for a command's options. Exit status: 0 done, 1 failed, "
+        "2 bad command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="on an error, show the full traceback")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
+
+    layers = commands.add_parser(
+        "layers",
+        formatter_class=_Formatter,
+        help="list a model's modules with the index and name to pass as EmbeddingCollector(layers=...)",
+        description=textwrap.dedent(
+            """\
+            List every module of a model as EmbeddingCollector counts them: the index (0 is the model itself)
+            and the name are what layers=[...] accepts, with the module's type, its own parameter count and,
+            given --input-shape, the shape of its output for one forward pass on random input (a module that
+            returns a tuple or dict shows the tensor the collector records; "-" marks a module not called).
+
+            TARGET is a class (or a function) that builds the model with no arguments, as
+            package.module:Class or path/to/file.py:Class, or a Lightning checkpoint (.ckpt) together with
+            --class package.module:Class, which is loaded with Class.load_from_checkpoint (its saved
+            hyper-parameters give the architecture).
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings layers my_package.models:Net",
+            "lightning-embeddings layers digits:DigitsCNN --input-shape 1,1,8,8      (PYTHONPATH=examples)",
+            "lightning-embeddings layers models/net.py:Net --input-shape 2,3,224,224",
+            "lightning-embeddings layers last.ckpt --class my_package.models:Net --input-shape 1,3,32,32",
+            "lightning-embeddings layers my_package.text:Encoder --input-shape 1,128 --dtype int64",
+        ),
+    )
+    layers.add_argument("target", metavar="TARGET", help="package.module:Class, path/to/file.py:Class, or a .ckpt file")
+    layers.add_argument(
+        "--input-shape", type=_shape, metavar="N,C,H,W",
+        help="shape of one input tensor, batch dimension included (e.g. 1,3,224,224): adds the output shapes",
+    )
+    layers.add_argument(
+        "--dtype", default="float32", choices=DTYPES,
+        help="dtype of that input (default: %(default)s; integer dtypes give zeros, e.g. token ids)",
+    )
+    layers.add_argument(
+        "--class", dest="model_class", metavar="package.module:Class",
+        help="with a .ckpt TARGET: the model's class, whose load_from_checkpoint reads it",
+    )
+    layers.set_defaults(handler=_layers)
+
+    info = commands.add_parser(
+        "info",
+        formatter_class=_Formatter,
+        help="show what a run holds: layers, snapshots, samples, the reducer and how faithful its maps are",
+        description=textwrap.dedent(
+            """\
+            Show what a run directory holds: each recorded layer (index, type, reshape strategy, output shape,
+            vector size), each snapshot (stage, epoch, global step, samples), the reducer with the snapshot it
+            was fitted on, and each snapshot's trustworthiness per layer (10 neighbours: how often neighbours
+            in the map are neighbours in the vectors; below 0.8 the picture is not faithful there).
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings info lightning_logs/version_0/embeddings",
+            "lightning-embeddings info lightning_logs/version_0/embeddings --json | jq .snapshots",
+        ),
+    )
+    info.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
+    info.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
+    info.set_defaults(handler=_info)
+
+    reduce = commands.add_parser(
+        "reduce",
+        formatter_class=_Formatter,
+        help="fit the maps again (another reducer, 3-D, another alignment) without retraining",
+        description=textwrap.dedent(
+            """\
+            Fit each layer's map again from the recorded vectors and place every snapshot in it, without
+            retraining: projections/<layer>.parquet, projections.parquet and the manifest are rewritten.
+            The reducer and number of components default to the run's current ones.
+
+            --align chooses how snapshots share one space: "last" fits on the last snapshot of fit and places
+            every snapshot through it (default); "joint" fits on all snapshots together, so each keeps its own
+            structure; "aligned" fits one UMAP per snapshot tied by sample identity (umap only).
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings reduce RUN_DIR --reducer pca",
+            "lightning-embeddings reduce RUN_DIR --reducer pacmap --n-components 3 --align joint",
+            "lightning-embeddings reduce RUN_DIR --reducer umap --param n_neighbors=30 --param min_dist=0.05",
+            "lightning-embeddings reduce RUN_DIR --layers head.1",
+        ),
+    )
+    reduce.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
+    reduce.add_argument("--reducer", choices=REDUCER_NAMES, help="the reducer (default: the run's, else umap)")
+    reduce.add_argument("--n-components", type=int, choices=(2, 3), help="2-D or 3-D maps (default: the run's, else 2)")
+    reduce.add_argument("--seed", type=int, default=0, help="random seed for reproducible maps (default: %(default)s)")
+    reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: last)")
+    reduce.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
+    reduce.add_argument(
+        "--param", action="append", default=[], type=_param, metavar="KEY=VALUE",
+        help="a reducer argument, repeatable; values read as int, float, true/false, none, else text",
+    )
+    reduce.set_defaults(handler=_reduce)
+
+    plot = commands.add_parser(
+        "plot",
+        formatter_class=_Formatter,
+        help="draw the pictures of a run's maps again (PNG; --html for interactive pages)",
+        description="Draw each layer's pictures from the run's projections again and print where they are.",
+        epilog=_examples(
+            "lightning-embeddings plot RUN_DIR",
+            "lightning-embeddings plot RUN_DIR --html --layers head.1",
+        ),
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
+    plot.add_argument("--html", action="store_true", help="also write interactive HTML pages (needs plotly)")
+    plot.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
+    plot.set_defaults(handler=_plot)
+
+    export = commands.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="write a run for another tool (TensorBoard's Embedding Projector)",
+        description=textwrap.dedent(
+            """\
+            Write a run for another tool. --to tensorboard writes, per layer, the projections of all snapshots
+            stacked (3 columns, with epoch/step/stage/label metadata and __seq_next__, from which the
+            projector draws each sample's path) and the last fit snapshot's vectors (at most --max-vectors
+            rows). TensorFlow is not needed to write them; view them with: tensorboard --logdir LOGDIR,
+            then the Projector tab.
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings export RUN_DIR --to tensorboard",
+            "lightning-embeddings export RUN_DIR --to tensorboard --logdir lightning_logs/version_0",
+        ),
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
+    export.add_argument("--to", required=True, choices=("tensorboard",), help="the tool to export to")
+    export.add_argument("--logdir", type=Path, help="where to write (default: RUN_DIR/tensorboard)")
+    export.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
+    export.add_argument(
+        "--max-vectors", type=_positive_int, default=10_000,
+        help="the most raw vectors written per layer (default: %(default)s)",
+    )
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(size < 1 for size in shape):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape: give positive sizes separated by commas, batch dimension first, e.g. 1,3,224,224"
+        )
+    return shape
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. n_neighbors=30")
+    return key.strip(), parse_value(value.strip())
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as int, float, bool (``true``/``false``), None (``none``/``null``), or the text itself.
+
+    Example::
+
+        >>> [parse_value(v) for v in ["30", "0.1", "1e-3", "True", "none", "cosine"]]
+        [30, 0.1, 0.001, True, None, 'cosine']
+    """
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (``sys.argv[1:]`` when None) and return the exit status.
+
+    Example::
+
+        main(["info", "lightning_logs/version_0/embeddings"])
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"give a command: layers, info, reduce, plot or export (see: {PROG} --help)")
+        with _one_line_warnings():
+            args.handler(args)
+        return 0
+    except SystemExit as stop:  # --help and --version exit 0 through argparse
+        return stop.code if isinstance(stop.code, int) else 0
+    except UsageError as error:
+        return _fail(error, 2, show_traceback)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, TypeError, ImportError) as error:
+        return _fail(error, 1, show_traceback)
+
+
+def _fail(error: BaseException, status: int, show_traceback: bool) -> int:
+    if show_traceback:
+        import traceback
+
+        traceback.print_exception(type(error), error, error.__traceback__)
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings as ``lightning-embeddings: warning: ...`` lines on stderr, each once, without source lines."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _open_run(path: str):
+    from lightning_embeddings.run import EmbeddingRun
+
+    directory = Path(path)
+    if not directory.exists():
+        raise CommandError(f"{path} does not exist; give a run directory, e.g. lightning_logs/version_0/embeddings.")
+    return EmbeddingRun(directory)
+
+
+def _columns(run, layers: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """Layer arguments as the run's column names: a name as given, else a number as an index or spec."""
+    if layers is None:
+        return None
+    columns = []
+    for layer in layers:
+        try:
+            columns.append(run.layer(layer)["column"])
+        except ValueError:
+            if not layer.lstrip("-").isdigit():
+                raise
+            columns.append(run.layer(int(layer))["column"])
+    return columns
+
+
+# --------------------------------------------------------------------------------------------------------- layers
+
+
+def _layers(args: argparse.Namespace) -> None:
+    import torch
+
+    from lightning_embeddings.layers import module_table
+
+    model = load_model(args.target, args.model_class)
+    example = None
+    if args.input_shape is not None:
+        dtype = getattr(torch, args.dtype)
+        if dtype.is_floating_point:
+            example = torch.randn(args.input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        else:
+            example = torch.zeros(args.input_shape, dtype=dtype)
+    rows = module_table(model, example)
+    table = [
+        [row["index"], row["name"], row["type"], f"{row['params']:,}"]
+        + ([_format_shape(row["output_shape"])] if example is not None else [])
+        for row in rows
+    ]
+    header = ["index", "name", "type", "params"] + (["output shape"] if example is not None else [])
+    print(_format_table(header, table, right={0, 3}))
+    total = sum(row["params"] for row in rows)
+    inner = [row for row in rows[1:-1] if example is None or row["output_shape"] is not None]
+    pick = inner[-1] if inner else rows[-1]  # the last module before the output: an embedding, often
+    print(f"\n{len(rows)} modules, {total:,} parameters. Record some with EmbeddingCollector(layers=[...]), by "
+          f"index or by name: layers=[{pick['index']}] and layers=[{pick['name']!r}] both record {pick['name']}.")
+    if example is not None and any(row["output_shape"] is None for row in rows):
+        print('"-": not called in the forward pass (or returned no tensor): recording it would give nothing.')
+
+
+def load_model(target: str, model_class: Optional[str] = None):
+    """Build the model named by ``target``: ``package.module:Class`` or ``path/to/file.py:Class`` called with no
+    arguments, or a ``.ckpt`` checkpoint loaded by ``model_class`` (``package.module:Class``).
+
+    Raises:
+        UsageError: a target of neither form, or a checkpoint without ``model_class``.
+        CommandError: the class cannot be imported or built, or the checkpoint cannot be loaded.
+    """
+    from torch import nn
+
+    if target.endswith(".ckpt") or (Path(target).is_file() and not target.endswith(".py")):
+        if model_class is None:
+            hint = _ckpt_hint(target)
+            raise UsageError(f"a checkpoint needs the model's class: add --class package.module:Class{hint}.")
+        if not Path(target).is_file():
+            raise CommandError(f"checkpoint {target} does not exist.")
+        cls = _import_object(model_class)
+        model = _load_checkpoint(cls, target)
+    else:
+        if model_class is not None:
+            raise UsageError("--class goes with a checkpoint TARGET (.ckpt); here TARGET names the class itself.")
+        factory = _import_object(target)
+        try:
+            model = factory()
+        except TypeError as error:
+            raise CommandError(
+                f"could not build {target} with no arguments ({' '.join(str(error).split())}); pass a checkpoint "
+                "instead: lightning-embeddings layers model.ckpt --class " + target
+            ) from error
+    if not isinstance(model, nn.Module):
+        raise CommandError(f"{target} gave a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _import_object(target: str) -> Callable[..., Any]:
+    module_part, sep, attribute = target.rpartition(":")
+    if not sep or not module_part or not attribute or (len(module_part) == 1 and module_part.isalpha()):
+        raise UsageError(
+            f"{target!r} does not name a class: give package.module:Class, path/to/file.py:Class, or a .ckpt file."
+        )
+    if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+        path = Path(module_part)
+        if not path.is_file():
+            raise CommandError(f"{module_part} is not a file; give path/to/file.py:Class or package.module:Class.")
+        sys.path.insert(0, str(path.resolve().parent))  # so that the file's own imports of its neighbours work
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(path.stem, module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise CommandError(f"importing {module_part} failed: {type(error).__name__}: {error}") from error
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: modules beside you import
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as error:
+            raise CommandError(
+                f"cannot import {module_part!r} ({error}): run from the directory that holds it, add that directory "
+                "to PYTHONPATH, or give path/to/file.py:Class."
+            ) from error
+        except Exception as error:
+            raise CommandError(f"importing {module_part!r} failed: {type(error).__name__}: {error}") from error
+    found: Any = module
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            from torch import nn
+
+            classes = sorted(
+                name for name, value in vars(module).items()
+                if isinstance(value, type) and issubclass(value, nn.Module) and value.__module__ == module.__name__
+            )
+            hint = f"it defines {', '.join(classes)}" if classes else "it defines no torch.nn.Module class"
+            raise CommandError(f"{module_part} has no {attribute!r}: {hint}.")
+        found = getattr(found, part)
+    if not callable(found):
+        raise CommandError(f"{target} is a {type(found).__name__}, not a class.")
+    return found
+
+
+def _load_checkpoint(cls: Any, path: str):
+    import torch
+    from lightning.pytorch import LightningModule
+    from torch import nn
+
+    try:
+        if isinstance(cls, type) and issubclass(cls, LightningModule):
+            return cls.load_from_checkpoint(path, map_location="cpu")
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            model = cls()
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint.get("state_dict", checkpoint))
+            return model
+    except Exception as error:
+        raise CommandError(
+            f"loading {path} with {cls.__name__} failed: {type(error).__name__}: {' '.join(str(error).split())}"
+        ) from error
+    raise CommandError(f"--class must name a LightningModule or torch.nn.Module class, got {cls!r}.")
+
+
+def _ckpt_hint(path: str) -> str:
+    """The class a LightningCLI checkpoint names in its hyper-parameters, said, never imported from the file."""
+    try:
+        import torch
+
+        hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    except Exception:
+        return ""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return ""
+    module, _, name = class_path.rpartition(".")
+    return f" (this checkpoint was saved from {module}:{name})"
+
+
+# ----------------------------------------------------------------------------------------------------------- info
+
+
+def describe_run(run) -> dict[str, Any]:
+    """What ``info`` shows, as a JSON-friendly dict: path, layers, snapshots with their samples, reducer."""
+    layers = [
+        {key: facts.get(key) for key in ("column", "index", "type", "strategy", "output_shape", "dim")}
+        for facts in run.manifest["layers"]
+    ]
+    snapshots = [{**snapshot, "samples": _samples(run, snapshot["name"])} for snapshot in _progress(run.snapshots)]
+    reducer = run.manifest.get("reducer")
+    return {"path": str(run.path), "layers": layers, "snapshots": snapshots, "reducer": reducer}
+
+
+def _progress(items: list) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="counting samples", unit="snapshot", delay=2, leave=False)
+
+
+def _samples(run, name: str) -> int:
+    """Distinct (dataloader_idx, sample_id) in one snapshot, over all its files (DDP's padding counted once)."""
+    import pyarrow.parquet as pq
+
+    from lightning_embeddings.store import snapshot_files
+
+    keys = set()
+    for path in snapshot_files(run.path, name):
+        table = pq.read_table(path, columns=["dataloader_idx", "sample_id"])
+        keys.update(zip(table.column("dataloader_idx").to_pylist(), table.column("sample_id").to_pylist()))
+    return len(keys)
+
+
+def _info(args: argparse.Namespace) -> None:
+    run = _open_run(args.run_dir)
+    facts = describe_run(run)
+    if args.json:
+        print(json.dumps(facts, indent=2, default=str))
+        return
+    print(f"run: {facts['path']}")
+    print(f"\nlayers ({len(facts['layers'])}):")
+    rows = [
+        [layer["column"], layer["index"], layer["type"], layer["strategy"], _format_shape(layer["output_shape"]),
+         layer["dim"]]
+        for layer in facts["layers"]
+    ]
+    print(_indent(_format_table(["layer", "index", "type", "strategy", "output shape", "dim"], rows, right={1, 5})))
+    print(f"\nsnapshots ({len(facts['snapshots'])}):")
+    rows = [[s["name"], s["stage"], s["epoch"], s["step"], s["samples"]] for s in facts["snapshots"]]
+    print(_indent(_format_table(["snapshot", "stage", "epoch", "step", "samples"], rows, right={2, 3, 4})))
+    reducer = facts["reducer"]
+    if not reducer:
+        print("\nreducer: none (no maps). Make them: lightning-embeddings reduce " + args.run_dir)
+        return
+    fitted = reducer.get("fitted_on") or {}
+    name = reducer.get("name") or next(
+        (record.get("class") for record in (reducer.get("layers") or {}).values() if record.get("class")), "custom"
+    )
+    where = (f"fitted on {fitted.get('name')} ({fitted.get('stage')} epoch {fitted.get('epoch')} step "
+             f"{fitted.get('step')})") if fitted else ""
+    align = f", align {reducer['align']!r}" if reducer.get("align") else ""
+    kwargs = f", {reducer['kwargs']}" if reducer.get("kwargs") else ""
+    print(f"\nreducer: {name}, {reducer.get('n_components')}-D, seed {reducer.get('seed')}{align}{kwargs}"
+          + (f"; {where}" if where and reducer.get("align", "last") == "last" else ""))
+    records = reducer.get("layers") or {}
+    skipped = {column: record["skipped"] for column, record in records.items() if "skipped" in record}
+    for column, reason in skipped.items():
+        print(f"  {column}: not reduced: {reason}")
+    trust = {column: record["trustworthiness"] for column, record in records.items() if record.get("trustworthiness")}
+    if trust:
+        columns = list(trust)
+        low = False
+        rows = []
+        for snapshot in facts["snapshots"]:
+            cells = []
+            for column in columns:
+                value = trust[column].get(snapshot["name"])
+                low |= value is not None and value < FAITHFUL
+                cells.append("-" if value is None else f"{value:.2f}" + (" !" if value < FAITHFUL else ""))
+            rows.append([snapshot["name"], *cells])
+        print("\ntrustworthiness per snapshot (10 neighbours; 1 is faithful):")
+        print(_indent(_format_table(["snapshot", *columns], rows, right=set(range(1, len(columns) + 1)))))
+        if low:
+            print(f"  ! below {FAITHFUL}: there, neighbours in the picture are often not neighbours in the vectors; "
+                  "try: lightning-embeddings reduce RUN_DIR --align joint")
+
+
+# --------------------------------------------------------------------------------------------------------- reduce
+
+
+def _reduce(args: argparse.Namespace) -> None:
+    run = _open_run(args.run_dir)
+    recorded = run.manifest.get("reducer") or {}
+    reducer = args.reducer or (recorded.get("name") if recorded.get("name") in REDUCER_NAMES else "umap")
+    n_components = args.n_components or recorded.get("n_components") or 2
+    columns = _columns(run, args.layers)
+    maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
+                      align=args.align or "last", progress=True, **dict(args.param))
+    records = (run.manifest.get("reducer") or {}).get("layers") or {}
+    from lightning_embeddings.store import projection_file
+
+    print(f"reduced with {reducer}, {n_components}-D" + (f", align {args.align!r}" if args.align else "") + ":")
+    for column in columns or run.layers:
+        record = records.get(column, {})
+        if column in maps:
+            trust = [v for v in (record.get("trustworthiness") or {}).values() if v is not None]
+            said = f", trustworthiness {min(trust):.2f}..{max(trust):.2f}" if trust else ""
+            print(f"  {projection_file(run.path, column)}  ({len(maps[column])} rows{said})")
+        elif "skipped" in record:
+            print(f"  {column}: not reduced: {record['skipped']}")
+    long_file = run.path / "projections.parquet"
+    if long_file.is_file():
+        print(f"  {long_file}")
+    print(f"  {run.path / 'manifest.json'}")
+
+
+# ----------------------------------------------------------------------------------------------------------- plot
+
+
+def _plot(args: argparse.Namespace) -> None:
+    run = _open_run(args.run_dir)
+    columns = _columns(run, args.layers)
+    from lightning_embeddings.plot import plot_run
+
+    try:
+        paths = plot_run(run, layers=columns, html=args.html)
+    except ImportError as error:  # the html extra
+        raise CommandError(str(error)) from error
+    if not paths:
+        print(f"no pictures drawn: the run has no projections; make them with: {PROG} reduce {args.run_dir}")
+    for path in paths:
+        print(path)
+
+
+# --------------------------------------------------------------------------------------------------------- export
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lightning_embeddings.export import PROJECTOR_CONFIG, export_tensorboard
+    from lightning_embeddings.store import projection_file
+
+    run = _open_run(args.run_dir)
+    columns = _columns(run, args.layers)
+    logdir = args.logdir if args.logdir is not None else run.path / "tensorboard"
+    written = export_tensorboard(run, logdir, layers=columns, max_vectors=args.max_vectors)
+    print(f"wrote TensorBoard projector files to {written} ({written / PROJECTOR_CONFIG}):")
+    for column in columns or run.layers:
+        print(f"  {column}: projections of all snapshots, vectors of the last fit snapshot"
+              if projection_file(run.path, column).is_file()
+              else f"  {column}: vectors of the last fit snapshot (no projections: reduce the run first)")
+    print(f"view them: tensorboard --logdir {written}  (then the Projector tab)")
+
+
+# ---------------------------------------------------------------------------------------------------------- tables
+
+
+def _format_shape(shape: Optional[Sequence[int]]) -> str:
+    return "-" if shape is None else "(" + ", ".join(str(size) for size in shape) + ")"
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int] = frozenset()) -> str:
+    cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[j]) for row in cells) for j in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(w) if j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
+    lines = [line.rstrip() for line in lines]
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return textwrap.indent(text, "  ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The ``lightning-embeddings`` command line, in process through ``main([...])`` and once through the installed
+console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, fit_collector
+from lightning_embeddings import EmbeddingRun
+from lightning_embeddings.cli import main, parse_value
+
+N_VAL = 449
+COMMANDS = ("layers", "info", "reduce", "plot", "export")
+ERROR = re.compile(r"^lightning-embeddings: error: \S.*\n$")  # one line, nothing else
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Two epochs of the digits CNN, PCA maps of layers 3 (features.1) and head.1; the trainer makes checkpoints."""
+    trainer, collector = fit_collector(
+        tmp_path_factory.mktemp("cli-run"), trainer_kwargs={"max_epochs": 2, "limit_train_batches": 2}
+    )
+    return trainer, EmbeddingRun(collector.dirpath)
+
+
+@pytest.fixture(scope="module")
+def run(fitted) -> EmbeddingRun:
+    return fitted[1]
+
+
+@pytest.fixture
+def run_copy(run, tmp_path) -> EmbeddingRun:
+    """A copy to change, so that the module's run stays as fitted."""
+    return EmbeddingRun(shutil.copytree(run.path, tmp_path / "embeddings"))
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The ``layers`` table's rows by index: cells split on runs of two or more spaces."""
+    rows = {}
+    for line in out.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0].isdigit():
+            rows[cells[0]] = cells
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------ help
+
+
+def test_help_lists_every_command_with_examples(capsys):
+    status, out, _ = cli(capsys, "--help")
+    assert status == 0
+    assert all(f"    {command} " in out for command in COMMANDS)
+    assert "examples:" in out and "Exit status" in out
+    for command in COMMANDS:
+        status, out, _ = cli(capsys, command, "--help")
+        assert status == 0, command
+        assert out.startswith(f"usage: lightning-embeddings {command} ")
+        assert "examples:" in out and f"  lightning-embeddings {command} " in out.split("examples:")[1]
+
+
+def test_version(capsys):
+    import lightning_embeddings
+
+    assert cli(capsys, "--version")[:2] == (0, f"lightning-embeddings {lightning_embeddings.__version__}\n")
+
+
+# ---------------------------------------------------------------------------------------------------------- layers
+
+
+def test_layers_table_with_output_shapes_counts_as_the_collector(capsys):
+    status, out, err = cli(capsys, "layers", "digits:DigitsCNN", "--input-shape", "1,1,8,8")
+    assert status == 0, err
+    rows = table_rows(out)
+    assert out.splitlines()[0].split() == ["index", "name", "type", "params", "output", "shape"]
+    assert rows["0"][:3] == ["0", "root", "DigitsCNN"]
+    assert rows["3"] == ["3", "features.1", "ReLU", "0", "(1, 16, 8, 8)"]
+    assert rows["9"] == ["9", "head.1", "Linear", "32,832", "(1, 64)"]
+    assert rows["2"][3] == "160" and len(rows) == 12
+    assert "38,282 parameters" in out
+
+
+def test_layers_of_a_file_target_without_input_has_no_shapes(capsys):
+    status, out, _ = cli(capsys, "layers", EXAMPLES / "digits.py:DigitsCNN")
+    assert status == 0
+    assert out.splitlines()[0].split() == ["index", "name", "type", "params"]
+    assert table_rows(out)["9"] == ["9", "head.1", "Linear", "32,832"]
+
+
+def test_layers_of_a_checkpoint_with_its_class(fitted, capsys, tmp_path):
+    trainer, _ = fitted
+    checkpoint = tmp_path / "digits.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    status, out, err = cli(capsys, "layers", checkpoint, "--class", "digits:DigitsCNN", "--input-shape", "2,1,8,8")
+    assert status == 0, err
+    assert table_rows(out)["9"][-1] == "(2, 64)"
+    status, _, err = cli(capsys, "layers", checkpoint)
+    assert status == 2 and ERROR.match(err) and "--class package.module:Class" in err
+
+
+def test_layers_names_the_module_where_the_forward_pass_fails(capsys):
+    status, out, err = cli(capsys, "layers", "digits:DigitsCNN", "--input-shape", "1,8,8")
+    assert status == 1 and out == ""
+    assert ERROR.match(err)
+    assert "input of shape (1, 8, 8) failed in module 'head.1' (index 9, Linear)" in err
+    assert "batch dimension included" in err
+
+
+def test_module_table_leaves_the_model_as_it_found_it():
+    import torch
+
+    from digits import DigitsCNN
+    from lightning_embeddings.layers import module_table
+
+    model = DigitsCNN().train()
+    model.head[3].eval()  # a mixed state, restored module by module
+    modes = [m.training for m in model.modules()]
+    rows = module_table(model, torch.zeros(4, 1, 8, 8))
+    assert [r["output_shape"] for r in rows][8:] == [(4, 512), (4, 64), (4, 64), (4, 10)]
+    with pytest.raises(ValueError, match=r"shape \(4, 8, 8\) failed in module 'features\.0' \(index 2, Conv2d\)"):
+        module_table(model, torch.zeros(4, 8, 8))
+    assert [m.training for m in model.modules()] == modes
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(r["output_shape"] is None for r in module_table(model))
+
+
+# ------------------------------------------------------------------------------------------------------------ info
+
+
+def test_info_shows_layers_snapshots_samples_reducer_and_trustworthiness(run, capsys):
+    status, out, err = cli(capsys, "info", run.path)
+    assert status == 0, err
+    assert re.search(r"features\.1\s+3\s+ReLU\s+mean\s+\(16, 8, 8\)\s+16", out)
+    assert re.search(r"head\.1\s+9\s+Linear\s+mean\s+\(64\)\s+64", out)
+    for snapshot in run.snapshots:
+        assert re.search(rf"{snapshot['name']}\s+fit\s+{snapshot['epoch']}\s+{snapshot['step']}\s+{N_VAL}\b", out)
+    fitted_on = run.manifest["reducer"]["fitted_on"]["name"]
+    assert "reducer: pca, 2-D, seed 0" in out and f"fitted on {fitted_on}" in out
+    trust = run.manifest["reducer"]["layers"]["head.1"]["trustworthiness"]
+    first = run.snapshots[0]["name"]
+    row = next(line for line in out.splitlines() if line.strip().startswith(first) and "." in line.split()[-1])
+    assert row.split()[-1] == f"{trust[first]:.2f}"
+
+
+def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
+    manifest = json.loads((run_copy.path / "manifest.json").read_text())
+    first = run_copy.snapshots[0]["name"]
+    manifest["reducer"]["layers"]["head.1"]["trustworthiness"][first] = 0.51
+    manifest["reducer"]["layers"]["features.1"] = {"skipped": "3 samples to fit on; a map needs at least 4"}
+    (run_copy.path / "manifest.json").write_text(json.dumps(manifest))
+    status, out, _ = cli(capsys, "info", run_copy.path)
+    assert status == 0
+    assert re.search(rf"{first}\s+0\.51 !", out)
+    assert "below 0.8" in out and "--align joint" in out
+    assert "features.1: not reduced: 3 samples to fit on" in out
+
+
+def test_info_json(run, capsys):
+    status, out, _ = cli(capsys, "info", run.path, "--json")
+    facts = json.loads(out)
+    assert status == 0
+    assert [s["samples"] for s in facts["snapshots"]] == [N_VAL] * len(run.snapshots)
+    assert [layer["column"] for layer in facts["layers"]] == ["features.1", "head.1"]
+    assert facts["reducer"]["name"] == "pca"
+
+
+# ---------------------------------------------------------------------------------------------------------- reduce
+
+
+def test_reduce_again_in_3d_joint_with_reducer_params_for_one_layer(run_copy, capsys):
+    before = run_copy.projections("features.1")
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", "pca", "--n-components", "3",
+                           "--align", "joint", "--layers", "9", "--param", "whiten=true", "--seed", "1")
+    assert status == 0, err
+    assert str(run_copy.path / "projections" / "head.1.parquet") in out and f"({2 * N_VAL} rows" in out
+    again = EmbeddingRun(run_copy.path)
+    assert {"x", "y", "z"} <= set(again.projections("head.1").columns)
+    assert again.projections("features.1").equals(before), "layers not named are left as they were"
+    record = again.manifest["reducer"]
+    assert (record["align"], record["n_components"], record["seed"]) == ("joint", 3, 1)
+    assert record["kwargs"] == {"whiten": True}
+    assert record["layers"]["head.1"]["params"]["whiten"] is True
+
+
+def test_reduce_defaults_to_the_runs_reducer(run_copy, capsys):
+    status, out, err = cli(capsys, "reduce", run_copy.path)
+    assert status == 0, err
+    assert out.startswith("reduced with pca, 2-D:")
+    assert EmbeddingRun(run_copy.path).manifest["reducer"]["name"] == "pca"
+
+
+def test_parse_value():
+    assert [parse_value(v) for v in ["30", "-2", "0.5", "1e-3", "TRUE", "false", "None", "cosine"]] == [
+        30, -2, 0.5, 0.001, True, False, None, "cosine"
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- plot and export
+
+
+def test_plot_prints_the_pictures_it_drew(run_copy, capsys):
+    pytest.importorskip("lightning_embeddings.plot", reason="lightning_embeddings.plot is not in this checkout yet")
+    pytest.importorskip("matplotlib", reason="drawing needs matplotlib")
+    status, out, err = cli(capsys, "plot", run_copy.path, "--layers", "head.1")
+    assert status == 0, err
+    paths = [Path(line) for line in out.splitlines()]
+    assert paths and all(path.is_file() and path.stat().st_size > 0 for path in paths)
+    assert all("head.1" in path.name for path in paths if path.suffix == ".png")
+
+
+def test_export_to_tensorboard_default_and_given_logdir(run_copy, capsys, tmp_path):
+    status, out, err = cli(capsys, "export", run_copy.path, "--to", "tensorboard")
+    assert status == 0, err
+    config = run_copy.path / "tensorboard" / "projector_config.pbtxt"
+    assert config.is_file() and str(config) in out and "tensorboard --logdir" in out
+    assert config.read_text().count("embeddings {") == 4
+
+    status, out, err = cli(capsys, "export", run_copy.path, "--to", "tensorboard", "--logdir", tmp_path / "tb",
+                           "--layers", "head.1", "--max-vectors", "50")
+    assert status == 0, err
+    text = (tmp_path / "tb" / "projector_config.pbtxt").read_text()
+    assert text.count("embeddings {") == 2 and "features.1" not in text
+    (vectors,) = (tmp_path / "tb").glob("*/head.1%2fvectors/tensors.tsv")
+    assert len(vectors.read_text().splitlines()) == 50
+
+
+# ---------------------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        ([], 2, "give a command"),
+        (["frob"], 2, "invalid choice: 'frob'"),
+        (["info"], 2, "the following arguments are required: RUN_DIR"),
+        (["export", "{run}"], 2, "required: --to"),
+        (["reduce", "{run}", "--param", "n_neighbors"], 2, "'n_neighbors' is not KEY=VALUE"),
+        (["reduce", "{run}", "--n-components", "4"], 2, "invalid choice: 4"),
+        (["layers", "digits:DigitsCNN", "--input-shape", "1,x"], 2, "'1,x' is not a shape"),
+        (["layers", "digits"], 2, "does not name a class"),
+        (["info", "{tmp}"], 1, "is not an embeddings run: it has no manifest.json"),
+        (["info", "{run}/.."], 1, "it holds .*embeddings: pass that"),
+        (["info", "{tmp}/missing"], 1, "does not exist"),
+        (["reduce", "{run}", "--layers", "head.7"], 1, r"layer 'head\.7' was not recorded .* recorded: 'features\.1'"),
+        (["reduce", "{run}", "--reducer", "pca", "--align", "aligned"], 1, "needs reducer='umap'"),
+        (["export", "{run}", "--to", "tensorboard", "--layers", "7"], 1, "layer 7 was not recorded"),
+        (["plot", "{run}", "--layers", "nope"], 1, "layer 'nope' was not recorded"),
+        (["layers", "no_such_module:Net"], 1, "cannot import 'no_such_module'.*PYTHONPATH"),
+        (["layers", "digits:Nope"], 1, "digits has no 'Nope': it defines DigitsCNN"),
+    ],
+)
+def test_errors_are_one_line_with_the_exit_status(run, capsys, tmp_path, argv, status, message):
+    argv = [a.format(run=run.path, tmp=tmp_path) for a in argv]
+    got, out, err = cli(capsys, *argv)
+    assert got == status
+    assert ERROR.match(err), err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and out == ""
+
+
+def test_traceback_flag_shows_the_traceback(capsys, tmp_path):
+    status, _, err = cli(capsys, "--traceback", "info", tmp_path)
+    assert status == 1
+    assert err.startswith("Traceback") and err.rstrip().splitlines()[-1].startswith("lightning-embeddings: error:")
+
+
+def test_warnings_print_as_one_line_each(capsys):
+    import warnings
+
+    from lightning_embeddings.cli import _one_line_warnings
+
+    with _one_line_warnings():
+        warnings.warn("the map of layer 'head.1' is not faithful\n at epoch 0", UserWarning)
+    err = capsys.readouterr().err
+    assert err == "lightning-embeddings: warning: the map of layer 'head.1' is not faithful at epoch 0\n"
+
+
+# ---------------------------------------------------------------------------------------- the installed script
+
+
+def test_console_script_runs_in_a_subprocess():
+    """One real process (each spends seconds importing Lightning): the table on stdout, exit status 0."""
+    script = Path(sys.executable).with_name("lightning-embeddings")
+    if not script.is_file():
+        pytest.skip(f"no console script at {script}: install the package first (pip install -e .)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([str(script), "layers", "digits:DigitsCNN", "--input-shape", "1,1,8,8"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = table_rows(done.stdout)
+    assert rows["3"] == ["3", "features.1", "ReLU", "0", "(1, 16, 8, 8)"]
+    assert rows["9"] == ["9", "head.1", "Linear", "32,832", "(1, 64)"]
+
