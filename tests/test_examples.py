@@ -35,3 +35,19 @@ def test_digits_cli_example_runs_from_its_yaml(tmp_path):
     assert run.epochs == [0, 1, 2, 3, 4]
     assert [run.layer(l)["strategy"] for l in run.layers] == ["avg_pool_2_2", "flatten"]
     assert run.manifest["reducer"]["name"] == "pacmap"
+
+
+def test_forming_example_compares_the_alignments(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "forming.py"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("forming ", "digits "))]
+    assert [row[:3] for row in rows] == [
+        [case, align, reducer] for case in ("forming", "digits")
+        for align, reducer in [("last", "pca"), ("last", "umap"), ("joint", "umap"), ("aligned", "umap")]
+    ]
+    trust = {(row[0], row[1], row[2]): [float(v) for v in row[3:]] for row in rows}
+    assert trust["digits", "joint", "umap"][0] > trust["digits", "last", "umap"][0]  # the honesty problem, measured
+    assert len(list((tmp_path / "pictures").glob("*.png"))) == 16
