@@ -1,0 +1,293 @@
+"""Real multi-process DDP on the CPU (gloo): two ranks, an odd validation set that DistributedSampler pads, one file
+per rank and snapshot, the map written once by rank 0 while the other rank waits.
+
+Each test writes a small training script into ``tmp_path`` and runs it as separate processes, as ``torchrun`` or
+Lightning's own launcher would, then reads what they wrote from this (the parent) process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from conftest import EXAMPLES, DigitsCNN, DigitsDataModule
+
+from lightning_embeddings import EmbeddingRun
+
+TESTS = Path(__file__).resolve().parent
+N_VAL = 449  # the digits validation set: odd, so DistributedSampler pads rank 1 with a duplicate of sample 0
+RANKS = 2
+TIMEOUT_S = 120  # per launch; a healthy run takes well under a minute
+
+SCRIPT = textwrap.dedent(
+    '''
+    """One DDP training run with an EmbeddingCollector; its settings come as JSON in argv[1]."""
+    import importlib
+    import json
+    import sys
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    import lightning.pytorch as pl
+    import torch
+
+    from digits import DigitsCNN, DigitsDataModule
+    from lightning_embeddings import EmbeddingCollector
+
+    cfg = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(cfg["out"])
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+
+    reducer = cfg["reducer"]
+    if isinstance(reducer, dict):  # a user's estimator: {"module": ..., "class": ..., "kwargs": {...}}
+        reducer = getattr(importlib.import_module(reducer["module"]), reducer["class"])(**reducer["kwargs"])
+    collector = EmbeddingCollector(
+        layers=cfg["layers"], reshape={k: v for k, v in {3: "avg_pool_2_2", "head.1": "flatten"}.items() if k in cfg["layers"]},
+        reducer=reducer, plots=False,
+        dirpath=out / "embeddings",
+    )
+
+
+    class ShortTimeout(pl.Callback):
+        """Once every rank is up, give the default process group a short timeout: a rank left waiting on it for
+        longer fails (checked by hand: a plain torch.distributed.barrier() in on_fit_end while rank 0 sleeps 6 s kills
+        rank 1 with "Timed out waiting 3000ms"). Start-up, while the ranks import, keeps the default 30 minutes."""
+
+        def setup(self, trainer, pl_module, stage):
+            if cfg["ddp_timeout_s"] is not None:
+                from torch.distributed.distributed_c10d import _set_pg_timeout
+
+                _set_pg_timeout(timedelta(seconds=cfg["ddp_timeout_s"]))
+
+    model = DigitsCNN()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp",
+        max_epochs=2, limit_train_batches=cfg["limit_train_batches"], num_sanity_val_steps=2,
+        default_root_dir=out, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[ShortTimeout(), collector],
+    )
+    trainer.fit(model, DigitsDataModule())
+    fit_returned = time.time()
+    rank = trainer.global_rank
+    projections = sorted(p.name for p in (collector.dirpath / "projections").glob("*.parquet"))
+    if rank == 0:
+        torch.save(model.state_dict(), out / "final.pt")
+    children = []
+    launcher = trainer.strategy.launcher
+    if rank == 0 and getattr(launcher, "procs", None):  # Lightning launched the other rank: wait for its exit code
+        children = [proc.wait(timeout=60) for proc in launcher.procs]
+    (out / f"done-rank{rank}.json").write_text(json.dumps({
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "status": trainer.state.status.value,
+        "dirpath": str(collector.dirpath),
+        "hooks": sum(len(m._forward_hooks) for m in model.modules()),
+        "projections_when_fit_returned": projections,
+        "fit_returned": fit_returned,
+        "children_exit_codes": children,
+    }))
+    '''
+)
+
+SLOW_REDUCER = textwrap.dedent(
+    '''
+    """A user's reducer whose fit takes long: rank 0 spends it in on_fit_end while the other ranks wait."""
+    import json
+    import time
+    from pathlib import Path
+
+    from sklearn.decomposition import PCA
+
+
+    class SlowPCA:
+        def __init__(self, seconds, log):
+            self.seconds = seconds
+            self.log = log
+
+        def fit(self, X):
+            started = time.time()
+            time.sleep(self.seconds)
+            self.pca_ = PCA(n_components=2, random_state=0).fit(X)
+            with open(self.log, "a") as f:
+                f.write(json.dumps({"started": started, "ended": time.time(), "rows": len(X)}) + "\\n")
+            return self
+
+        def transform(self, X):
+            return self.pca_.transform(X)
+    '''
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path: Path, port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(EXAMPLES), str(TESTS), env.get("PYTHONPATH", "")])
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _write_script(tmp_path: Path, **cfg) -> tuple[Path, Path]:
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = {"out": str(out), "layers": [3, "head.1"], "reducer": "pca", "ddp_timeout_s": None,
+           "limit_train_batches": 6, **cfg}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    return script, out
+
+
+def _launch_each_rank(tmp_path: Path, script: Path) -> list[tuple[int, str]]:
+    """Start one process per rank ourselves (as torchrun does: LOCAL_RANK set, so Lightning launches nothing) and
+    return each rank's exit code and output."""
+    env = _env(tmp_path, _free_port())
+    logs = [tmp_path / f"rank{rank}.log" for rank in range(RANKS)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "cfg.json")], cwd=tmp_path, stdout=f,
+                stderr=subprocess.STDOUT, env={**env, "LOCAL_RANK": str(rank), "NODE_RANK": "0", "WORLD_SIZE": str(RANKS)},
+            ))
+    deadline = time.monotonic() + TIMEOUT_S
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            codes.append(proc.wait())
+    return [(code, log.read_text()) for code, log in zip(codes, logs)]
+
+
+def _launch_with_lightning(tmp_path: Path, script: Path) -> tuple[int, str]:
+    """Run the script once; Lightning's launcher starts rank 1 as a child of rank 0."""
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.json")], cwd=tmp_path,
+                          env=_env(tmp_path, _free_port()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=TIMEOUT_S, check=False)
+    return proc.returncode, proc.stdout
+
+
+def _done(out: Path) -> list[dict]:
+    return [json.loads((out / f"done-rank{rank}.json").read_text()) for rank in range(RANKS)]
+
+
+def test_ddp_two_ranks_odd_validation_set_one_file_per_rank_no_duplicates(tmp_path):
+    script, out = _write_script(tmp_path)
+    results = _launch_each_rank(tmp_path, script)
+    for rank, (code, log) in enumerate(results):
+        assert code == 0, f"rank {rank} exited {code}:\n{log[-4000:]}"
+    done = _done(out)
+    dirpath = out / "embeddings"
+    assert [d["rank"] for d in done] == [0, 1] and {d["world_size"] for d in done} == {2}
+    assert {d["status"] for d in done} == {"finished"}
+    assert {d["dirpath"] for d in done} == {str(dirpath)}  # every rank wrote into one run directory
+    assert [d["hooks"] for d in done] == [0, 0]
+
+    run = EmbeddingRun(dirpath)
+    assert run.epochs == [0, 1]
+    assert len(run.snapshots) == 2  # the sanity check recorded nothing, every validation once
+    assert len({s["name"] for s in run.snapshots}) == 2
+    # each snapshot: exactly one file per rank, nothing else (no single-process name, no partial file)
+    names = sorted(p.name for p in (dirpath / "vectors").iterdir())
+    assert names == sorted(f"{s['name']}-rank{r}.parquet" for s in run.snapshots for r in range(RANKS))
+
+    datamodule = DigitsDataModule()
+    datamodule.setup("validate")
+    images, labels = datamodule.val_set.tensors
+    reference = DigitsCNN()
+    reference.load_state_dict(torch.load(out / "final.pt"))
+    fresh = {}
+    handle = reference.head[1].register_forward_hook(lambda m, a, o: fresh.update(v=o.detach().clone()))
+    reference.eval()
+    with torch.no_grad():
+        reference(images)
+    handle.remove()
+
+    for snapshot in run.snapshots:
+        rank_tables = [pq.read_table(dirpath / "vectors" / f"{snapshot['name']}-rank{r}.parquet") for r in range(RANKS)]
+        # DistributedSampler(shuffle=False) over 449 samples: rank 0 gets 0, 2, ..., 448; rank 1 gets 1, 3, ..., 447
+        # and then sample 0 again, so both ranks have 225 rows
+        ids = [t.column("sample_id").to_numpy() for t in rank_tables]
+        assert ids[0].tolist() == list(range(0, N_VAL, 2))
+        assert ids[1].tolist() == [*range(1, N_VAL, 2), 0]
+        assert sum(len(t) for t in rank_tables) == N_VAL + 1
+        # sample_id is the true dataset index: every row's stored label is the dataset's label at that index
+        for table in rank_tables:
+            stored = table.column("label").to_numpy()
+            assert np.array_equal(stored, labels.numpy()[table.column("sample_id").to_numpy()])
+            assert set(table.column("epoch").to_pylist()) == {snapshot["epoch"]}
+        # the padded duplicate (sample 0 on rank 1) holds the same vectors as the original on rank 0
+        for layer in run.layers:
+            first = np.stack(rank_tables[0].column(layer).to_pylist()[:1])
+            duplicate = np.stack(rank_tables[1].column(layer).to_pylist()[-1:])
+            np.testing.assert_allclose(duplicate, first, rtol=1e-5, atol=1e-6, err_msg=layer)
+        # the reader drops the padding: every sample exactly once, in order
+        for layer in run.layers:
+            read_ids, vectors = run.vectors(layer, epoch=snapshot["epoch"])
+            assert read_ids.tolist() == list(range(N_VAL)) and len(vectors) == N_VAL
+        table = run.table(epochs=[snapshot["epoch"]])
+        assert len(table) == N_VAL and table["sample_id"].is_unique
+
+    # the last snapshot's vectors are those of a fresh single-process forward pass of the final weights
+    ids, last = run.vectors("head.1", epoch=1)
+    np.testing.assert_allclose(last, fresh["v"].numpy()[ids], rtol=1e-4, atol=1e-5)
+    _, first_epoch = run.vectors("head.1", epoch=0)
+    assert not np.allclose(first_epoch, last)  # epoch 0 was recorded before epoch 1's training
+
+    # the map: written once (by rank 0), every epoch and every sample in it once, present on both ranks after fit
+    for layer in run.layers:
+        maps = run.projections(layer)
+        assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL}
+        assert not maps.duplicated(["epoch", "sample_id"]).any()
+    assert sorted(p.name for p in (dirpath / "projections").iterdir()) == ["features.1.parquet", "head.1.parquet"]
+    assert [d["projections_when_fit_returned"] for d in done] == [["features.1.parquet", "head.1.parquet"]] * 2
+    assert run.manifest["reducer"]["name"] == "pca"
+    assert not [p for p in dirpath.rglob(".*")]  # no temporary file left by any rank
+    assert "Traceback" not in results[0][1] + results[1][1]
+
+
+def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_path):
+    """Rank 0 fits a reducer for longer than the process group's timeout (3 s); rank 1 waits for it and exits 0.
+
+    Launched the usual way: the script is started once and Lightning's launcher starts rank 1.
+    """
+    (tmp_path / "slow_reducer.py").write_text(SLOW_REDUCER)
+    fit_log = tmp_path / "fits.jsonl"
+    script, out = _write_script(
+        tmp_path, layers=["head.1"], ddp_timeout_s=3, limit_train_batches=4,
+        reducer={"module": "slow_reducer", "class": "SlowPCA", "kwargs": {"seconds": 5.0, "log": str(fit_log)}},
+    )
+    code, log = _launch_with_lightning(tmp_path, script)
+    assert code == 0, log[-4000:]
+    done = _done(out)
+    assert done[0]["children_exit_codes"] == [0], log[-4000:]  # rank 1's own exit code
+    assert {d["status"] for d in done} == {"finished"}
+    fits = [json.loads(line) for line in fit_log.read_text().splitlines()]
+    assert len(fits) == 1 and fits[0]["rows"] == N_VAL  # fitted once, by one rank, on the last epoch, no duplicates
+    assert fits[0]["ended"] - fits[0]["started"] >= 5.0
+    # rank 1 came out of fit only after rank 0's reduction had ended, and found the map there
+    assert done[1]["fit_returned"] >= fits[0]["ended"]
+    assert done[1]["projections_when_fit_returned"] == ["head.1.parquet"]
+    run = EmbeddingRun(out / "embeddings")
+    assert run.epochs == [0, 1]
+    assert run.manifest["reducer"]["layers"]["head.1"]["class"] == "slow_reducer.SlowPCA"
+    maps = run.projections("head.1")
+    assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL}
