@@ -413,7 +413,8 @@ def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
     trust = dict(facts.get("trustworthiness") or {})
-    fitted_on = (record.get("fitted_on") or {}).get("name")
+    # only align="last" fits on one snapshot; "joint" and "aligned" fit on all of them
+    fitted_on = (record.get("fitted_on") or {}).get("name") if record.get("align", "last") == "last" else None
     order = {s["name"]: i for i, s in enumerate(run.snapshots)}
     present = frame[["stage", "epoch", "step"]].drop_duplicates()
     snapshots = []
@@ -732,7 +733,6 @@ def plot_layer(
 
         snapshots_png, overview_png = plot_layer(EmbeddingRun(collector.dirpath), "head.1")
     """
-    _matplotlib()
     run = _as_run(run)
     info = _load(run, layer)
     directory = _output_dir(run, path)
@@ -786,9 +786,8 @@ def plot_run(
         for picture in plot_run("lightning_logs/version_0/embeddings", html=True):
             print(picture)
     """
-    _matplotlib()
     if html:
-        _plotly()
+        _plotly()  # fail before drawing anything
     run = _as_run(run)
     columns = _with_projections(run, layers)
     written = [picture for column in columns for picture in plot_layer(run, column, path)]
