@@ -149,11 +149,11 @@ def test_info_shows_layers_snapshots_samples_reducer_and_trustworthiness(run, ca
     for snapshot in run.snapshots:
         assert re.search(rf"{snapshot['name']}\s+fit\s+{snapshot['epoch']}\s+{snapshot['step']}\s+{N_VAL}\b", out)
     fitted_on = run.manifest["reducer"]["fitted_on"]["name"]
-    assert "reducer: pca, 2-D, seed 0" in out and f"fitted on {fitted_on}" in out
+    assert f"reducer: pca, 2-D, seed 0, align 'joint'; fitted on every fit snapshot up to {fitted_on}" in out
     trust = run.manifest["reducer"]["layers"]["head.1"]["trustworthiness"]
     first = run.snapshots[0]["name"]
-    row = next(line for line in out.splitlines() if line.strip().startswith(first) and "." in line.split()[-1])
-    assert row.split()[-1] == f"{trust[first]:.2f}"
+    row = next(line for line in out.splitlines() if line.strip().startswith(first) and "." in line)
+    assert row.split()[2] == f"{trust[first]:.2f}"  # snapshot, features.1, head.1 (then "!" when below 0.8)
 
 
 def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
@@ -165,7 +165,7 @@ def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
     status, out, _ = cli(capsys, "info", run_copy.path)
     assert status == 0
     assert re.search(rf"{first}\s+0\.51 !", out)
-    assert "below 0.8" in out and "--align joint" in out
+    assert "below 0.8" in out and "--align aligned --reducer umap" in out  # the run is already joint
     assert "features.1: not reduced: 3 samples to fit on" in out
 
 

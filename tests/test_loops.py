@@ -59,9 +59,9 @@ def test_several_dataloaders_share_one_map(fit_digits):
     np.testing.assert_allclose(b, a[99::-1], rtol=1e-5, atol=1e-6)
     table = run.table(epochs=[1])
     assert table.groupby("dataloader_idx").size().to_dict() == {0: 449, 1: 100}
-    # the map is fitted on every loader's rows of the last snapshot together
-    _, both = run.vectors("head.1", 1)
-    expected = PCA(n_components=2, random_state=0).fit(both).transform(b)
+    # the map is fitted on every loader's rows of every fit snapshot together (align="joint")
+    every = np.concatenate([run.vectors("head.1", epoch)[1] for epoch in run.epochs])
+    expected = PCA(n_components=2, random_state=0).fit(every).transform(b)
     maps = run.projections("head.1")
     last_b = maps[(maps.epoch == 1) & (maps.dataloader_idx == 1)].sort_values("sample_id")
     np.testing.assert_allclose(last_b[["x", "y"]].to_numpy(), expected, rtol=1e-4, atol=1e-4)
@@ -83,10 +83,10 @@ def test_validate_and_test_after_fit_land_in_the_fit_run_and_map(fit_digits):
     assert ids.tolist() == list(range(120))
     np.testing.assert_allclose(test_vectors, _forward(trainer.lightning_module, datamodule.val_set.tensors[0][:120]),
                                rtol=1e-5, atol=1e-6)
-    # the test snapshot is drawn in the fit's map: the reducer is still the one fitted on the last fit snapshot
+    # the test snapshot is placed in the fit's map: the reducer is fitted on the fit snapshots only
     maps = run.projections("head.1")
     assert maps.groupby("stage", sort=False).size().to_dict() == {"fit": 898, "validate": 449, "test": 120}
-    pca = PCA(n_components=2, random_state=0).fit(run.vectors("head.1", 1)[1])
+    pca = PCA(n_components=2, random_state=0).fit(np.concatenate([run.vectors("head.1", e)[1] for e in run.epochs]))
     test_points = maps[maps.stage == "test"].sort_values("sample_id")[["x", "y"]].to_numpy()
     np.testing.assert_allclose(test_points, pca.transform(test_vectors), rtol=1e-4, atol=1e-4)
     assert run.manifest["reducer"]["fitted_on"]["stage"] == "fit"

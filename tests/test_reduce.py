@@ -1,5 +1,5 @@
-"""Reducers and the fit-on-last, project-every-epoch procedure, with real ``Trainer.fit`` runs on digits and real
-UMAP / PaCMAP / PCA.
+"""Reducers and the fit-on-last, project-every-epoch procedure (``align="last"``), with real ``Trainer.fit`` runs
+on digits and real UMAP / PaCMAP / PCA. The other alignments are tested in test_align.py.
 
 Run with ``-s`` to see the measured figures (displacement of a frozen model's points, trustworthiness).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +32,12 @@ N_VAL = 449  # int(1797 * 0.25): the digits validation set
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture
+def fit_digits(tmp_path: Path):
+    """conftest's ``fit_digits``, fitting the map on the last snapshot (``align="last"``) unless told otherwise."""
+    return partial(fit_collector, tmp_path, align="last")
+
+
 def _fit(
     root: Path,
     model: Optional[pl.LightningModule] = None,
@@ -38,8 +45,8 @@ def _fit(
     trainer_kwargs: Optional[dict] = None,
     **collector_kwargs: Any,
 ) -> tuple[pl.Trainer, EmbeddingRun]:
-    """A quiet CPU fit of the digits CNN, usable from module-scoped fixtures."""
-    trainer, collector = fit_collector(root, model, datamodule, trainer_kwargs, **collector_kwargs)
+    """A quiet CPU fit of the digits CNN with ``align="last"``, usable from module-scoped fixtures."""
+    trainer, collector = fit_collector(root, model, datamodule, trainer_kwargs, **{"align": "last", **collector_kwargs})
     assert trainer.state.finished, f"fit did not finish: {trainer.state}"
     return trainer, EmbeddingRun(collector.dirpath)
 
@@ -238,7 +245,7 @@ def test_reduce_that_skips_a_layer_leaves_no_stale_map(fit_digits):
     run = EmbeddingRun(collector.dirpath)
     assert _axes(run.projections("head.1")) == ["x", "y"]
     with pytest.warns(UserWarning, match="is not reduced"):
-        run.reduce(reducer="pca", n_components=3, progress=False)  # 4 < min_samples(3)
+        run.reduce(reducer="pca", n_components=3, align="last", progress=False)  # 4 < min_samples(3)
     assert "skipped" in _manifest(run.path)["reducer"]["layers"]["head.1"]
     with pytest.raises(FileNotFoundError, match="No projections of layer"):
         EmbeddingRun(run.path).projections("head.1")
@@ -307,7 +314,7 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
         with pytest.raises(FileNotFoundError, match="No projections of layer"):
             run.projections(layer)
 
-    maps = run.reduce(reducer="pca", progress=False)
+    maps = run.reduce(reducer="pca", align="last", progress=False)
     assert sorted(maps) == sorted(LAYERS)
     record = _manifest(run.path)["reducer"]
     assert (record["name"], record["n_components"], record["fitted_on"]["epoch"]) == ("pca", 2, 2)
@@ -324,7 +331,7 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
             ids, X = run.vectors(layer, epoch)
             np.testing.assert_allclose(_points(projections, epoch, ids), expected.transform(X), rtol=1e-4, atol=1e-4)
 
-    maps = run.reduce(reducer="pacmap", n_components=3, progress=False)
+    maps = run.reduce(reducer="pacmap", n_components=3, align="last", progress=False)
     record = _manifest(run.path)["reducer"]
     assert (record["name"], record["n_components"], record["fitted_on"]["epoch"]) == ("pacmap", 3, 2)
     for layer in LAYERS:
@@ -338,15 +345,15 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
 
 def test_reduce_same_seed_gives_identical_umap_maps(unreduced_run, tmp_path):
     run = _copy_run(unreduced_run, tmp_path / "run")
-    first = run.reduce(reducer="umap", seed=0, layers=["head.1"], progress=False, n_neighbors=10)["head.1"]
+    first = run.reduce(reducer="umap", seed=0, layers=["head.1"], align="last", progress=False, n_neighbors=10)["head.1"]
     record = _manifest(run.path)["reducer"]
     assert record["kwargs"] == {"n_neighbors": 10}
     assert record["layers"]["head.1"]["params"]["n_neighbors"] == 10
     assert record["layers"]["head.1"]["params"]["random_state"] == 0
-    second = run.reduce(reducer="umap", seed=0, layers=["head.1"], progress=False, n_neighbors=10)["head.1"]
+    second = run.reduce(reducer="umap", seed=0, layers=["head.1"], align="last", progress=False, n_neighbors=10)["head.1"]
     np.testing.assert_array_equal(first[["x", "y"]].to_numpy(), second[["x", "y"]].to_numpy())
     np.testing.assert_array_equal(first[["x", "y"]].to_numpy(), run.projections("head.1")[["x", "y"]].to_numpy())
-    other = run.reduce(reducer="umap", seed=1, layers=["head.1"], progress=False, n_neighbors=10)["head.1"]
+    other = run.reduce(reducer="umap", seed=1, layers=["head.1"], align="last", progress=False, n_neighbors=10)["head.1"]
     assert not np.array_equal(first[["x", "y"]].to_numpy(), other[["x", "y"]].to_numpy()), "the seed is ignored"
 
 

@@ -58,9 +58,10 @@ class EmbeddingCollector(Callback):
             ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
         reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``.
-        align: how snapshots share one map: ``"last"`` (fit on the last snapshot, place the others through
-            ``transform``), ``"joint"`` (fit on all snapshots together), ``"aligned"`` (``umap.AlignedUMAP``).
-            Each snapshot's trustworthiness is measured and stored; see :meth:`EmbeddingRun.reduce`.
+        align: how snapshots share one map: ``"joint"`` (fit on all snapshots of fit together, then place each),
+            ``"last"`` (fit on the last snapshot, place the others through ``transform``, as 3LC does),
+            ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's trustworthiness is measured and stored; see
+            :meth:`EmbeddingRun.reduce` and docs/align.md.
         seed: random state of the reducer, for reproducible maps (``None``: not reproducible, faster UMAP).
         label_key: the key of the per-sample labels in a dict batch; by default ``label``, ``labels``,
             ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
@@ -102,7 +103,7 @@ class EmbeddingCollector(Callback):
         reducer: reducers.ReducerSpec = "umap",
         n_components: Literal[2, 3] = 2,
         reducer_kwargs: Optional[dict[str, Any]] = None,
-        align: reducers.Align = "last",
+        align: reducers.Align = "joint",
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,

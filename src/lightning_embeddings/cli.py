@@ -164,16 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
             """\
             Fit each layer's map again from the recorded vectors and place every snapshot in it, without
             retraining: projections/<layer>.parquet, projections.parquet and the manifest are rewritten.
-            The reducer and number of components default to the run's current ones.
+            The reducer, number of components and alignment default to the run's current ones.
 
-            --align chooses how snapshots share one space: "last" fits on the last snapshot of fit and places
-            every snapshot through it (default); "joint" fits on all snapshots together, so each keeps its own
-            structure; "aligned" fits one UMAP per snapshot tied by sample identity (umap only).
+            --align chooses how snapshots share one space: "joint" fits on all snapshots of fit together, so
+            each keeps its own structure (the default for a new run); "last" fits on the last snapshot of fit and
+            places every snapshot through it; "aligned" fits one UMAP per snapshot tied by sample identity
+            (umap only).
             """
         ),
         epilog=_examples(
             "lightning-embeddings reduce RUN_DIR --reducer pca",
-            "lightning-embeddings reduce RUN_DIR --reducer pacmap --n-components 3 --align joint",
+            "lightning-embeddings reduce RUN_DIR --reducer pacmap --n-components 3 --align last",
             "lightning-embeddings reduce RUN_DIR --reducer umap --param n_neighbors=30 --param min_dist=0.05",
             "lightning-embeddings reduce RUN_DIR --layers head.1",
         ),
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--reducer", choices=REDUCER_NAMES, help="the reducer (default: the run's, else umap)")
     reduce.add_argument("--n-components", type=int, choices=(2, 3), help="2-D or 3-D maps (default: the run's, else 2)")
     reduce.add_argument("--seed", type=int, default=0, help="random seed for reproducible maps (default: %(default)s)")
-    reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: last)")
+    reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: the run's, else joint)")
     reduce.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
     reduce.add_argument(
         "--param", action="append", default=[], type=_param, metavar="KEY=VALUE",
@@ -571,12 +572,12 @@ def _info(args: argparse.Namespace) -> None:
     name = reducer.get("name") or next(
         (record.get("class") for record in (reducer.get("layers") or {}).values() if record.get("class")), "custom"
     )
-    where = (f"fitted on {fitted.get('name')} ({fitted.get('stage')} epoch {fitted.get('epoch')} step "
-             f"{fitted.get('step')})") if fitted else ""
-    align = f", align {reducer['align']!r}" if reducer.get("align") else ""
+    align = reducer.get("align", "last")
+    where = {"last": f"fitted on {fitted.get('name')}", "joint": f"fitted on every fit snapshot up to {fitted.get('name')}",
+             "aligned": "one map per snapshot"}[align] if fitted else ""
     kwargs = f", {reducer['kwargs']}" if reducer.get("kwargs") else ""
-    print(f"\nreducer: {name}, {reducer.get('n_components')}-D, seed {reducer.get('seed')}{align}{kwargs}"
-          + (f"; {where}" if where and reducer.get("align", "last") == "last" else ""))
+    print(f"\nreducer: {name}, {reducer.get('n_components')}-D, seed {reducer.get('seed')}, align {align!r}{kwargs}"
+          + (f"; {where}" if where else ""))
     records = reducer.get("layers") or {}
     skipped = {column: record["skipped"] for column, record in records.items() if "skipped" in record}
     for column, reason in skipped.items():
@@ -597,7 +598,8 @@ def _info(args: argparse.Namespace) -> None:
         print(_indent(_format_table(["snapshot", *columns], rows, right=set(range(1, len(columns) + 1)))))
         if low:
             print(f"  ! below {FAITHFUL}: there, neighbours in the picture are often not neighbours in the vectors; "
-                  "try: lightning-embeddings reduce RUN_DIR --align joint")
+                  f"try: lightning-embeddings reduce RUN_DIR --align "
+                  f"{'aligned --reducer umap' if reducer.get('align') == 'joint' else 'joint'}")
 
 
 # --------------------------------------------------------------------------------------------------------- reduce
@@ -610,7 +612,7 @@ def _reduce(args: argparse.Namespace) -> None:
     n_components = args.n_components or recorded.get("n_components") or 2
     columns = _columns(run, args.layers)
     maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
-                      align=args.align or "last", progress=True, **dict(args.param))
+                      align=args.align or recorded.get("align") or "joint", progress=True, **dict(args.param))
     records = (run.manifest.get("reducer") or {}).get("layers") or {}
     from lightning_embeddings.store import projection_file
 

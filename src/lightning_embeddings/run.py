@@ -141,25 +141,25 @@ class EmbeddingRun:
         n_components: int = 2,
         seed: Optional[int] = 0,
         layers: Optional[Sequence[LayerSpec]] = None,
-        align: reducers.Align = "last",
+        align: reducers.Align = "joint",
         progress: bool = True,
         **reducer_kwargs: Any,
     ) -> dict[str, pd.DataFrame]:
         """Fit a map per layer, place every snapshot in it, write the maps and measure how faithful each one is.
 
-        ``align`` chooses how snapshots share one space:
+        ``align`` chooses how snapshots share one space (docs/align.md compares them):
 
-        - ``"last"``: fit on the last snapshot of ``fit`` (all dataloaders together) and pass every snapshot,
-          that one included, through ``transform``: equal vectors give equal points, and each sample is drawn
-          where it sits relative to the final structure. Early snapshots can look more formed than they were;
-          their trustworthiness says so.
-        - ``"joint"``: fit on all snapshots together (at most 20,000 rows), then ``transform`` each: every
-          snapshot keeps its own structure in one shared space.
+        - ``"joint"`` (default): fit on all snapshots of ``fit`` together (all dataloaders, at most 20,000 rows),
+          then pass every snapshot through ``transform``: each keeps its own structure in one shared space.
+        - ``"last"``: fit on the last snapshot of ``fit`` and pass every snapshot through ``transform``: each
+          sample is drawn where it sits relative to the final structure (as 3LC does). Early snapshots can look
+          more formed than they were; their trustworthiness says so.
         - ``"aligned"``: ``umap.AlignedUMAP``, one map per snapshot tied by each sample's identity (UMAP only).
 
-        Each snapshot's ``trustworthiness`` (10 neighbours, against its own vectors) goes into the manifest;
-        below 0.8 a warning says the map is not faithful there. Snapshots of ``trainer.validate``/``test`` land
-        in the same map. Layers with too few samples are skipped with a warning.
+        Either way equal vectors in two snapshots give equal points. Each snapshot's ``trustworthiness`` (10
+        neighbours, against its own vectors) goes into the manifest; below 0.8 a warning says the map is not
+        faithful there. Snapshots of ``trainer.validate``/``test`` are placed in the map, never fitted on. Layers
+        with too few samples are skipped with a warning.
 
         Example::
 
@@ -175,7 +175,8 @@ class EmbeddingRun:
         if not snapshots:
             rank_zero_warn(f"{self.path} has no complete snapshot: nothing to reduce.")
             return {}
-        fitted = next((s for s in reversed(snapshots) if s["stage"] == "fit"), snapshots[-1])
+        fit_stage = [i for i, s in enumerate(snapshots) if s["stage"] == "fit"] or list(range(len(snapshots)))
+        fitted = snapshots[fit_stage[-1]]  # the last snapshot fitted on
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
         earlier = (self.manifest.get("reducer") or {}).get("layers", {})  # layers reduced before and not now
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
@@ -185,7 +186,7 @@ class EmbeddingRun:
         for column in columns:
             tables = [self._snapshot_table(snapshot, [column]) for snapshot in snapshots]
             vectors = [column_vectors(t.column(column)) for t in tables]
-            fit_on = vectors[snapshots.index(fitted)] if align == "last" else reducers.joint_sample(vectors, seed)
+            fit_on = vectors[fit_stage[-1]] if align == "last" else reducers.joint_sample([vectors[i] for i in fit_stage], seed)
             fewest = min(map(len, vectors)) if align == "aligned" else len(fit_on)
             if fewest < reducers.min_samples(n_components):
                 reason = f"{fewest} samples to fit on; a map needs at least {reducers.min_samples(n_components)}"
