@@ -304,8 +304,11 @@ def test_an_existing_run_is_never_overwritten_by_accident(fit_digits, tmp_path):
         fit_digits(model=CountingCNN(), dirpath=tmp_path / "run")
     assert CountingCNN.steps == 0
     assert second.read_bytes() == before
+    (collector.dirpath / "plots").mkdir()
+    (collector.dirpath / "plots" / "head.1-overview.png").write_bytes(b"an old picture")
     _, collector = fit_digits(dirpath=tmp_path / "run", overwrite=True, trainer_kwargs={"max_epochs": 1})
     assert EmbeddingRun(collector.dirpath).epochs == [0]
+    assert not (collector.dirpath / "plots" / "head.1-overview.png").exists()
     assert not second.exists() and len(_files(collector.dirpath)) == 1
 
 

@@ -28,16 +28,17 @@ from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, OutputKey
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.loggers import export_to_loggers
-from lightning_embeddings.plot import plot_run
+from lightning_embeddings.plot import PLOTS, plot_run
 from lightning_embeddings.reshape import Strategy, resolve_strategy
-from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
 
 STAGES = ("fit", "validate", "test")
 
 
 class EmbeddingCollector(Callback):
     """Record each validation sample's activations at chosen layers, every validation epoch, to Parquet; at the
-    end of ``fit`` fit a reducer on the last epoch and project every epoch through it into one shared map.
+    end of ``fit`` place every epoch in one shared map per layer (UMAP, PaCMAP, PCA or your estimator), measure
+    how faithful each epoch's map is, and draw the pictures.
 
     Args:
         layers: the layers to record: an ``int`` is a position in ``pl_module.named_modules()`` (0 is the
@@ -196,9 +197,10 @@ class EmbeddingCollector(Callback):
                 "overwrite=True to replace it, or resume its fit with ckpt_path=..."
             )
         if trainer.is_global_zero:
-            for old in [self.dirpath / store.MANIFEST, *(self.dirpath / store.VECTORS).glob("*.parquet"),
-                        *(self.dirpath / store.PROJECTIONS).glob("*.parquet")]:
-                old.unlink()
+            for old in [self.dirpath / store.MANIFEST, self.dirpath / LONG_PROJECTIONS,
+                        *(self.dirpath / store.VECTORS).glob("*.parquet"),
+                        *(self.dirpath / store.PROJECTIONS).glob("*.parquet"), *(self.dirpath / PLOTS).glob("*")]:
+                old.unlink(missing_ok=True)
         trainer.strategy.barrier("EmbeddingCollector.overwrite")
 
     @override
