@@ -65,3 +65,11 @@ def test_long_projections_file_holds_every_layer(fit_digits):
     assert frame.groupby("layer").size().to_dict() == {"features.1": 2 * 449, "head.1": 2 * 449}
     assert (frame["correct"] == (frame["label"] == frame["prediction"])).all()
     assert 0.3 < frame.loc[frame.epoch == 1, "correct"].mean() <= 1.0
+
+
+@pytest.mark.parametrize("align", ["joint", "aligned"])
+def test_too_few_samples_are_counted_per_snapshot_not_over_all_of_them(fit_digits, align):
+    with pytest.warns(UserWarning, match=r"layer 'head\.1' is not reduced: 3 samples per snapshot; a map needs at least 4"):
+        _, collector = fit_digits(layers=["head.1"], reducer="umap", align=align, max_samples=3,
+                                  trainer_kwargs={"max_epochs": 3, "limit_train_batches": 1})
+    assert "skipped" in EmbeddingRun(collector.dirpath).manifest["reducer"]["layers"]["head.1"]

@@ -160,13 +160,13 @@ def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
     manifest = json.loads((run_copy.path / "manifest.json").read_text())
     first = run_copy.snapshots[0]["name"]
     manifest["reducer"]["layers"]["head.1"]["trustworthiness"][first] = 0.51
-    manifest["reducer"]["layers"]["features.1"] = {"skipped": "3 samples to fit on; a map needs at least 4"}
+    manifest["reducer"]["layers"]["features.1"] = {"skipped": "3 samples per snapshot; a map needs at least 4"}
     (run_copy.path / "manifest.json").write_text(json.dumps(manifest))
     status, out, _ = cli(capsys, "info", run_copy.path)
     assert status == 0
     assert re.search(rf"{first}\s+0\.51 !", out)
     assert "below 0.8" in out and "--align aligned --reducer umap" in out  # the run is already joint
-    assert "features.1: not reduced: 3 samples to fit on" in out
+    assert "features.1: not reduced: 3 samples per snapshot" in out
 
 
 def test_info_json(run, capsys):

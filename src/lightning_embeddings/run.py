@@ -187,9 +187,10 @@ class EmbeddingRun:
             tables = [self._snapshot_table(snapshot, [column]) for snapshot in snapshots]
             vectors = [column_vectors(t.column(column)) for t in tables]
             fit_on = vectors[fit_stage[-1]] if align == "last" else reducers.joint_sample([vectors[i] for i in fit_stage], seed)
-            fewest = min(map(len, vectors)) if align == "aligned" else len(fit_on)
+            # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
+            fewest = min(map(len, vectors)) if align == "aligned" else len(vectors[fit_stage[-1]])
             if fewest < reducers.min_samples(n_components):
-                reason = f"{fewest} samples to fit on; a map needs at least {reducers.min_samples(n_components)}"
+                reason = f"{fewest} samples per snapshot; a map needs at least {reducers.min_samples(n_components)}"
                 rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
                 record["layers"][column] = {"skipped": reason}
                 projection_file(self.path, column).unlink(missing_ok=True)
