@@ -1,0 +1,40 @@
+"""Run every benchmark, at reduced sizes (a few minutes on 2 CPU cores) or at the issue's sizes with ``--full``.
+
+    python benchmarks/run_all.py [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import memory
+import overhead
+import writer
+
+REDUCED = {
+    "overhead": ["--val-samples", "2000", "--repeats", "5"],
+    "writer": ["--rows", "50000", "--dim", "256"],
+    "memory": ["--sizes", "10000", "50000", "--dims", "512"],
+}
+FULL = {"overhead": [], "writer": [], "memory": []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the issue's sizes (10k validation samples, 200k x 2048)")
+    args = parser.parse_args()
+    sizes = FULL if args.full else REDUCED
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for name, module in (("overhead", overhead), ("writer", writer), ("memory", memory)):
+        print(f"== {name} {' '.join(sizes[name])}", flush=True)
+        module.main(sizes[name])
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
