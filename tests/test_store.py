@@ -109,3 +109,13 @@ def test_snapshot_files_of_every_rank(tmp_path):
     store.snapshot_file(tmp_path, "epoch_0004-step_0000550", 0, 1).touch()
     assert [p.name for p in store.snapshot_files(tmp_path, name)] == [f"{name}-rank0.parquet", f"{name}-rank1.parquet"]
     assert [p.name for p in store.snapshot_files(tmp_path, "epoch_0004-step_0000550")] == ["epoch_0004-step_0000550.parquet"]
+
+
+def test_a_single_chunk_reads_without_a_copy_and_several_chunks_read_in_order():
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    single = pa.chunked_array([store.vectors_array(X)])
+    vectors = store.column_vectors(single)
+    assert np.array_equal(vectors, X) and np.shares_memory(vectors, single.chunk(0).flatten().to_numpy())
+    several = pa.chunked_array([store.vectors_array(X[:1]), store.vectors_array(X[1:])])
+    assert np.array_equal(store.column_vectors(several), X)
+    assert np.array_equal(store.column_vectors(pa.chunked_array([store.vectors_array(X).slice(1, 2)])), X[1:3])

@@ -3,6 +3,7 @@ into Lightning's hooks."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -493,6 +494,7 @@ def _check_writable(dirpath: Path) -> None:
         ) from err
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 

@@ -67,6 +67,17 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _command(
+    commands: Any, name: str, handler: Callable[[argparse.Namespace], None], run_dir: bool, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """One sub-command's parser, calling ``handler``; with ``run_dir``, its first argument is RUN_DIR."""
+    parser = commands.add_parser(name, formatter_class=_Formatter, **kwargs)
+    parser.set_defaults(handler=handler)
+    if run_dir:
+        parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lightning-embeddings`` argument parser, one sub-parser per command."""
     from lightning_embeddings import __version__
@@ -95,9 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="on an error, show the full traceback")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
 
-    layers = commands.add_parser(
-        "layers",
-        formatter_class=_Formatter,
+    layers = _command(
+        commands, "layers", _layers, run_dir=False,
         help="list a model's modules with the index and name to pass as EmbeddingCollector(layers=...)",
         description=textwrap.dedent(
             """\
@@ -133,11 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="model_class", metavar="package.module:Class",
         help="with a .ckpt TARGET: the model's class, whose load_from_checkpoint reads it",
     )
-    layers.set_defaults(handler=_layers)
 
-    info = commands.add_parser(
-        "info",
-        formatter_class=_Formatter,
+    info = _command(
+        commands, "info", _info, run_dir=True,
         help="show what a run holds: layers, snapshots, samples, the reducer and how faithful its maps are",
         description=textwrap.dedent(
             """\
@@ -152,13 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning-embeddings info lightning_logs/version_0/embeddings --json | jq .snapshots",
         ),
     )
-    info.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
     info.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
-    info.set_defaults(handler=_info)
 
-    reduce = commands.add_parser(
-        "reduce",
-        formatter_class=_Formatter,
+    reduce = _command(
+        commands, "reduce", _reduce, run_dir=True,
         help="fit the maps again (another reducer, 3-D, another alignment) without retraining",
         description=textwrap.dedent(
             """\
@@ -179,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning-embeddings reduce RUN_DIR --layers head.1",
         ),
     )
-    reduce.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
     reduce.add_argument("--reducer", choices=REDUCER_NAMES, help="the reducer (default: the run's, else umap)")
     reduce.add_argument("--n-components", type=int, choices=(2, 3), help="2-D or 3-D maps (default: the run's, else 2)")
     reduce.add_argument("--seed", type=int, default=0, help="random seed for reproducible maps (default: %(default)s)")
@@ -189,11 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], type=_param, metavar="KEY=VALUE",
         help="a reducer argument, repeatable; values read as int, float, true/false, none, else text",
     )
-    reduce.set_defaults(handler=_reduce)
 
-    plot = commands.add_parser(
-        "plot",
-        formatter_class=_Formatter,
+    plot = _command(
+        commands, "plot", _plot, run_dir=True,
         help="draw the pictures of a run's maps again (PNG; --html for interactive pages)",
         description="Draw each layer's pictures from the run's projections again and print where they are.",
         epilog=_examples(
@@ -201,14 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning-embeddings plot RUN_DIR --html --layers head.1",
         ),
     )
-    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
     plot.add_argument("--html", action="store_true", help="also write interactive HTML pages (needs plotly)")
     plot.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
-    plot.set_defaults(handler=_plot)
 
-    export = commands.add_parser(
-        "export",
-        formatter_class=_Formatter,
+    export = _command(
+        commands, "export", _export, run_dir=True,
         help="write a run for another tool (TensorBoard's Embedding Projector)",
         description=textwrap.dedent(
             """\
@@ -224,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning-embeddings export RUN_DIR --to tensorboard --logdir lightning_logs/version_0",
         ),
     )
-    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
     export.add_argument("--to", required=True, choices=("tensorboard",), help="the tool to export to")
     export.add_argument("--logdir", type=Path, help="where to write (default: RUN_DIR/tensorboard)")
     export.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
@@ -232,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-vectors", type=_positive_int, default=10_000,
         help="the most raw vectors written per layer (default: %(default)s)",
     )
-    export.set_defaults(handler=_export)
     return parser
 
 

@@ -94,7 +94,7 @@ def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 def column_vectors(column: pa.ChunkedArray) -> np.ndarray:
     """A ``fixed_size_list<float32>[D]`` column as an ``(N, D)`` float32 array (zero-copy for a single chunk)."""
-    array = column.combine_chunks()
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), array.type.list_size)
 
 
