@@ -14,7 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     [
         ("overhead.py", ["--val-samples", "64", "--repeats", "1", "--batch-size", "32", "--no-profile"], "ratio"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
-        ("memory.py", ["--sizes", "500", "1000", "--dims", "16"], "MB"),
+        ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
+        ("compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(tmp_path, script, args, printed):

@@ -203,6 +203,20 @@ def test_reduce_defaults_to_the_runs_reducer(run_copy, capsys):
     assert EmbeddingRun(run_copy.path).manifest["reducer"]["name"] == "pca"
 
 
+def test_reduce_fit_samples_caps_the_fit_and_all_lifts_the_cap(run_copy, capsys):
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", "pca", "--layers", "head.1", "--fit-samples", "100")
+    assert status == 0, err
+    assert f"({2 * N_VAL} rows, fitted on 100," in out
+    assert EmbeddingRun(run_copy.path).manifest["reducer"]["fit_samples"] == 100
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--layers", "head.1")  # the run's cap is kept
+    assert status == 0 and "fitted on 100," in out, err
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--layers", "head.1", "--fit-samples", "all")
+    assert status == 0 and f"fitted on {2 * N_VAL}," in out, err
+    assert EmbeddingRun(run_copy.path).manifest["reducer"]["fit_samples"] is None
+    status, _, err = cli(capsys, "reduce", run_copy.path, "--fit-samples", "0")
+    assert status == 2 and "'0' is not a number of rows >= 1 or 'all'" in err
+
+
 def test_parse_value():
     assert [parse_value(v) for v in ["30", "-2", "0.5", "1e-3", "TRUE", "false", "None", "cosine"]] == [
         30, -2, 0.5, 0.001, True, False, None, "cosine"

@@ -363,8 +363,8 @@ def test_reduce_same_seed_gives_identical_umap_maps(unreduced_run, tmp_path):
 def test_umap_projection_of_the_fitted_epoch_is_the_fitted_map(unreduced_run):
     _, X_last = unreduced_run.vectors("head.1", 2)
     _, X_first = unreduced_run.vectors("head.1", 0)
-    estimator = reducers.make_reducer("umap", 2, seed=0, n_samples=len(X_last))
-    first, last = reducers.fit_and_project(estimator, X_last, [X_first, X_last.copy()], progress=False)
+    estimator = reducers.make_reducer("umap", 2, seed=0, n_samples=len(X_last)).fit(X_last)
+    first, last = estimator.transform(X_first), estimator.transform(X_last.copy())
     np.testing.assert_array_equal(last, estimator.embedding_)
     np.testing.assert_array_equal(last, estimator.transform(X_last.copy()))  # transforming it twice agrees
     assert first.shape == last.shape and not np.array_equal(first, last)
@@ -374,8 +374,8 @@ def test_pacmap_identical_epochs_land_on_identical_points(unreduced_run):
     _, X_last = unreduced_run.vectors("head.1", 2)
     _, X_first = unreduced_run.vectors("head.1", 0)
     estimator = reducers.make_reducer("pacmap", 2, seed=0, n_samples=len(X_last))
-    first, last, again = reducers.fit_and_project(estimator, X_last, [X_first, X_last.copy(), X_last.copy()],
-                                                  progress=False)
+    estimator.fit(X_last)
+    first, last, again = (estimator.transform(X) for X in (X_first, X_last.copy(), X_last.copy()))
     np.testing.assert_array_equal(last, again)
     assert not np.array_equal(first, last)
 
@@ -399,3 +399,116 @@ def test_frozen_epochs_are_exactly_equal_points(frozen_run):
         last = _points(projections, run.epochs[-1], ids)
         for epoch in run.epochs[:-1]:
             np.testing.assert_array_equal(_points(projections, epoch, ids), last, err_msg=f"{reducer} {layer} {epoch}")
+
+
+# ------------------------------------------------- 7. at scale: fit on a sample, place every row in bounded batches
+
+
+class Recording:
+    """PCA that records what it is fitted on and the size of every ``transform`` batch (across copies)."""
+
+    fitted_on: list[np.ndarray] = []
+    batches: list[int] = []
+
+    def fit(self, X: np.ndarray) -> "Recording":
+        Recording.fitted_on.append(np.array(X))
+        self.pca_ = PCA(n_components=2, random_state=0).fit(X)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        Recording.batches.append(len(X))
+        return self.pca_.transform(X)
+
+
+def test_quotas_and_stratified_rows_keep_every_group_share():
+    assert reducers.quotas(np.array([600, 300, 100]), 100).tolist() == [60, 30, 10]
+    assert reducers.quotas(np.array([5, 5, 5]), 7).tolist() == [3, 2, 2]
+    assert reducers.quotas(np.array([5, 1]), 50).tolist() == [5, 1]  # never more than a group holds
+    groups = np.repeat([2, 0, 1], [600, 300, 100])
+    rows = reducers.choose_rows(groups, 100, seed=0)
+    assert len(rows) == len(set(rows.tolist())) == 100 and np.all(np.diff(rows) > 0)
+    assert np.bincount(groups[rows]).tolist() == [30, 10, 60]
+    np.testing.assert_array_equal(rows, reducers.choose_rows(groups, 100, seed=0))
+    assert not np.array_equal(rows, reducers.choose_rows(groups, 100, seed=1)), "the seed is ignored"
+    np.testing.assert_array_equal(reducers.choose_rows(groups, None, seed=0), np.arange(1000))
+    np.testing.assert_array_equal(reducers.choose_rows(groups, 5000, seed=0), np.arange(1000))
+
+
+def test_fit_samples_fits_on_a_stratified_sample_and_places_every_row_in_batches(unreduced_run, tmp_path, monkeypatch):
+    run = _copy_run(unreduced_run, tmp_path / "run")
+    monkeypatch.setattr(reducers, "TRANSFORM_ROWS", 40)
+    Recording.fitted_on.clear(), Recording.batches.clear()
+    maps = run.reduce(reducer=Recording(), layers=["head.1"], fit_samples=60, progress=False)  # align="joint"
+
+    (fit_on,) = Recording.fitted_on
+    assert fit_on.shape == (60, 64)
+    assert _manifest(run.path)["reducer"]["layers"]["head.1"]["samples"] == 60
+    assert _manifest(run.path)["reducer"]["fit_samples"] == 60
+    # 20 rows of each epoch's 150, each label keeping its share of them
+    table = run.table(layers=["head.1"])
+    stored = {np.asarray(v, dtype=np.float32).tobytes(): (e, label) for e, label, v in
+              zip(table["epoch"], table["label"], table["head.1"])}
+    drawn = pd.DataFrame([stored[row.tobytes()] for row in fit_on], columns=["epoch", "label"])
+    assert drawn.groupby("epoch").size().tolist() == [20, 20, 20]
+    shares = table[table["epoch"] == 0]["label"].value_counts(normalize=True)
+    drawn_shares = drawn[drawn["epoch"] == 0]["label"].value_counts(normalize=True)
+    assert (drawn_shares.reindex(shares.index, fill_value=0) - shares).abs().max() <= 1 / 20 + 1e-9
+
+    # every row placed, by transform batches of at most 40 rows; the same points as one transform of all of them
+    assert max(Recording.batches) == 40 and sum(Recording.batches) == 3 * 150
+    projections = maps["head.1"]
+    assert projections.groupby("epoch").size().tolist() == [150, 150, 150]
+    expected = PCA(n_components=2, random_state=0).fit(fit_on)
+    for epoch in run.epochs:
+        ids, X = run.vectors("head.1", epoch)
+        np.testing.assert_allclose(_points(projections, epoch, ids), expected.transform(X), rtol=1e-4, atol=1e-4)
+
+
+def test_fit_samples_none_fits_on_every_row_and_bad_values_are_refused(unreduced_run, tmp_path):
+    run = _copy_run(unreduced_run, tmp_path / "run")
+    run.reduce(reducer="pca", layers=["head.1"], fit_samples=None, progress=False)
+    assert _manifest(run.path)["reducer"]["layers"]["head.1"]["samples"] == 3 * 150
+    run.reduce(reducer="pca", layers=["head.1"], align="last", fit_samples=None, progress=False)
+    assert _manifest(run.path)["reducer"]["layers"]["head.1"]["samples"] == 150
+    with pytest.raises(ValueError, match=r"fit_samples must be None or an int >= 5 for a 3-D map, got 2\."):
+        run.reduce(reducer="pca", n_components=3, fit_samples=2)
+    with pytest.raises(ValueError, match=r"fit_samples must be None or an int >= 4 for a 2-D map, got 0\."):
+        from lightning_embeddings import EmbeddingCollector
+
+        EmbeddingCollector(layers=[1], fit_samples=0)
+
+
+def test_aligned_refuses_snapshots_larger_than_fit_samples_before_writing_anything(unreduced_run, tmp_path):
+    run = _copy_run(unreduced_run, tmp_path / "run")
+    run.reduce(reducer="pca", progress=False)
+    before = {p.name: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"align='aligned' fits every sample .* snapshots of 150 samples, more than "
+                                         r"fit_samples=100\. Use align='joint'"):
+        run.reduce(reducer="umap", align="aligned", fit_samples=100, progress=False)
+    assert {p.name: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+
+
+def test_maps_are_read_when_looked_up_and_the_long_file_holds_layers_of_any_dimension(unreduced_run, tmp_path):
+    run = _copy_run(unreduced_run, tmp_path / "run")
+    maps = run.reduce(reducer="pca", n_components=3, layers=["features.1"], progress=False)
+    assert list(maps) == ["features.1"] and len(maps) == 1 and "head.1" not in maps
+    with pytest.raises(KeyError):
+        maps["head.1"]
+    pd.testing.assert_frame_equal(maps["features.1"], run.projections("features.1"))
+    run.reduce(reducer="pca", n_components=2, layers=["head.1"], progress=False)
+    long = pd.read_parquet(run.path / "projections.parquet")
+    assert list(long.columns) == ["layer", "sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "z",
+                                  "label", "prediction", "correct"]
+    assert long.groupby("layer").size().to_dict() == {"features.1": 450, "head.1": 450}
+    assert long[long["layer"] == "features.1"]["z"].notna().all() and long[long["layer"] == "head.1"]["z"].isna().all()
+    assert (long["correct"] == (long["label"] == long["prediction"])).all()
+
+
+def test_vectors_read_in_batches_equal_the_stored_rows(unreduced_run, monkeypatch):
+    monkeypatch.setattr(reducers, "TRANSFORM_ROWS", 7)  # many batches, the last one short
+    stored = pd.read_parquet(unreduced_run.path / "vectors", columns=["epoch", "sample_id", "features.1"])
+    for epoch in unreduced_run.epochs:
+        ids, X = unreduced_run.vectors("features.1", epoch)
+        rows = stored[stored["epoch"] == epoch].set_index("sample_id").loc[ids, "features.1"]
+        np.testing.assert_array_equal(X, np.stack(rows.to_numpy()))
+        assert X.dtype == np.float32 and X.flags["C_CONTIGUOUS"]

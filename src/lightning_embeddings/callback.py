@@ -64,6 +64,9 @@ class EmbeddingCollector(Callback):
             ``"last"`` (fit on the last snapshot, place the others through ``transform``, as 3LC does),
             ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's trustworthiness is measured and stored; see
             :meth:`EmbeddingRun.reduce` and docs/align.md.
+        fit_samples: fit each map on at most this many rows (a random sample keeping each snapshot's and each
+            label's share; ``None``: all), then place every row through ``transform`` in batches, so memory stays
+            bounded however many samples and epochs were recorded.
         seed: random state of the reducer, for reproducible maps (``None``: not reproducible, faster UMAP).
         label_key: the key of the per-sample labels in a dict batch; by default ``label``, ``labels``,
             ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
@@ -106,6 +109,7 @@ class EmbeddingCollector(Callback):
         n_components: Literal[2, 3] = 2,
         reducer_kwargs: Optional[dict[str, Any]] = None,
         align: reducers.Align = "joint",
+        fit_samples: Optional[int] = reducers.FIT_SAMPLES,
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,
@@ -128,12 +132,14 @@ class EmbeddingCollector(Callback):
         reducers.check_reducer(reducer, align)
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
+        reducers.check_fit_samples(fit_samples, n_components)
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
         self.reducer = reducer
         self.n_components = n_components
         self.reducer_kwargs = dict(reducer_kwargs or {})
         self.align = align
+        self.fit_samples = fit_samples
         self.seed = seed
         self.label_key = label_key
         self.id_key = id_key
@@ -354,7 +360,7 @@ class EmbeddingCollector(Callback):
             return
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             run = EmbeddingRun(self.dirpath)
-            maps = run.reduce(self.reducer, self.n_components, self.seed, align=self.align,
+            maps = run.reduce(self.reducer, self.n_components, self.seed, align=self.align, fit_samples=self.fit_samples,
                               progress=trainer.progress_bar_callback is not None, **self.reducer_kwargs)
             pictures = plot_run(run, html=self.html) if self.plots and maps else []
             export_to_loggers(run, trainer.loggers, pictures)

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lightning_embeddings.reduce import ALIGNS, FAITHFUL, REDUCER_NAMES
+from lightning_embeddings.reduce import ALIGNS, FAITHFUL, FIT_SAMPLES, REDUCER_NAMES
 
 PROG = "lightning-embeddings"
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
@@ -175,10 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
             each keeps its own structure (the default for a new run); "last" fits on the last snapshot of fit and
             places every snapshot through it; "aligned" fits one UMAP per snapshot tied by sample identity
             (umap only).
+
+            --fit-samples caps the rows a map is fitted on (a sample keeping each snapshot's and label's share);
+            every row is then placed through transform in batches, so memory stays bounded on large runs.
             """
         ),
         epilog=_examples(
             "lightning-embeddings reduce RUN_DIR --reducer pca",
+            "lightning-embeddings reduce RUN_DIR --fit-samples 50000",
             "lightning-embeddings reduce RUN_DIR --reducer pacmap --n-components 3 --align last",
             "lightning-embeddings reduce RUN_DIR --reducer umap --param n_neighbors=30 --param min_dist=0.05",
             "lightning-embeddings reduce RUN_DIR --layers head.1",
@@ -188,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--n-components", type=int, choices=(2, 3), help="2-D or 3-D maps (default: the run's, else 2)")
     reduce.add_argument("--seed", type=int, default=0, help="random seed for reproducible maps (default: %(default)s)")
     reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: the run's, else joint)")
+    reduce.add_argument(
+        "--fit-samples", type=_fit_samples, metavar="N|all",
+        help=f"fit each map on at most N rows, or all (default: the run's, else {FIT_SAMPLES})",
+    )
     reduce.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
     reduce.add_argument(
         "--param", action="append", default=[], type=_param, metavar="KEY=VALUE",
@@ -260,6 +268,14 @@ def _param(text: str) -> tuple[str, Any]:
     if not sep or not key.strip().isidentifier():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. n_neighbors=30")
     return key.strip(), parse_value(value.strip())
+
+
+def _fit_samples(text: str) -> int | str:
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows >= 1 or 'all'")
+    return int(text)
 
 
 def parse_value(text: str) -> Any:
@@ -608,9 +624,14 @@ def _reduce(args: argparse.Namespace) -> None:
     reducer = args.reducer or (recorded.get("name") if recorded.get("name") in REDUCER_NAMES else "umap")
     n_components = args.n_components or recorded.get("n_components") or 2
     columns = _columns(run, args.layers)
+    fit_samples = args.fit_samples if args.fit_samples is not None else recorded.get("fit_samples", FIT_SAMPLES)
     maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
-                      align=args.align or recorded.get("align") or "joint", progress=True, **dict(args.param))
+                      align=args.align or recorded.get("align") or "joint",
+                      fit_samples=None if fit_samples == "all" else fit_samples,
+                      progress=True, **dict(args.param))
     records = (run.manifest.get("reducer") or {}).get("layers") or {}
+    import pyarrow.parquet as pq
+
     from lightning_embeddings.store import projection_file
 
     print(f"reduced with {reducer}, {n_components}-D" + (f", align {args.align!r}" if args.align else "") + ":")
@@ -619,7 +640,8 @@ def _reduce(args: argparse.Namespace) -> None:
         if column in maps:
             trust = [v for v in (record.get("trustworthiness") or {}).values() if v is not None]
             said = f", trustworthiness {min(trust):.2f}..{max(trust):.2f}" if trust else ""
-            print(f"  {projection_file(run.path, column)}  ({len(maps[column])} rows{said})")
+            path = projection_file(run.path, column)
+            print(f"  {path}  ({pq.ParquetFile(path).metadata.num_rows} rows, fitted on {record['samples']}{said})")
         elif "skipped" in record:
             print(f"  {column}: not reduced: {record['skipped']}")
     long_file = run.path / "projections.parquet"

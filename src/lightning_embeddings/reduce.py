@@ -1,8 +1,9 @@
-"""Reducers behind scikit-learn's estimator API, and the procedure: fit on the last snapshot, project them all.
+"""Reducers behind scikit-learn's estimator API, and the pieces of the procedure: choose the rows a map is fitted
+on, fit it, pass every snapshot through its ``transform`` in batches.
 
-Every snapshot, the fitted one included, goes through ``transform`` of the reducer fitted on the last snapshot of
-``fit``, so two snapshots with equal vectors land on equal points. (UMAP's ``transform`` of its own training data returns exactly
-its ``embedding_``; PaCMAP's differs from ``embedding_``, which is why ``embedding_`` is not used.)
+Every snapshot, the fitted one included, goes through ``transform``, so two snapshots with equal vectors land on
+equal points. (UMAP's ``transform`` of its own training data returns exactly its ``embedding_``; PaCMAP's differs
+from ``embedding_``, which is why ``embedding_`` is not used.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ ReducerName = Literal["umap", "pacmap", "pca"]
 REDUCER_NAMES: tuple[str, ...] = ("umap", "pacmap", "pca")
 Align = Literal["last", "joint", "aligned"]
 ALIGNS: tuple[str, ...] = ("last", "joint", "aligned")
-JOINT_FIT_ROWS = 20_000  # a joint fit sees at most this many rows of all snapshots together
+FIT_SAMPLES = 20_000  # by default a map is fitted on at most this many rows
+TRANSFORM_ROWS = 65_536  # rows passed to ``transform`` at once
 FAITHFUL = 0.8  # below this trustworthiness a snapshot's map is called not faithful
+FAITHFUL_ROWS = 2_000  # trustworthiness is measured on at most this many samples of a snapshot
 
 
 @runtime_checkable
@@ -54,6 +57,13 @@ def check_reducer(reducer: Any, align: str = "last") -> None:
 def min_samples(n_components: int) -> int:
     """The fewest samples a map is fitted on; fewer are skipped with a warning."""
     return max(4, n_components + 2)
+
+
+def check_fit_samples(fit_samples: Optional[int], n_components: int) -> None:
+    """Raise for a ``fit_samples`` a map cannot be fitted on."""
+    fewest = min_samples(n_components)
+    if fit_samples is not None and (not isinstance(fit_samples, int) or fit_samples < fewest):
+        raise ValueError(f"fit_samples must be None or an int >= {fewest} for a {n_components}-D map, got {fit_samples!r}.")
 
 
 def make_reducer(
@@ -97,23 +107,40 @@ def _fresh_copy(estimator: ReducerLike) -> ReducerLike:
         return copy.deepcopy(estimator)
 
 
-def fit_and_project(
-    estimator: ReducerLike, fit_on: np.ndarray, snapshots: Sequence[np.ndarray], progress: bool = True
-) -> list[np.ndarray]:
-    """Fit ``estimator`` on ``fit_on`` and project every snapshot's vectors through its ``transform``."""
-    from tqdm.auto import tqdm
+def quotas(sizes: np.ndarray, rows: int) -> np.ndarray:
+    """Split ``rows`` over groups of ``sizes`` in proportion (largest remainders), never more than a group holds.
 
-    estimator.fit(fit_on)
-    bar = tqdm(snapshots, desc="projecting snapshots", unit="snapshot", delay=2, disable=not progress, leave=False)
-    return [np.asarray(estimator.transform(vectors), dtype=np.float32) for vectors in bar]
+    Example::
+
+        >>> quotas(np.array([600, 300, 100]), 100).tolist()
+        [60, 30, 10]
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if rows >= sizes.sum():
+        return sizes
+    share = sizes * rows / sizes.sum()
+    quota = np.floor(share).astype(np.int64)
+    quota[np.argsort(quota - share, kind="stable")[: rows - quota.sum()]] += 1
+    return quota
 
 
-def joint_sample(snapshots: Sequence[np.ndarray], seed: Optional[int], rows: int = JOINT_FIT_ROWS) -> np.ndarray:
-    """All snapshots' vectors stacked, a random subset of ``rows`` of them where there are more."""
-    stacked = np.concatenate(snapshots)
-    if len(stacked) <= rows:
-        return stacked
-    return stacked[np.sort(np.random.default_rng(seed).choice(len(stacked), rows, replace=False))]
+def choose_rows(groups: np.ndarray, rows: Optional[int], seed: Optional[int]) -> np.ndarray:
+    """Sorted positions of at most ``rows`` of ``len(groups)`` rows, picked at random within each group so that
+    every group (e.g. a label) keeps its share; all positions when ``rows`` is None or not fewer.
+
+    Example::
+
+        >>> choose_rows(np.array([0, 0, 0, 1]), 2, seed=0).tolist()
+        [0, 2]
+    """
+    n = len(groups)
+    if rows is None or rows >= n:
+        return np.arange(n)
+    shuffled = np.random.default_rng(seed).permutation(n)
+    grouped = shuffled[np.argsort(groups[shuffled], kind="stable")]  # group by group, random order within each
+    _, first, sizes = np.unique(groups[grouped], return_index=True, return_counts=True)
+    rank = np.arange(n) - np.repeat(first, sizes)
+    return np.sort(grouped[rank < np.repeat(quotas(sizes, rows), sizes)])
 
 
 def aligned_maps(
@@ -133,14 +160,11 @@ def aligned_maps(
     return [np.asarray(e, dtype=np.float32) for e in estimator.embeddings_], estimator
 
 
-def faithfulness(vectors: np.ndarray, points: np.ndarray, seed: Optional[int] = 0, rows: int = 2000) -> Optional[float]:
-    """``sklearn.manifold.trustworthiness`` (10 neighbours) of a map against its own vectors, on a random subset
-    of ``rows`` samples where there are more; None where there are too few samples to tell."""
+def faithfulness(vectors: np.ndarray, points: np.ndarray) -> Optional[float]:
+    """``sklearn.manifold.trustworthiness`` (10 neighbours) of ``points`` against the ``vectors`` they stand for;
+    None where there are too few samples to tell."""
     from sklearn.manifold import trustworthiness
 
-    if len(vectors) > rows:
-        keep = np.random.default_rng(seed).choice(len(vectors), rows, replace=False)
-        vectors, points = vectors[keep], points[keep]
     neighbours = min(10, len(vectors) // 2 - 1)
     return float(trustworthiness(vectors, points, n_neighbors=neighbours)) if neighbours >= 1 else None
 

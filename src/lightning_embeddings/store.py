@@ -17,7 +17,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -80,10 +80,14 @@ def write_manifest(dirpath: Path, manifest: Mapping[str, Any]) -> None:
         tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2, default=str))
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write a whole table atomically."""
-    with _atomic(path) as tmp:
-        pq.write_table(table, tmp)
+def write_tables(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
+    """Write ``tables`` one after another into one Parquet file of ``schema``, atomically; a table's columns are
+    taken by name and cast, a column it lacks is written as nulls."""
+    with _atomic(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for table in tables:
+            columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+                       for f in schema]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema))
 
 
 def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -92,9 +96,10 @@ def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
-def column_vectors(column: pa.ChunkedArray) -> np.ndarray:
-    """A ``fixed_size_list<float32>[D]`` column as an ``(N, D)`` float32 array (zero-copy for a single chunk)."""
-    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+def column_vectors(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A ``fixed_size_list<float32>[D]`` column as an ``(N, D)`` float32 array (zero-copy for an array or a single
+    chunk)."""
+    array = column if isinstance(column, pa.Array) else column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), array.type.list_size)
 
 
