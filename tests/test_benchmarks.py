@@ -15,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("overhead.py", ["--val-samples", "64", "--repeats", "1", "--batch-size", "32", "--no-profile"], "ratio"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
         ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
+        ("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"], "reduction: pca, 500 x 8 x 2 epochs"),
         ("compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
     ],
 )
