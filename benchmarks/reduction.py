@@ -27,7 +27,7 @@ from lightning_embeddings import store
 
 DEFAULT_CASES = ["pca:10000", "pacmap:10000", "umap:10000", "pca:100000", "pacmap:100000", "umap:100000",
                  "pca:1000000"]
-BATCH = 65_536
+BATCH = 8_192  # rows written at once: row groups of about 32 MiB, as the collector writes them
 CLASSES = 10
 
 

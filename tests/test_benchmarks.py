@@ -16,7 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
         ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
         ("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"], "reduction: pca, 500 x 8 x 2 epochs"),
-        ("compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
+        ("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(tmp_path, script, args, printed):

@@ -33,6 +33,7 @@ KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")
 MAP_KEYS = ("sample_id", "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
 LONG_PROJECTIONS = "projections.parquet"
 SAMPLE_FACTS = ("label", "prediction")
+READ_BUFFER = 2**20  # bytes read from a file at once
 
 
 @dataclass
@@ -443,7 +444,8 @@ class EmbeddingRun:
         points = []
         start = 0
         for path in rows.files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column]):
+            source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)  # a column chunk is not read whole
+            for batch in source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column]):
                 vectors = column_vectors(batch.column(0))
                 lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])
                 out[wanted_order[lo:hi]] = vectors[wanted[lo:hi] - start]

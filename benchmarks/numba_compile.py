@@ -15,7 +15,7 @@ umap-learn's 117 (``layouts.rdist``; not ``fuzzy_simplicial_set``'s helpers nor 
 pynndescent's 335 (most of its random-projection trees, distances and heaps; not ``nn_descent`` itself nor the
 search functions ``NNDescent`` makes at run time).
 
-    python benchmarks/compile.py [--rows 5000] [--dim 64] [--reducers umap pacmap]
+    python benchmarks/numba_compile.py [--rows 5000] [--dim 64] [--reducers umap pacmap]
 """
 
 from __future__ import annotations
