@@ -448,7 +448,11 @@ class EmbeddingRun:
             for batch in source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column]):
                 vectors = column_vectors(batch.column(0))
                 lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])
-                out[wanted_order[lo:hi]] = vectors[wanted[lo:hi] - start]
+                into, take = wanted_order[lo:hi], wanted[lo:hi] - start
+                if hi > lo and into[-1] - into[0] == take[-1] - take[0] == hi - lo - 1:  # a run of rows: copy it whole
+                    out[into[0]:into[-1] + 1] = vectors[take[0]:take[-1] + 1]
+                else:
+                    out[into] = vectors[take]
                 if transform is not None:
                     points.append(np.asarray(transform(vectors), dtype=np.float32))
                 start += len(vectors)
