@@ -512,3 +512,10 @@ def test_vectors_read_in_batches_equal_the_stored_rows(unreduced_run, monkeypatc
         rows = stored[stored["epoch"] == epoch].set_index("sample_id").loc[ids, "features.1"]
         np.testing.assert_array_equal(X, np.stack(rows.to_numpy()))
         assert X.dtype == np.float32 and X.flags["C_CONTIGUOUS"]
+
+
+def test_rows_read_in_any_order_come_back_in_that_order(unreduced_run):
+    rows = unreduced_run._rows(unreduced_run.snapshots[0])
+    everything = unreduced_run._read(rows, "head.1", np.arange(150))
+    for positions in ([5, 7, 6, 8], [3, 2, 1, 0], [0, 149, 1, 148], list(range(10, 20))):
+        np.testing.assert_array_equal(unreduced_run._read(rows, "head.1", np.array(positions)), everything[positions])

@@ -449,7 +449,7 @@ class EmbeddingRun:
                 vectors = column_vectors(batch.column(0))
                 lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])
                 into, take = wanted_order[lo:hi], wanted[lo:hi] - start
-                if hi > lo and into[-1] - into[0] == take[-1] - take[0] == hi - lo - 1:  # a run of rows: copy it whole
+                if hi > lo and take[-1] - take[0] == hi - lo - 1 and (np.diff(into) == 1).all():  # a run: copy whole
                     out[into[0]:into[-1] + 1] = vectors[take[0]:take[-1] + 1]
                 else:
                     out[into] = vectors[take]
