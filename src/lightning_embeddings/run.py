@@ -253,12 +253,12 @@ class EmbeddingRun:
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
                                   "seed": seed, "align": align, "fit_samples": fit_samples, "kwargs": reducer_kwargs,
                                   "fitted_on": dict(fitted_on[-1]), "layers": earlier}
+        # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
+        fewest = min(len(self._rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:]))
         reduced = []
         for column in columns:
-            # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
-            sizes = [len(self._rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:])]
-            if min(sizes) < reducers.min_samples(n_components):
-                reason = f"{min(sizes)} samples per snapshot; a map needs at least {reducers.min_samples(n_components)}"
+            if fewest < reducers.min_samples(n_components):
+                reason = f"{fewest} samples per snapshot; a map needs at least {reducers.min_samples(n_components)}"
                 rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
                 record["layers"][column] = {"skipped": reason}
                 projection_file(self.path, column).unlink(missing_ok=True)
@@ -289,6 +289,7 @@ class EmbeddingRun:
     ) -> np.ndarray:
         """The vectors a map is fitted on: at most ``fit_samples`` rows of ``snapshots``, each snapshot and each
         label keeping its share."""
+        # each snapshot's keys are read twice (its size, then its rows) rather than all held at once
         sizes = [len(self._rows(s)) for s in snapshots]
         quotas = reducers.quotas(np.array(sizes), sys.maxsize if fit_samples is None else fit_samples)
         parts = []
