@@ -291,7 +291,8 @@ def test_flatten_on_a_size_changing_layer_suggests_pooling(fit_digits):
 
 
 def test_a_callable_with_the_wrong_batch_size_fails_the_fit_clearly(fit_digits):
-    with pytest.raises(ValueError, match=r"must return a \(batch, dim\) tensor with batch=64"):
+    with pytest.raises(ValueError, match=r"layer 'head\.1' with reshape '.*<lambda>' gave 1 rows from an output of shape "
+                                         r"\(64, 64\) for a batch of 64 samples"):
         fit_digits(layers=["head.1"], reshape=lambda t: t[:1])
 
 
@@ -312,12 +313,16 @@ def test_an_existing_run_is_never_overwritten_by_accident(fit_digits, tmp_path):
     assert not second.exists() and len(_files(collector.dirpath)) == 1
 
 
-class UnusedLayerCNN(DigitsCNN):
+class UnusedLayerCNN(CountingCNN):
     def __init__(self):
         super().__init__()
         self.unused = torch.nn.Linear(2, 2)
 
 
 def test_a_layer_not_on_the_validation_path_is_a_clear_error(fit_digits):
-    with pytest.raises(RuntimeError, match="layer 'unused' was not called in this validation/test step"):
+    CountingCNN.steps = 0
+    with pytest.raises(ValueError, match=r"layer\(s\) \['unused'\] were not called in any sanity-check step"):
         fit_digits(model=UnusedLayerCNN(), layers=["unused"])
+    assert CountingCNN.steps == 0
+    with pytest.raises(ValueError, match=r"\['unused'\] were not called in any step of epoch_0000-step_0000022"):
+        fit_digits(model=UnusedLayerCNN(), layers=["unused"], trainer_kwargs={"num_sanity_val_steps": 0})

@@ -36,8 +36,10 @@ def _vector_files(dirpath: Path) -> list[str]:
 
 
 def _hidden_files(dirpath: Path) -> list[str]:
-    """Temporary files (``.name.partial``, ``.write-test-*``) anywhere in the run directory."""
-    return sorted(str(p.relative_to(dirpath)) for p in dirpath.rglob(".*")) if dirpath.is_dir() else []
+    """Temporary files (``.name.partial``, ``.write-test-*``) anywhere in the run directory; the lock file, which
+    stays (as filelock's files do), is not one."""
+    hidden = dirpath.rglob(".*") if dirpath.is_dir() else []
+    return sorted(str(p.relative_to(dirpath)) for p in hidden if p.name != ".lock")
 
 
 def _hooks(model: torch.nn.Module) -> int:

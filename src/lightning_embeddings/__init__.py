@@ -1,11 +1,12 @@
 """lightning-embeddings: see a model's embeddings while it trains.
 
-``EmbeddingCollector`` records chosen layers every validation epoch; ``EmbeddingRun`` reads a run back.
+``EmbeddingCollector`` records chosen layers every validation epoch; ``EmbeddingRun`` reads a run back and raises
+``RunError`` (a ``ValueError``) for a run directory it cannot read: a damaged or foreign file, or a newer format.
 """
 
 from typing import Any
 
-__all__ = ["EmbeddingCollector", "EmbeddingRun"]
+__all__ = ["EmbeddingCollector", "EmbeddingRun", "RunError"]
 __version__ = "0.1.0"
 
 
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from lightning_embeddings.run import EmbeddingRun
 
         return EmbeddingRun
+    if name == "RunError":
+        from lightning_embeddings.store import RunError
+
+        return RunError
     raise AttributeError(f"module 'lightning_embeddings' has no attribute {name!r}")

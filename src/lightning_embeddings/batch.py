@@ -48,6 +48,29 @@ def batch_ids(batch: Any, batch_size: int, id_key: Optional[str]) -> Optional[np
     return ids.astype(np.int64)
 
 
+def batch_size(batch: Any) -> Optional[int]:
+    """The number of samples in ``batch``: the first dim its tensors share; None where they disagree (e.g.
+    sequence-first inputs beside per-sample labels) or it holds none.
+
+    Example::
+
+        >>> batch_size({"input_ids": torch.zeros(4, 7), "labels": torch.zeros(4)})
+        4
+    """
+    sizes = set()
+    pending = [batch]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Tensor):
+            if item.ndim:
+                sizes.add(item.shape[0])
+        elif isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            pending.extend(item)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def attention_mask(batch: Any) -> Optional[Tensor]:
     mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
     return mask if isinstance(mask, Tensor) else None
@@ -64,6 +87,17 @@ def sample_order(loader: Any) -> Optional[np.ndarray]:
     if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
         return np.fromiter(iter(sampler), dtype=np.int64)
     return None
+
+
+def real_samples(loader: Any) -> Optional[int]:
+    """How many samples a ``DistributedSampler``'s rank sees before its padding (the duplicates that make every
+    rank's share equal); None for other samplers."""
+    if not isinstance(loader, DataLoader):
+        return None
+    sampler = loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
 
 
 def loaders(val_dataloaders: Any) -> list[Any]:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import json
 import os
+import shutil
+import tempfile
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from typing_extensions import override
 
@@ -28,12 +32,15 @@ from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, OutputKey
 from lightning_embeddings.layers import LayerSpec, resolve_layers
+from lightning_embeddings.lock import HOLDER_FILE, LOCK_FILE, RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.loggers import export_to_loggers
 from lightning_embeddings.plot import PLOTS, plot_run
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
 
 STAGES = ("fit", "validate", "test")
+LOCK_FILES = (LOCK_FILE, HOLDER_FILE)
+T = TypeVar("T")
 
 
 class EmbeddingCollector(Callback):
@@ -52,8 +59,13 @@ class EmbeddingCollector(Callback):
             ``"package.module.function"``).
         output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
             for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
-        dirpath: where the run is written; by default ``<trainer.log_dir>/embeddings``.
-        every_n_epochs: record the validation epochs ``0, n, 2n, ...`` (and the last one of ``max_epochs``);
+        dirpath: where the run is written; one that holds a run is refused (see ``overwrite``). By default
+            ``embeddings`` beside the first logger's run, where ``ModelCheckpoint`` puts ``checkpoints``
+            (``<log_dir>/embeddings`` for TensorBoard/CSV, ``<save_dir>/<project>/<run id>/embeddings`` for W&B and
+            MLflow, ``<default_root_dir>/embeddings`` without a logger), versioned ``embeddings-v1``, ... when that
+            holds a run or another process writes it: a run never fails for it and never overwrites one.
+        every_n_epochs: record the 1st, (n+1)-th, (2n+1)-th, ... epoch in which validation runs (counting only
+            epochs that validate, so ``check_val_every_n_epoch`` does not leave it empty), and the last one;
             every validation in such an epoch is its own snapshot (``val_check_interval < 1`` gives several).
         max_samples: record at most this many samples per epoch and dataloader: the same first ones every epoch.
         reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
@@ -83,9 +95,16 @@ class EmbeddingCollector(Callback):
 
     Predictions are recorded when ``validation_step`` returns a dict with ``"preds"``: one value per sample.
 
+    Before the first training step the sanity check's batches run through the hooks and reshapes (nothing is
+    written), so a layer off the validation path, a bad ``output_key`` or reshape fails there. The run directory is
+    locked while the fit writes it: a second process writing it fails at once.
+
     Raises:
-        ValueError: an unknown strategy or reducer, or a bad number, at construction; a layer that is not in the
-            model, or an unwritable ``dirpath``, in ``setup``.
+        ValueError: an unknown strategy or reducer, a misspelt ``reducer_kwargs`` key, or a bad number, at
+            construction; a layer that is not in the model, or two collectors on one directory, in ``setup``; a
+            layer output that is not one row per sample, in the sanity check.
+        PermissionError: an unwritable ``dirpath``, in ``setup``.
+        RunLockedError: another process is writing ``dirpath``, in ``setup``.
 
     Example::
 
@@ -132,6 +151,7 @@ class EmbeddingCollector(Callback):
         reducers.check_reducer(reducer, align)
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
+        reducers.check_reducer_kwargs(reducer, n_components, seed, dict(reducer_kwargs or {}))
         reducers.check_fit_samples(fit_samples, n_components)
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
@@ -153,16 +173,40 @@ class EmbeddingCollector(Callback):
         self.plots = plots
         self.html = html
         self._dirpath_arg = Path(dirpath) if dirpath is not None else None
-        self.dirpath: Optional[Path] = None
+        self._dirpath: Optional[Path] = None
+        self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
         self._resumed = False
+        self._lock: Optional[RunLock] = None
+        self._created: Optional[Path] = None  # the run directory, when this collector made it
+        self._checking = False  # the sanity check: hooks and reshapes run, nothing is written
+        self._validations = 0  # validation epochs of this fit so far (every_n_epochs counts these)
+        self._validated_epoch = -1
         self._snapshot: Optional[dict[str, Any]] = None
         self._rank_zero_wait: Optional[Any] = None
         self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
         self._writer: Optional[store.EpochWriter] = None
+        self._pending: list[dict[str, Any]] = []  # batches waiting for a layer's first vectors (its width)
+        self._wanted = False
+        self._batch_size: Optional[int] = None
         self._seen: dict[int, int] = defaultdict(int)
+        self._limits: dict[int, Optional[int]] = {}
         self._orders: dict[int, Optional[np.ndarray]] = {}
+        self._called: dict[str, int] = {}
+        self._missing: dict[str, int] = {}
+        self._said_missing: set[str] = set()
         self._warnings = WarningCache()
+
+    @property
+    def dirpath(self) -> Optional[Path]:
+        """The run directory, known from ``setup`` on; also in the main process after a ``ddp_spawn`` fit."""
+        if self._dirpath is None and os.getpid() == self._origin[0] and _spawn_note(self._origin[1]).is_file():
+            self._dirpath = Path(_spawn_note(self._origin[1]).read_text())
+        return self._dirpath
+
+    @dirpath.setter
+    def dirpath(self, value: Optional[Path]) -> None:
+        self._dirpath = value
 
     @property
     @override
@@ -171,16 +215,27 @@ class EmbeddingCollector(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # broadcasts: every rank calls it
         if stage not in self.stages:
             return
         resolved = resolve_layers(pl_module, self.layers)
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
-            self.dirpath = self._dirpath_arg or Path(log_dir or trainer.default_root_dir) / "embeddings"
+            self._refuse_a_shared_dirpath(trainer, stage)
+            parent = None if self._dirpath_arg is not None else _default_parent(trainer)  # every rank: loggers broadcast
+            self.dirpath = _on_rank_zero(trainer, lambda: self._open(parent, fresh=stage == "fit"))
+            if trainer.is_global_zero and os.getpid() != self._origin[0]:  # a spawned worker: tell the main process
+                _spawn_note(self._origin[1]).write_text(str(self.dirpath))
+        else:
+            _on_rank_zero(trainer, lambda: self._open(None, fresh=False))
         _check_writable(self.dirpath)
         self._captures = [
             LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
         ]
+        for capture in self._captures:
+            if capture.sequence_first:
+                self._warnings.info(
+                    f"EmbeddingCollector: layer {capture.layer.column!r} ({type(capture.layer.module).__name__}, "
+                    "batch_first=False) returns (T, B, ...): it is recorded per sample, with the batch dim moved first."
+                )
         if stage != "fit":
             self._continue_run()
         if trainer.world_size > 1 and torch.distributed.is_initialized() and self._rank_zero_wait is None:
@@ -193,10 +248,11 @@ class EmbeddingCollector(Callback):
         if self.dirpath is None or "fit" not in self.stages:
             return
         if self._resumed:
+            _on_rank_zero(trainer, lambda: self._open(None, fresh=False))  # the checkpoint's run, not setup's choice
             self._continue_run()
             return
         self._manifest = {}
-        if not (self.dirpath / store.MANIFEST).is_file() and not any((self.dirpath / store.VECTORS).glob("*.parquet")):
+        if not store.holds_run(self.dirpath):
             return
         if not self.overwrite:
             raise FileExistsError(
@@ -212,7 +268,9 @@ class EmbeddingCollector(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            self._start_check()
+        else:
             self._start_snapshot(trainer, trainer.val_dataloaders)
 
     @override
@@ -276,48 +334,132 @@ class EmbeddingCollector(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None}
+        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None, "validations": self._validations,
+                "validated_epoch": self._validated_epoch}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath"):
             self.dirpath = Path(state_dict["dirpath"])
             self._resumed = True
+        self._validations = state_dict.get("validations", 0)
+        self._validated_epoch = state_dict.get("validated_epoch", -1)
+
+    def _refuse_a_shared_dirpath(self, trainer: pl.Trainer, stage: str) -> None:
+        """Two collectors of one Trainer never write one directory."""
+        mine = self._dirpath_arg.resolve() if self._dirpath_arg is not None else None
+        for other in trainer.callbacks:
+            theirs = other._dirpath_arg.resolve() if isinstance(other, EmbeddingCollector) and other._dirpath_arg else None
+            if other is self or not isinstance(other, EmbeddingCollector) or stage not in other.stages or theirs != mine:
+                continue
+            where = str(mine) if mine is not None else "the default run directory (<log_dir>/embeddings)"
+            raise ValueError(
+                f"EmbeddingCollector: two collectors of this Trainer would write to {where}. Give each its own "
+                "dirpath=..., or record all the layers with one collector."
+            )
+
+    def _open(self, parent: Optional[Path], fresh: bool) -> Path:
+        """Rank 0: lock the run directory (``dirpath``, or a fresh one under ``parent``) and clean what a killed
+        writer left there; return it."""
+        if parent is None:
+            dirpath = self.dirpath if self.dirpath is not None and not fresh else self._dirpath_arg
+            if self._lock is not None and self._lock.dirpath != dirpath:  # resumed: setup's choice gives way
+                self._release_lock()
+            if self._lock is None:
+                self._lock_dir(dirpath)
+        else:  # the first of embeddings, embeddings-v1, ... that holds no run and no writer, as ModelCheckpoint versions
+            candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
+            dirpath = next(c for c in candidates if not store.holds_run(c) and self._lock_dir(c, quietly=True))
+        if fresh or self._resumed:
+            stray = store.remove_partials(dirpath)
+            if stray:
+                rank_zero_info(f"EmbeddingCollector: removed {len(stray)} unfinished files a stopped writer left in "
+                               f"{dirpath}: {', '.join(p.name for p in stray)}")
+        return dirpath
+
+    def _lock_dir(self, dirpath: Path, quietly: bool = False) -> bool:
+        """Rank 0: take ``dirpath``'s lock (False when another process holds it and ``quietly``)."""
+        existed = dirpath.exists()
+        _check_writable(dirpath)
+        try:
+            self._lock = RunLock(dirpath).acquire()
+        except RunLockedError:
+            if quietly:
+                return False
+            raise
+        self._created = None if existed else dirpath
+        return True
+
+    def _release_lock(self) -> None:
+        """Rank 0: release the lock; remove the run directory again if this collector made it and wrote nothing."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        lock.release()
+        created, self._created = self._created, None
+        if created is not None and not any(p.is_file() and p.name not in LOCK_FILES for p in created.rglob("*")):
+            remove_lock_files(created)
+            shutil.rmtree(created, ignore_errors=True)
+
+    def _start_check(self) -> None:
+        """The sanity check: run the hooks and reshapes on its batches, write nothing."""
+        if not self._captures or "fit" not in self.stages:
+            return
+        self._checking = True
+        self._called = {capture.layer.column: 0 for capture in self._captures}
 
     def _start_snapshot(self, trainer: pl.Trainer, dataloaders: Any) -> None:
         stage = _stage(trainer)
         if not self._captures or stage not in self.stages:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs - 1
-        if stage == "fit" and epoch % self.every_n_epochs != 0 and not last:
-            return
+        if stage == "fit":
+            if epoch != self._validated_epoch:
+                self._validated_epoch, self._validations = epoch, self._validations + 1
+            if (self._validations - 1) % self.every_n_epochs != 0 and not _last_validation(trainer):
+                return
         name = store.snapshot_name(stage, epoch, step)
         if any(s["name"] == name for s in self._manifest.get("snapshots", [])):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
             return
         self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
         self._seen.clear()
-        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(batches.loaders(dataloaders))}
-        for capture in self._captures:
-            capture.active = True
+        self._missing = {capture.layer.column: 0 for capture in self._captures}
+        loaders = batches.loaders(dataloaders)
+        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(loaders)}
+        # at most max_samples, and never DistributedSampler's padding duplicates
+        self._limits = {i: min((n for n in (self.max_samples, batches.real_samples(dl)) if n is not None), default=None)
+                        for i, dl in enumerate(loaders)}
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
-        if self._snapshot is None:
+        limit = self._limits.get(dataloader_idx)
+        self._wanted = self._checking or (self._snapshot is not None and (limit is None or self._seen[dataloader_idx] < limit))
+        if not self._wanted:
+            for capture in self._captures:
+                capture.active = False
             return
-        mask = batches.attention_mask(batch)
-        wanted = self.max_samples is None or self._seen[dataloader_idx] < self.max_samples
+        mask, size = batches.attention_mask(batch), batches.batch_size(batch)
+        self._batch_size = size
         for capture in self._captures:
-            capture.start_batch(mask)
-            capture.active = wanted
+            capture.start_batch(mask, size)
+            capture.active = True
 
     def _end_batch(self, trainer: pl.Trainer, outputs: Any, batch: Any, dataloader_idx: int) -> None:
-        if self._snapshot is None or not self._captures[0].active:
+        if not self._wanted:
             return
+        self._wanted = False
         vectors = self._batch_vectors()
-        size = len(vectors[0])
+        if self._checking:
+            return
+        size = next((len(v) for v in vectors if v is not None), self._batch_size)
+        if size is None:  # no recorded layer ran, and the batch does not say how many samples it holds
+            return
         seen = self._seen[dataloader_idx]
-        take = size if self.max_samples is None else min(size, self.max_samples - seen)
+        limit = self._limits.get(dataloader_idx)
+        take = size if limit is None else min(size, limit - seen)
+        for capture, v in zip(self._captures, vectors):
+            if v is None:
+                self._missing[capture.layer.column] += take
         columns: dict[str, Any] = {
             "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
             "stage": np.full(size, self._snapshot["stage"]),
@@ -329,35 +471,84 @@ class EmbeddingCollector(Callback):
             **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
         }
         columns = {name: value[:take] for name, value in columns.items() if value is not None}
-        if self._writer is None:
-            path = store.snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
-            self._writer = store.EpochWriter(path, self._schema(columns))
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
-        self._writer.write(columns, ready)
+        self._write(trainer, columns, ready)
         self._seen[dataloader_idx] = seen + take
 
+    def _write(self, trainer: pl.Trainer, columns: dict[str, Any], ready: Any) -> None:
+        """Hand a batch to the snapshot's writer; until every layer has run once (its width unknown), hold it."""
+        if self._writer is None:
+            if any(capture.dim is None for capture in self._captures):
+                if ready is not None:
+                    ready.synchronize()
+                self._pending.append(columns)
+                return
+            path = store.snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
+            self._writer = store.EpochWriter(path, self._schema(columns))
+            for held in self._pending:
+                self._writer.write(held)
+            self._pending = []
+        self._writer.write(columns, ready)
+
     def _end_snapshot(self, trainer: pl.Trainer) -> None:
+        for capture in self._captures:
+            capture.active = False
+        if self._checking:
+            self._checking = False
+            self._refuse_uncalled(self._called, "any sanity-check step")
+            return
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return
-        for capture in self._captures:
-            capture.active = False
+        pending, self._pending = self._pending, []
+        if pending:
+            self._refuse_uncalled({c.layer.column: c.dim or 0 for c in self._captures}, f"any step of {snapshot['name']}")
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+        missing = self._count_missing(trainer, snapshot["name"])
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
         files = store.snapshot_files(self.dirpath, snapshot["name"])
         if trainer.is_global_zero and files:
+            if missing:
+                snapshot["missing"] = missing
             self._manifest.setdefault("snapshots", []).append(snapshot)
             self._manifest["layers"] = store.layer_metadata(pq.read_schema(files[0]))
             self._manifest.setdefault("reducer", None)
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)
 
+    def _refuse_uncalled(self, called: Mapping[str, int], where: str) -> None:
+        never = [column for column, calls in called.items() if not calls]
+        if never:
+            raise ValueError(
+                f"EmbeddingCollector: layer(s) {never} were not called in {where} of validation_step: record "
+                "layers on its forward path (lightning-embeddings layers MODEL --input-shape ... lists what runs)."
+            )
+
+    def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
+        """Samples of this snapshot, over all ranks, that a layer was not called for; said once per layer."""
+        counts = torch.tensor(list(self._missing.values()), dtype=torch.int64, device=trainer.strategy.root_device)
+        counts = trainer.strategy.reduce(counts, reduce_op="sum").tolist() if trainer.world_size > 1 else counts.tolist()
+        missing = {column: int(n) for column, n in zip(self._missing, counts) if n}
+        for column, n in missing.items():
+            if column not in self._said_missing:
+                self._said_missing.add(column)
+                rank_zero_warn(
+                    f"EmbeddingCollector: layer {column!r} was not called for {n} samples of {name} (validation_step "
+                    "skips it on some batches): they have no vector for it (null in vectors/, left out of its map); "
+                    "the other layers are whole. The manifest counts them per snapshot."
+                )
+        return missing
+
     def _reduce(self, trainer: pl.Trainer) -> None:
         """Rank 0 fits the maps of every layer while the other ranks wait for it."""
         if self.dirpath is None or _stage(trainer) not in self.stages:
             return
+        if trainer.is_global_zero and not self._manifest.get("snapshots"):
+            why = ("no validation ran (limit_val_batches=0, no val_dataloader, or fit ended before the first one)"
+                   if not self._validations else "its validations held no batches")
+            rank_zero_warn(f"EmbeddingCollector recorded nothing during {_stage(trainer)}: {why}. No run is written.")
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             run = EmbeddingRun(self.dirpath)
             maps = run.reduce(self.reducer, self.n_components, self.seed, align=self.align, fit_samples=self.fit_samples,
@@ -385,23 +576,26 @@ class EmbeddingCollector(Callback):
             )
 
     def _release(self) -> None:
-        """Remove every hook and discard an unfinished snapshot file; safe to call twice."""
+        """Remove every hook, discard an unfinished snapshot file, release the run's lock; safe to call twice."""
         for capture in self._captures:
             capture.remove()
         self._captures = []
         self._snapshot = None
+        self._checking = False
+        self._pending = []
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+        self._release_lock()
 
-    def _batch_vectors(self) -> list[torch.Tensor]:
+    def _batch_vectors(self) -> list[Optional[np.ndarray]]:
+        """Each layer's vectors of this batch, None for a layer that was not called."""
         vectors = []
         for capture in self._captures:
             if capture.vectors is None:
-                raise RuntimeError(
-                    f"EmbeddingCollector: layer {capture.layer.column!r} was not called in this validation/test step; "
-                    "record a layer on the forward path of validation_step/test_step."
-                )
+                vectors.append(None)
+                continue
+            self._called[capture.layer.column] = self._called.get(capture.layer.column, 0) + 1
             if capture.calls > 1:
                 self._warnings.warn(
                     f"EmbeddingCollector: layer {capture.layer.column!r} ran {capture.calls} times in one validation "
@@ -414,12 +608,12 @@ class EmbeddingCollector(Callback):
                     "outputs use reshape 'token_mean' or 'cls'."
                 )
             vectors.append(capture.vectors.numpy())
-        sizes = {len(v) for v in vectors}
+        sizes = {len(v) for v in vectors if v is not None}
         if len(sizes) > 1:
             raise ValueError(
                 "EmbeddingCollector: the recorded layers gave different batch sizes "
-                f"({dict((c.layer.column, len(v)) for c, v in zip(self._captures, vectors))}); record layers that "
-                "keep one row per sample."
+                f"({dict((c.layer.column, len(v)) for c, v in zip(self._captures, vectors) if v is not None)}); "
+                "record layers that keep one row per sample."
             )
         return vectors
 
@@ -464,12 +658,48 @@ class EmbeddingCollector(Callback):
         ]
 
     def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
+        """The snapshot file's schema: the batch's key and fact columns, then one vector column per layer."""
         layer_columns = {c.layer.column for c in self._captures}
-        fields = [
-            pa.field(name, pa.list_(pa.float32(), value.shape[1]) if name in layer_columns else pa.array(value).type)
-            for name, value in columns.items()
-        ]
+        fields = [pa.field(name, pa.array(value).type) for name, value in columns.items() if name not in layer_columns]
+        fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self._captures]
         return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
+
+
+def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
+    """Do ``work`` on rank 0 and give every rank its result, or raise its error on every rank."""
+    result, error = None, None
+    if trainer.is_global_zero:
+        try:
+            result = work()
+        except Exception as err:  # raised below on every rank, so none waits for rank 0 forever
+            error = err
+    result, error = trainer.strategy.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def _spawn_note(token: str) -> Path:
+    """Where a spawned rank 0 notes the run directory it chose, for the process that started it."""
+    return Path(tempfile.gettempdir()) / f"lightning-embeddings-{token}.dirpath"
+
+
+def _default_parent(trainer: pl.Trainer) -> Path:
+    """Where ``ModelCheckpoint`` puts its ``checkpoints/``: ``<save_dir>/<name>/<version>`` of the first logger (one
+    folder per run also for W&B and MLflow, whose ``log_dir`` has no version), else ``default_root_dir``."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir, str(logger.name or ""), version)
+
+
+def _last_validation(trainer: pl.Trainer) -> bool:
+    """Whether this epoch's validation is the last one ``max_epochs`` leaves."""
+    if trainer.max_epochs is None or trainer.max_epochs < 1:
+        return False
+    every = trainer.check_val_every_n_epoch or 1
+    return trainer.current_epoch + every > trainer.max_epochs - 1
 
 
 def _stage(trainer: pl.Trainer) -> str:

@@ -55,12 +55,29 @@ def _first_tensor(output: Any) -> Optional[Tensor]:
     return next((t for t in map(_first_tensor, items) if t is not None), None)
 
 
+def sequence_first(module: torch.nn.Module) -> bool:
+    """Whether ``module`` declares sequence-first outputs ``(T, B, ...)``: ``nn.RNN/LSTM/GRU``,
+    ``nn.MultiheadAttention`` and ``nn.Transformer*`` with ``batch_first=False`` (PyTorch's default).
+
+    Example::
+
+        >>> sequence_first(torch.nn.LSTM(8, 24)), sequence_first(torch.nn.LSTM(8, 24, batch_first=True))
+        (True, False)
+    """
+    if isinstance(module, (torch.nn.TransformerEncoder, torch.nn.TransformerDecoder)):
+        module = module.layers[0]
+    if isinstance(module, (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)):
+        module = module.self_attn
+    return getattr(module, "batch_first", None) is False
+
+
 class LayerCapture:
     """A forward hook on one layer. While ``active`` it keeps the first call's vectors of the current batch.
 
     The hook is registered once and stays inert until switched on, so it survives ``torch.compile`` tracing.
     Vectors are copied out of the output inside the hook: a later in-place op (``ReLU(inplace=True)``) cannot
-    change them.
+    change them. The main output of a sequence-first module (see :func:`sequence_first`) is recorded with its
+    batch dimension moved first. Vectors that do not hold one row per sample of the batch are an error.
     """
 
     def __init__(self, layer: Layer, strategy: Strategy, output_key: Optional[OutputKey]) -> None:
@@ -72,12 +89,16 @@ class LayerCapture:
         self.vectors: Optional[Tensor] = None
         self.copied: Optional[torch.cuda.Event] = None
         self.calls = 0
+        self.batch_size: Optional[int] = None
         self.output_shape: Optional[tuple[int, ...]] = None
         self.dim: Optional[int] = None
+        self.sequence_first = sequence_first(layer.module) and output_key in (None, 0)
         self._handle = layer.module.register_forward_hook(self._hook)
 
-    def start_batch(self, attention_mask: Optional[Tensor]) -> None:
+    def start_batch(self, attention_mask: Optional[Tensor], batch_size: Optional[int]) -> None:
+        """Forget the last batch's vectors; ``batch_size`` (None: unknown) is checked against the vectors."""
         self.attention_mask = attention_mask
+        self.batch_size = batch_size
         self.vectors = None
         self.copied = None
         self.calls = 0
@@ -93,9 +114,12 @@ class LayerCapture:
         if self.calls > 1:
             return
         t = select_tensor(output, self.output_key, self.layer.column).detach()
+        if self.sequence_first and t.ndim >= 2:
+            t = t.transpose(0, 1)
         if t.dtype in _LOW_PRECISION:
             t = t.float()
         vectors = self.strategy(t, self.attention_mask).to(torch.float32)
+        self._check_rows(t, vectors)
         self._check_dim(t, vectors)
         if vectors.device.type == "cuda":
             host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=True)
@@ -108,6 +132,20 @@ class LayerCapture:
         elif vectors.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
             vectors = vectors.clone()
         self.vectors = vectors
+
+    def _check_rows(self, t: Tensor, vectors: Tensor) -> None:
+        """One row per sample: as many as the batch holds (as the output's first dim where that is unknown)."""
+        samples = self.batch_size if self.batch_size is not None else t.shape[0]
+        if len(vectors) == samples:
+            return
+        picked = f" (output_key {self.output_key!r})" if self.output_key is not None else ""
+        raise ValueError(
+            f"layer {self.layer.column!r}{picked} with reshape {self.strategy.name!r} gave {len(vectors)} rows from "
+            f"an output of shape {tuple(t.shape)} for a batch of {samples} samples: the recorded tensor needs the "
+            "batch as its first dim, one "
+            "row per sample. Pick the per-sample tensor with output_key, record another layer, or pass a reshape "
+            "callable that moves the batch dim first (e.g. lambda t: t.transpose(0, 1).flatten(1))."
+        )
 
     def _check_dim(self, t: Tensor, vectors: Tensor) -> None:
         if self.dim is None:

@@ -6,8 +6,9 @@
     lightning-embeddings plot lightning_logs/version_0/embeddings --html
     lightning-embeddings export lightning_logs/version_0/embeddings --to tensorboard
 
-Exit status: 0 on success, 1 when the command failed (a directory that holds no run, an unknown layer, a model
-that cannot be imported or run), 2 for a command line that does not parse. Errors are one line on stderr,
+Exit status: 0 on success, 1 when the command failed (a directory that holds no run, a damaged run, an unknown
+layer, a model that cannot be imported or run), 2 for a command line that does not parse, 141 when the reader of
+the output went away (``... | head``), as for other Unix tools. Errors are one line on stderr,
 ``lightning-embeddings: error: ...``, saying what to do; ``--traceback`` shows the full traceback instead.
 """
 
@@ -168,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=textwrap.dedent(
             """\
             Fit each layer's map again from the recorded vectors and place every snapshot in it, without
-            retraining: projections/<layer>.parquet, projections.parquet and the manifest are rewritten.
-            The reducer, number of components and alignment default to the run's current ones.
+            retraining: projections/<layer>.parquet, projections.parquet and the manifest are rewritten, all
+            or nothing (when a layer fails, no file changes). Pictures in RUN_DIR/plots and the projector
+            export in RUN_DIR/tensorboard that showed the old maps are drawn again. Rows with NaN/inf or no
+            vector are left out of a map and counted. The reducer, number of components and alignment default
+            to the run's current ones.
 
             --align chooses how snapshots share one space: "joint" fits on all snapshots of fit together, so
             each keeps its own structure (the default for a new run); "last" fits on the last snapshot of fit and
@@ -309,7 +313,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         main(["info", "lightning_logs/version_0/embeddings"])
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a reader gone early (`... | head`) shows here rather than at exit
+        return status
+    except BrokenPipeError:
+        # as Python's docs advise (signal module, "Note on SIGPIPE"): send the rest to devnull, so that the flush
+        # at exit is quiet too, and exit as a Unix tool stopped by SIGPIPE does
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _run(argv: list[str]) -> int:
     show_traceback = "--traceback" in argv
     try:
         parser = build_parser()
@@ -326,7 +342,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, TypeError, ImportError) as error:
+    except BrokenPipeError:
+        raise
+    except (CommandError, OSError, ValueError, TypeError, ImportError) as error:  # RunError is a ValueError
         return _fail(error, 1, show_traceback)
 
 
@@ -536,7 +554,7 @@ def describe_run(run) -> dict[str, Any]:
         {key: facts.get(key) for key in ("column", "index", "type", "strategy", "output_shape", "dim")}
         for facts in run.manifest["layers"]
     ]
-    snapshots = [{**snapshot, "samples": _samples(run, snapshot["name"])} for snapshot in _progress(run.snapshots)]
+    snapshots = [{**snapshot, "samples": len(run._rows(snapshot))} for snapshot in _progress(run.snapshots)]
     reducer = run.manifest.get("reducer")
     return {"path": str(run.path), "layers": layers, "snapshots": snapshots, "reducer": reducer}
 
@@ -545,19 +563,6 @@ def _progress(items: list) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(items, desc="counting samples", unit="snapshot", delay=2, leave=False)
-
-
-def _samples(run, name: str) -> int:
-    """Distinct (dataloader_idx, sample_id) in one snapshot, over all its files (DDP's padding counted once)."""
-    import pyarrow.parquet as pq
-
-    from lightning_embeddings.store import snapshot_files
-
-    keys = set()
-    for path in snapshot_files(run.path, name):
-        table = pq.read_table(path, columns=["dataloader_idx", "sample_id"])
-        keys.update(zip(table.column("dataloader_idx").to_pylist(), table.column("sample_id").to_pylist()))
-    return len(keys)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -595,6 +600,13 @@ def _info(args: argparse.Namespace) -> None:
     skipped = {column: record["skipped"] for column, record in records.items() if "skipped" in record}
     for column, reason in skipped.items():
         print(f"  {column}: not reduced: {reason}")
+    for column, record in records.items():
+        if record.get("collapsed"):
+            print(f"  {column}: collapsed (vectors all equal: no faithful map) at {', '.join(record['collapsed'])}")
+        for key, words in (("left_out", "with a non-finite value"), ("missing", "without a vector")):
+            if record.get(key):
+                counts = ", ".join(f"{n} at {name}" for name, n in record[key].items())
+                print(f"  {column}: rows {words} left out of the map: {counts}")
     trust = {column: record["trustworthiness"] for column, record in records.items() if record.get("trustworthiness")}
     if trust:
         columns = list(trust)
@@ -625,10 +637,14 @@ def _reduce(args: argparse.Namespace) -> None:
     n_components = args.n_components or recorded.get("n_components") or 2
     columns = _columns(run, args.layers)
     fit_samples = args.fit_samples if args.fit_samples is not None else recorded.get("fit_samples", FIT_SAMPLES)
-    maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
-                      align=args.align or recorded.get("align") or "joint",
-                      fit_samples=None if fit_samples == "all" else fit_samples,
-                      progress=True, **dict(args.param))
+    views = _views(run)
+    try:
+        maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
+                          align=args.align or recorded.get("align") or "joint",
+                          fit_samples=None if fit_samples == "all" else fit_samples,
+                          progress=True, **dict(args.param))
+    except RuntimeError as error:  # a layer failed; no file changed
+        raise CommandError(f"{error}; the run's files are as they were.") from error
     records = (run.manifest.get("reducer") or {}).get("layers") or {}
     import pyarrow.parquet as pq
 
@@ -648,6 +664,42 @@ def _reduce(args: argparse.Namespace) -> None:
     if long_file.is_file():
         print(f"  {long_file}")
     print(f"  {run.path / 'manifest.json'}")
+    _redraw(run, views)
+
+
+def _views(run) -> list[Path]:
+    """The run's pictures (``plots/``) and projector export (``tensorboard/``) that exist now."""
+    from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
+    from lightning_embeddings.run import TENSORBOARD
+
+    plots = run.path / PLOTS
+    views = [*(p for column in run.layers for p in layer_pictures(plots, column)), plots / HTML_NAME]
+    return [path for path in [*views, run.path / TENSORBOARD] if path.exists()]
+
+
+def _redraw(run, views: list[Path]) -> None:
+    """Draw again the ``views`` that reduce removed because they showed the old maps; say which, and which are gone
+    because their layer has no map now."""
+    from lightning_embeddings.export import export_tensorboard
+    from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
+    from lightning_embeddings.run import TENSORBOARD
+    from lightning_embeddings.store import projection_file
+
+    removed = [path for path in views if not path.exists()]
+    with_maps = [column for column in run.layers if projection_file(run.path, column).is_file()]
+    layers = [column for column in with_maps if set(layer_pictures(run.path / PLOTS, column)) & set(removed)]
+    redrawn = plot_run(run, layers=layers) if layers else []
+    if with_maps and any(path.name == HTML_NAME for path in removed):
+        redrawn.append(write_html(run, with_maps))
+    if run.path / TENSORBOARD in removed:
+        redrawn.append(export_tensorboard(run, run.path / TENSORBOARD, progress=False))
+    if redrawn:
+        print("redrew what showed the old maps:")
+        print("\n".join(f"  {path}" for path in redrawn))
+    gone = [path for path in removed if not path.exists()]
+    if gone:
+        print("removed (their layer has no map now):")
+        print("\n".join(f"  {path}" for path in gone))
 
 
 # ----------------------------------------------------------------------------------------------------------- plot

@@ -15,7 +15,8 @@ directly, so neither TensorFlow nor the ``tensorboard`` package is needed to wri
       00044/head.1%2fvectors/metadata.tsv           label, prediction, sample_id, dataloader_idx
 
 (``00044`` is the global step of the last snapshot of ``fit``, ``%2f`` an encoded ``/``, both as ``add_embedding``
-writes them.) View it with ``tensorboard --logdir <logdir>`` and open the Projector tab.
+writes them; the layer's part is :func:`~.store.file_stem`, so it stays in its folder.) View it with
+``tensorboard --logdir <logdir>`` and open the Projector tab.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import numpy as np
 import pandas as pd
 
 from lightning_embeddings.layers import LayerSpec
+from lightning_embeddings.reduce import usable
 from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.store import file_stem
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
@@ -104,9 +107,9 @@ def export_tensorboard(
             projections = None
         if projections is not None and len(projections):
             tensor, metadata = projector_paths(projections, snapshots)
-            entries.append(_write_embedding(logdir, f"{column}/projections", last["step"], tensor, metadata))
+            entries.append(_write_embedding(logdir, column, "projections", last["step"], tensor, metadata))
         vectors, metadata = _last_vectors(run, column, last, max_vectors)
-        entries.append(_write_embedding(logdir, f"{column}/vectors", last["step"], vectors, metadata))
+        entries.append(_write_embedding(logdir, column, "vectors", last["step"], vectors, metadata))
     _write_config(logdir, entries)
     if not any(logdir.glob("events.out.tfevents.*")):
         _write_empty_event_file(logdir)
@@ -149,23 +152,28 @@ def _last_vectors(
     run: EmbeddingRun, column: str, snapshot: dict[str, Any], max_vectors: int
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """The layer's vectors in ``snapshot`` with their sample facts, a fixed random subset of ``max_vectors`` rows
-    where there are more."""
+    where there are more; rows without a vector or with a non-finite value are left out (the projector cannot
+    place them)."""
     frame = run.table(epochs=[snapshot["epoch"]], layers=[column], stages=[snapshot["stage"]])
-    frame = frame[frame["step"] == snapshot["step"]].reset_index(drop=True)
+    frame = frame[frame["step"] == snapshot["step"]]
+    vectors = np.stack(frame[column].to_numpy()).astype(np.float32, copy=False) if len(frame) else np.zeros((0, 1))
+    placed = usable(vectors)
+    frame, vectors = frame[placed].reset_index(drop=True), vectors[placed]
     if len(frame) > max_vectors:
         keep = np.sort(np.random.default_rng(0).choice(len(frame), max_vectors, replace=False))
-        frame = frame.iloc[keep].reset_index(drop=True)
-    vectors = np.stack(frame[column].to_numpy()).astype(np.float32, copy=False) if len(frame) else np.zeros((0, 1))
+        frame, vectors = frame.iloc[keep].reset_index(drop=True), vectors[keep]
     facts = [c for c in ("label", "prediction") if c in frame]
     return vectors, frame[[*facts, "sample_id", "dataloader_idx"]]
 
 
 def _write_embedding(
-    logdir: Path, tag: str, global_step: int, tensor: np.ndarray, metadata: pd.DataFrame
+    logdir: Path, column: str, kind: str, global_step: int, tensor: np.ndarray, metadata: pd.DataFrame
 ) -> dict[str, str]:
-    """``tensors.tsv`` and ``metadata.tsv`` (header row first) in ``<step:05d>/<encoded tag>/``, as
-    ``add_embedding`` names them; returns the projector config entry."""
-    subdir = f"{str(global_step).zfill(5)}/{_encode(tag)}"
+    """``tensors.tsv`` and ``metadata.tsv`` (header row first) of the tag ``<column>/<kind>`` in
+    ``<step:05d>/<column's file stem>%2f<kind>/``, as ``add_embedding`` names them; returns the projector config
+    entry."""
+    tag = f"{column}/{kind}"
+    subdir = f"{str(global_step).zfill(5)}/{file_stem(column)}%2f{kind}"
     target = logdir / subdir
     target.mkdir(parents=True, exist_ok=True)
     with open(target / "tensors.tsv", "wb") as f:
@@ -178,11 +186,6 @@ def _write_embedding(
         "metadata_path": f"{subdir}/metadata.tsv",
         "tensor_path": f"{subdir}/tensors.tsv",
     }
-
-
-def _encode(tag: str) -> str:
-    """A tag as ``SummaryWriter`` turns it into a directory name: ``%``, ``/`` and ``\\`` percent-encoded."""
-    return tag.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
 
 
 def _cell(value: Any) -> str:

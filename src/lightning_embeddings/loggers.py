@@ -9,6 +9,7 @@ import pandas as pd
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
+from lightning_embeddings.store import file_stem
 
 TABLE_ROWS = 10_000
 
@@ -35,7 +36,7 @@ def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Se
                 if picture.suffix == ".png":
                     logger.log_image(key=f"embeddings/{picture.stem}", images=[str(picture)])
             for layer, table in last_maps(run).items():
-                logger.log_table(key=f"embeddings/{layer}", dataframe=table)
+                logger.log_table(key=f"embeddings/{file_stem(layer)}", dataframe=table)  # W&B makes a file of it
         elif isinstance(logger, MLFlowLogger):
             for artifact in [*pictures, run.path / LONG_PROJECTIONS]:
                 if artifact.is_file():

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import FAITHFUL
 from lightning_embeddings.run import EmbeddingRun
-from lightning_embeddings.store import projection_file, snapshot_name
+from lightning_embeddings.store import file_stem, projection_file, snapshot_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -701,7 +701,8 @@ def _output_dir(run: EmbeddingRun, path: Optional[PathLike]) -> Path:
 def plot_layer(
     run: Union[EmbeddingRun, PathLike], layer: LayerSpec, path: Optional[PathLike] = None
 ) -> list[Path]:
-    """Draw one layer's two PNGs: ``<layer>-snapshots.png`` and ``<layer>-overview.png``.
+    """Draw one layer's two PNGs: ``<layer>-snapshots.png`` and ``<layer>-overview.png`` (``<layer>`` the column
+    as :func:`~.store.file_stem` names files: ``head.1`` as is, ``/`` and a leading ``.`` percent-encoded).
 
     The snapshots picture has one panel per snapshot (``fit`` first, then ``validate``/``test``; at most 30, evenly
     spaced) on shared axes, coloured by label, each titled with its epoch, step and trustworthiness; a panel whose
@@ -738,10 +739,13 @@ def plot_layer(
     directory = _output_dir(run, path)
     if info.frame.empty:
         raise ValueError(f"Layer {info.column!r} of {run.path} has an empty map: nothing to draw.")
-    return [
-        _draw_snapshots(info, directory / f"{info.column}-snapshots.png"),
-        _draw_overview(info, directory / f"{info.column}-overview.png"),
-    ]
+    snapshots_png, overview_png = layer_pictures(directory, info.column)
+    return [_draw_snapshots(info, snapshots_png), _draw_overview(info, overview_png)]
+
+
+def layer_pictures(directory: Path, column: str) -> list[Path]:
+    """Where :func:`plot_layer` draws a layer's two PNGs in ``directory``: snapshots, then overview."""
+    return [directory / f"{file_stem(column)}-{kind}.png" for kind in ("snapshots", "overview")]
 
 
 def _with_projections(run: EmbeddingRun, layers: Optional[Sequence[LayerSpec]]) -> list[str]:

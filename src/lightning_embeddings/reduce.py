@@ -54,6 +54,34 @@ def check_reducer(reducer: Any, align: str = "last") -> None:
     raise TypeError(f"reducer must be a name or an object with fit and transform, got {type(reducer).__name__}.")
 
 
+def check_reducer_kwargs(reducer: Any, n_components: int, seed: Optional[int], kwargs: dict[str, Any]) -> None:
+    """Build the named reducer once with ``kwargs``, so a misspelt argument fails now, not after training.
+
+    Raises:
+        ValueError: an argument the reducer does not take, naming the nearest ones it does.
+    """
+    if not isinstance(reducer, str) or reducer not in REDUCER_NAMES:
+        if kwargs:
+            raise ValueError(f"reducer_kwargs {kwargs!r} go with a named reducer; configure a {type(reducer).__name__} "
+                             "object itself instead.")
+        return
+    try:
+        make_reducer(reducer, n_components, seed, FIT_SAMPLES, **kwargs)
+    except TypeError as error:
+        import difflib
+        import inspect
+
+        estimator = type(make_reducer(reducer, n_components, seed, FIT_SAMPLES))
+        taken = [name for name in inspect.signature(estimator).parameters if name not in ("self", "kwargs")]
+        close = {key: difflib.get_close_matches(key, taken, n=3) for key in kwargs if key not in taken}
+        said = "; ".join(f"{key!r}: did you mean {', '.join(map(repr, near))}?" if near else f"{key!r}: no close match"
+                         for key, near in close.items())
+        raise ValueError(
+            f"reducer_kwargs {kwargs!r} do not fit {estimator.__module__}.{estimator.__qualname__}: "
+            f"{said or ' '.join(str(error).split())}"
+        ) from error
+
+
 def min_samples(n_components: int) -> int:
     """The fewest samples a map is fitted on; fewer are skipped with a warning."""
     return max(4, n_components + 2)
@@ -167,6 +195,26 @@ def faithfulness(vectors: np.ndarray, points: np.ndarray) -> Optional[float]:
 
     neighbours = min(10, len(vectors) // 2 - 1)
     return float(trustworthiness(vectors, points, n_neighbors=neighbours)) if neighbours >= 1 else None
+
+
+def collapsed(vectors: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """Whether every row of ``vectors`` is (nearly) the same vector: a dead ReLU, a constant output. Such rows have
+    no neighbours to keep; a map of them is one point (or noise), whatever its trustworthiness says.
+
+    Example::
+
+        >>> collapsed(np.zeros((5, 3))), collapsed(np.eye(3))
+        (True, False)
+    """
+    if len(vectors) < 2:
+        return False
+    spread = float((vectors.max(axis=0) - vectors.min(axis=0)).max())
+    return spread <= tolerance * float(np.abs(vectors).max())
+
+
+def usable(vectors: np.ndarray) -> np.ndarray:
+    """The rows a map can take: every value finite (a sample without a vector reads as a row of NaN)."""
+    return np.isfinite(vectors).all(axis=1)
 
 
 def describe(estimator: ReducerLike) -> dict[str, Any]:

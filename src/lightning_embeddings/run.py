@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,10 +21,15 @@ from lightning_embeddings import reduce as reducers
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.store import (
     MANIFEST,
+    RunError,
+    check_manifest,
     column_vectors,
     projection_file,
     read_manifest,
+    remove_partials,
+    snapshot_file,
     snapshot_files,
+    staged,
     vectors_array,
     write_manifest,
     write_tables,
@@ -34,6 +40,8 @@ MAP_KEYS = ("sample_id", "stage", "epoch", "step", "dataloader_idx")  # the firs
 LONG_PROJECTIONS = "projections.parquet"
 SAMPLE_FACTS = ("label", "prediction")
 READ_BUFFER = 2**20  # bytes read from a file at once
+TENSORBOARD = "tensorboard"  # where `lightning-embeddings export` writes projector files by default
+PLACED, NON_FINITE, MISSING = 0, 1, 2  # a row in a map: placed; left out for a NaN/inf value; left out, no vector
 
 
 @dataclass
@@ -60,6 +68,29 @@ def _with_points(keys: pa.Table, points: np.ndarray) -> pa.Table:
     for axis, values in zip("xyz", np.asarray(points).T):
         keys = keys.append_column(axis, pa.array(values, pa.float32()))
     return keys
+
+
+def _skipped(column: str, reason: str) -> dict[str, Any]:
+    """Say that a layer gets no map, and why; its manifest record."""
+    rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
+    return {"skipped": reason}
+
+
+def _facts() -> dict[str, Any]:
+    """A layer's facts per snapshot, filled by :func:`_measure`."""
+    return {"trustworthiness": {}, "left_out": {}, "missing": {}, "collapsed": []}
+
+
+def _measure(facts: dict[str, Any], name: str, status: np.ndarray, vectors: np.ndarray, points: np.ndarray) -> None:
+    """Record one snapshot of a layer's map: its rows left out (non-finite, missing), and the trustworthiness of
+    ``points`` against the ``vectors`` they stand for, None where the vectors are collapsed."""
+    for key, code in (("left_out", NON_FINITE), ("missing", MISSING)):
+        if (status == code).any():
+            facts[key][name] = int((status == code).sum())
+    flat = reducers.collapsed(vectors)
+    if flat:
+        facts["collapsed"].append(name)
+    facts["trustworthiness"][name] = None if flat else reducers.faithfulness(vectors, points)
 
 
 class Maps(Mapping[str, pd.DataFrame]):
@@ -91,6 +122,8 @@ class EmbeddingRun:
 
     Raises:
         FileNotFoundError: ``path`` holds no run.
+        RunError: its manifest is damaged, foreign or of a newer format; a file is checked when first read, and
+            a missing, damaged or foreign one raises it too, naming the file.
 
     Example::
 
@@ -112,6 +145,8 @@ class EmbeddingRun:
             )
             raise FileNotFoundError(f"{self.path} is not an embeddings run: it has no {MANIFEST}; {hint}.")
         self.manifest = read_manifest(self.path)
+        check_manifest(self.manifest, self.path / MANIFEST)
+        self._checked: dict[str, list[Path]] = {}  # snapshot name -> its files, checked
 
     @property
     def layers(self) -> list[str]:
@@ -151,6 +186,9 @@ class EmbeddingRun:
         The snapshot is the ``stage``'s last one at ``epoch`` (at ``step``, where an epoch has several), or its
         last one overall when ``epoch`` is None.
 
+        A sample recorded without a vector in this layer (a layer that ``validation_step`` calls on some batches
+        only) has a row of NaN.
+
         Returns:
             ``(sample_ids, vectors)``: an ``(N,)`` int64 array and an ``(N, D)`` float32 array.
         """
@@ -165,7 +203,7 @@ class EmbeddingRun:
         stages: Optional[Sequence[str]] = None,
     ) -> pd.DataFrame:
         """The recorded rows of the chosen snapshots (all by default) as a DataFrame: keys, label/prediction
-        when known, one array-valued column per layer."""
+        when known, one array-valued column per layer (all NaN for a sample without a vector in that layer)."""
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
         chosen = [
             s for s in self.manifest["snapshots"]
@@ -189,7 +227,10 @@ class EmbeddingRun:
                 f"No projections of layer {layer!r} in {self.path}: the run was not reduced (reducer=None, too few "
                 "samples, or fit ended early). Call EmbeddingRun(...).reduce() to make them."
             )
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, pa.ArrowException) as err:
+            raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
 
     def reduce(
         self,
@@ -222,8 +263,22 @@ class EmbeddingRun:
         Snapshots of ``trainer.validate``/``test`` are placed in the map, never fitted on. Layers with too few
         samples are skipped with a warning.
 
+        Rows with a non-finite value (NaN, inf) or without a vector (a layer called on some batches only) are left
+        out of their layer's map (they stay in ``vectors/``), counted per snapshot in the manifest's ``left_out``
+        and ``missing``, and said in one warning per layer. A layer whose vectors are (nearly) all equal in a
+        snapshot (a dead ReLU) is ``collapsed`` there: its trustworthiness is None, a warning says so, and where
+        every snapshot it is fitted on is collapsed it is skipped.
+
+        All or nothing: the maps, ``projections.parquet`` and the manifest are written under temporary names and
+        switched in once every layer is done; when a layer fails, no file changes. Pictures under ``plots/`` and
+        projector files under ``tensorboard/`` drawn from the replaced maps are then removed, and logged
+        (``lightning-embeddings reduce`` draws them again); stray ``.*.partial`` files of a killed process too.
+
         Returns:
             Layer column -> its projections (read from ``projections/<layer>.parquet`` when looked up).
+
+        Raises:
+            RuntimeError: reducing a layer failed (chained from the reducer's error); every file is as it was.
 
         Example::
 
@@ -249,108 +304,173 @@ class EmbeddingRun:
                 "align='joint', or raise fit_samples (None: no limit) if memory allows."
             )
         columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
-        earlier = (self.manifest.get("reducer") or {}).get("layers", {})  # layers reduced before and not now
+        earlier = dict((self.manifest.get("reducer") or {}).get("layers") or {})  # layers reduced before and not now
         record: dict[str, Any] = {"name": reducer if isinstance(reducer, str) else None, "n_components": n_components,
                                   "seed": seed, "align": align, "fit_samples": fit_samples, "kwargs": reducer_kwargs,
                                   "fitted_on": dict(fitted_on[-1]), "layers": earlier}
         # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
         fewest = min(len(self._rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:]))
-        reduced = []
-        for column in columns:
-            if fewest < reducers.min_samples(n_components):
-                reason = f"{fewest} samples per snapshot; a map needs at least {reducers.min_samples(n_components)}"
-                rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
-                record["layers"][column] = {"skipped": reason}
-                projection_file(self.path, column).unlink(missing_ok=True)
-                continue
-            if align == "aligned":
-                estimator, samples, trust = self._aligned_map(column, snapshots, n_components, seed, **reducer_kwargs)
+        remove_partials(self.path)
+        made: dict[Path, bool] = {}  # final path -> True: its staged file replaces it; False: it is removed
+        try:
+            for column in columns:
+                target = projection_file(self.path, column)
+                try:
+                    if fewest < reducers.min_samples(n_components):
+                        layer = _skipped(column, f"{fewest} samples per snapshot; a map needs at least "
+                                                 f"{reducers.min_samples(n_components)}")
+                    elif align == "aligned":
+                        layer = self._aligned_map(column, staged(target), snapshots, n_components, seed,
+                                                  **reducer_kwargs)
+                    else:
+                        layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
+                                                 fitted_on if align == "joint" else fitted_on[-1:], snapshots,
+                                                 fit_samples, progress, reducer_kwargs)
+                except Exception as error:
+                    raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
+                record["layers"][column] = layer
+                made[target] = "skipped" not in layer
+            maps = {}  # every layer's map after this reduce, where it is now
+            for column in self.layers:
+                path = projection_file(self.path, column)
+                if made.get(path, path.is_file()):
+                    maps[column] = staged(path) if path in made else path
+            long_file = self.path / LONG_PROJECTIONS
+            made[long_file] = self._write_long_projections(maps, staged(long_file))
+            manifest = {**self.manifest, "reducer": record}
+            write_manifest(self.path, manifest, staged(self.path / MANIFEST))
+            made[self.path / MANIFEST] = True
+        except BaseException:
+            for path in made:
+                staged(path).unlink(missing_ok=True)
+            raise
+        for path, replaced in made.items():  # the manifest last
+            if replaced:
+                os.replace(staged(path), path)
             else:
-                fit_on = self._fit_sample(column, fitted_on if align == "joint" else fitted_on[-1:], fit_samples, seed)
-                name = reducer if isinstance(reducer, str) else type(reducer).__name__
-                rank_zero_info(
-                    f"lightning-embeddings: fitting {name} (align={align!r}) on layer {column!r}: {len(fit_on)} "
-                    f"samples x {fit_on.shape[1]} dims, placing {len(snapshots)} snapshots"
-                )
-                estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
-                estimator.fit(fit_on)
-                samples, trust = len(fit_on), self._project(column, snapshots, estimator.transform, n_components,
-                                                             seed, progress)
-            record["layers"][column] = {"samples": samples, **reducers.describe(estimator), "trustworthiness": trust}
-            self._report_faithfulness(column, trust)
-            reduced.append(column)
-        self.manifest["reducer"] = record
-        write_manifest(self.path, self.manifest)
-        self._write_long_projections()
-        return Maps(self, reduced)
+                path.unlink(missing_ok=True)
+        self.manifest = manifest
+        self._remove_stale_views(columns)
+        return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]])
+
+    def _fitted_map(
+        self,
+        column: str,
+        path: Path,
+        reducer: Union[str, reducers.ReducerLike],
+        n_components: int,
+        seed: Optional[int],
+        fit_snapshots: Sequence[dict[str, Any]],
+        snapshots: Sequence[dict[str, Any]],
+        fit_samples: Optional[int],
+        progress: bool,
+        reducer_kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Fit one layer's map on ``fit_snapshots`` and place every snapshot in it, written to ``path``; return the
+        layer's manifest record."""
+        fit_on, collapsed = self._fit_sample(column, fit_snapshots, fit_samples, seed)
+        if collapsed:
+            return _skipped(column, "its vectors are constant (collapsed: a dead ReLU or a constant output) in every "
+                                    "snapshot the map is fitted on")
+        if len(fit_on) < reducers.min_samples(n_components):
+            return _skipped(column, f"{len(fit_on)} samples with finite vectors to fit on; a map needs at least "
+                                    f"{reducers.min_samples(n_components)}")
+        name = reducer if isinstance(reducer, str) else type(reducer).__name__
+        rank_zero_info(
+            f"lightning-embeddings: fitting {name} on layer {column!r}: {len(fit_on)} samples x {fit_on.shape[1]} "
+            f"dims, placing {len(snapshots)} snapshots"
+        )
+        estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
+        estimator.fit(fit_on)
+        facts = self._project(column, path, snapshots, estimator.transform, n_components, seed, progress)
+        return self._report(column, {"samples": len(fit_on), **reducers.describe(estimator), **facts})
 
     def _fit_sample(
         self, column: str, snapshots: Sequence[dict[str, Any]], fit_samples: Optional[int], seed: Optional[int]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, bool]:
         """The vectors a map is fitted on: at most ``fit_samples`` rows of ``snapshots``, each snapshot and each
-        label keeping its share."""
+        label keeping its share, rows with a non-finite value or no vector left out; and whether each snapshot's
+        share is collapsed (all vectors equal)."""
         # each snapshot's keys are read twice (its size, then its rows) rather than all held at once
         sizes = [len(self._rows(s)) for s in snapshots]
         quotas = reducers.quotas(np.array(sizes), sys.maxsize if fit_samples is None else fit_samples)
         parts = []
         for snapshot, quota in zip(snapshots, quotas):
             rows = self._rows(snapshot)
-            parts.append(self._read(rows, column, rows.stored[reducers.choose_rows(rows.groups(), int(quota), seed)]))
-        return np.concatenate(parts)
+            vectors = self._read(rows, column, rows.stored[reducers.choose_rows(rows.groups(), int(quota), seed)])
+            parts.append(vectors[reducers.usable(vectors)])
+        shares = [part for part in parts if len(part)]
+        return np.concatenate(parts), bool(shares) and all(map(reducers.collapsed, shares))
 
     def _project(
         self,
         column: str,
+        path: Path,
         snapshots: Sequence[dict[str, Any]],
         transform: Callable[[np.ndarray], Any],
         n_components: int,
         seed: Optional[int],
         progress: bool,
-    ) -> dict[str, Optional[float]]:
-        """Place every snapshot's rows with ``transform``, a batch at a time, writing the layer's projections file;
-        return each snapshot's trustworthiness."""
+    ) -> dict[str, Any]:
+        """Place every snapshot's rows with ``transform``, a batch at a time, writing the layer's projections to
+        ``path``; return what :func:`_measure` records of each snapshot."""
         from tqdm.auto import tqdm
 
-        trust: dict[str, Optional[float]] = {}
+        facts = _facts()
 
         def tables() -> Iterator[pa.Table]:
             bar = tqdm(snapshots, desc=f"placing {column}", unit="snapshot", delay=2, disable=not progress, leave=False)
             for snapshot in bar:
                 rows = self._rows(snapshot)
                 measured = reducers.choose_rows(np.zeros(len(rows)), reducers.FAITHFUL_ROWS, seed)
-                vectors, points = self._read(rows, column, rows.stored[measured], transform)
-                trust[snapshot["name"]] = reducers.faithfulness(vectors, points[measured])
-                yield _with_points(rows.keys, points)
+                vectors, points, status = self._read(rows, column, rows.stored[measured], transform)
+                placed = status == PLACED
+                measured, vectors = measured[placed[measured]], vectors[placed[measured]]
+                _measure(facts, snapshot["name"], status, vectors, points[np.cumsum(placed)[measured] - 1])
+                yield _with_points(rows.keys.filter(pa.array(placed)), points)
 
-        write_tables(projection_file(self.path, column), tables(), self._map_schema(snapshots, n_components))
-        return trust
+        write_tables(path, tables(), self._map_schema(snapshots, n_components))
+        return facts
 
     def _aligned_map(
         self,
         column: str,
+        path: Path,
         snapshots: Sequence[dict[str, Any]],
         n_components: int,
         seed: Optional[int],
         **reducer_kwargs: Any,
-    ) -> tuple[reducers.ReducerLike, int, dict[str, Optional[float]]]:
-        """``umap.AlignedUMAP`` on every sample of every snapshot (it has no ``transform``)."""
+    ) -> dict[str, Any]:
+        """``umap.AlignedUMAP`` on every usable sample of every snapshot (it has no ``transform``), written to
+        ``path``; return the layer's manifest record."""
         every = [self._rows(s) for s in snapshots]
-        largest = max(map(len, every))
-        vectors = [self._read(rows, column, rows.stored) for rows in every]
-        keys = [rows.keys.column("dataloader_idx").to_numpy().astype(np.int64) << 40
-                | rows.keys.column("sample_id").to_numpy() for rows in every]
+        # through the identity, a row's "point" is its vector: the usable vectors, and each row's status
+        read = [self._read(rows, column, rows.stored[:0], lambda v: v)[1:] for rows in every]
+        vectors = [v for v, _ in read]
+        keys = [rows.keys.filter(pa.array(status == PLACED)) for rows, (_, status) in zip(every, read)]
+        fewest = min(map(len, vectors))
+        collapsed = [s["name"] for s, v in zip(snapshots, vectors) if reducers.collapsed(v)]
+        if collapsed or fewest < reducers.min_samples(n_components):
+            why = f"its vectors are constant (collapsed) at {', '.join(collapsed)}" if collapsed else (
+                f"a snapshot has {fewest} samples with finite vectors (a map needs at least "
+                f"{reducers.min_samples(n_components)})")
+            return _skipped(column, f"{why}, and align='aligned' fits a map on every snapshot: use align='joint'")
         rank_zero_info(f"lightning-embeddings: fitting AlignedUMAP on layer {column!r}: {len(snapshots)} snapshots "
-                       f"of up to {largest} samples x {vectors[0].shape[1]} dims")
-        points, estimator = reducers.aligned_maps(vectors, keys, n_components, seed, **reducer_kwargs)
-        write_tables(projection_file(self.path, column), map(_with_points, (rows.keys for rows in every), points),
-                     self._map_schema(snapshots, n_components))
-        trust = {}
-        for snapshot, v, xyz in zip(snapshots, vectors, points):
+                       f"of up to {max(map(len, vectors))} samples x {vectors[0].shape[1]} dims")
+        ids = [k.column("dataloader_idx").to_numpy().astype(np.int64) << 40 | k.column("sample_id").to_numpy()
+               for k in keys]
+        points, estimator = reducers.aligned_maps(vectors, ids, n_components, seed, **reducer_kwargs)
+        write_tables(path, map(_with_points, keys, points), self._map_schema(snapshots, n_components))
+        facts = _facts()
+        for snapshot, v, xyz, (_, status) in zip(snapshots, vectors, points, read):
             measured = reducers.choose_rows(np.zeros(len(v)), reducers.FAITHFUL_ROWS, seed)
-            trust[snapshot["name"]] = reducers.faithfulness(v[measured], xyz[measured])
-        return estimator, sum(map(len, vectors)), trust
+            _measure(facts, snapshot["name"], status, v[measured], xyz[measured])
+        return self._report(column, {"samples": sum(map(len, vectors)), **reducers.describe(estimator), **facts})
 
-    def _report_faithfulness(self, column: str, trust: dict[str, Optional[float]]) -> None:
+    def _report(self, column: str, layer: dict[str, Any]) -> dict[str, Any]:
+        """Say how faithful a layer's new map is and which rows it left out; return its record, without empty
+        counts."""
+        trust = layer["trustworthiness"]
         said = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in trust.items())
         rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: {said}")
         unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
@@ -361,19 +481,48 @@ class EmbeddingRun:
                 "neighbours in the vectors. With align='last' early snapshots are drawn by the final structure; "
                 "align='joint' or 'aligned' keep each snapshot's own."
             )
+        counts = [f"{words}: {', '.join(f'{name}: {n}' for name, n in layer[key].items())}"
+                  for key, words in (("left_out", "with a non-finite value (NaN or inf)"),
+                                     ("missing", "without a vector (the layer was not called for them)"))
+                  if layer[key]]
+        if counts:
+            rank_zero_warn(f"lightning-embeddings: rows of layer {column!r} left out of its map (they stay in "
+                           f"vectors/), per snapshot: {'; '.join(counts)}.")
+        if layer["collapsed"]:
+            rank_zero_warn(
+                f"lightning-embeddings: layer {column!r} collapsed at {', '.join(layer['collapsed'])}: its vectors "
+                "are (nearly) all equal there (a dead ReLU or a constant output), so its map there is one point and "
+                "no trustworthiness is claimed."
+            )
+        return {key: value for key, value in layer.items() if value or key not in ("left_out", "missing", "collapsed")}
 
-    def _write_long_projections(self) -> None:
-        """``projections.parquet`` at the run's root: every layer's map in one long table, with ``correct``;
-        streamed a row group at a time."""
-        files = [(column, projection_file(self.path, column)) for column in self.layers]
-        files = [(column, path) for column, path in files if path.is_file()]
-        target = self.path / LONG_PROJECTIONS
-        if not files:
-            target.unlink(missing_ok=True)
-            return
+    def _remove_stale_views(self, columns: Sequence[str]) -> list[Path]:
+        """Remove the pictures and TensorBoard projector files of the run drawn from the maps of ``columns`` just
+        replaced (the page shows every layer; so does the projector export); log which; return them."""
+        from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
+
+        plots, tensorboard = self.path / PLOTS, self.path / TENSORBOARD
+        stale = [*(p for column in columns for p in layer_pictures(plots, column)), plots / HTML_NAME]
+        removed = [path for path in stale if path.is_file()]
+        for path in removed:
+            path.unlink()
+        if tensorboard.is_dir():
+            shutil.rmtree(tensorboard)
+            removed.append(tensorboard)
+        if removed:
+            rank_zero_info(f"lightning-embeddings: removed what was drawn from the replaced maps: "
+                           f"{', '.join(map(str, removed))}; draw them again with `lightning-embeddings plot` and "
+                           "`lightning-embeddings export` (`lightning-embeddings reduce` does it for you)")
+        return removed
+
+    def _write_long_projections(self, maps: Mapping[str, Path], target: Path) -> bool:
+        """``projections.parquet`` written to ``target``: every layer's map (column -> its file) in one long
+        table, with ``correct``; streamed a row group at a time. False when there is no map to write."""
+        if not maps:
+            return False
 
         def tables() -> Iterator[pa.Table]:
-            for column, path in files:
+            for column, path in maps.items():
                 source = pq.ParquetFile(path)
                 for i in range(source.num_row_groups):
                     table = source.read_row_group(i)
@@ -382,16 +531,16 @@ class EmbeddingRun:
                         table = table.append_column("correct", pc.equal(table.column("label"), table.column("prediction")))
                     yield table
 
-        stored = pa.unify_schemas([pq.read_schema(path) for _, path in files])
+        stored = pa.unify_schemas([pq.read_schema(path) for path in maps.values()])
         names = [c for c in (*MAP_KEYS, *"xyz", *SAMPLE_FACTS) if c in stored.names]
         correct = [pa.field("correct", pa.bool_())] if {"label", "prediction"} <= set(names) else []
         write_tables(target, tables(), pa.schema([pa.field("layer", pa.string()), *map(stored.field, names), *correct]))
+        return True
 
     def _map_schema(self, snapshots: Sequence[dict[str, Any]], n_components: int) -> pa.Schema:
         """A layer's projections file: ``sample_id, stage, epoch, step, dataloader_idx, x, y[, z]``, then the
         sample facts any of ``snapshots`` holds."""
-        stored = pa.unify_schemas([pq.read_schema(path) for snapshot in snapshots
-                                   for path in snapshot_files(self.path, snapshot["name"])])
+        stored = pa.unify_schemas([pq.read_schema(path) for snapshot in snapshots for path in self._files(snapshot)])
         axes = [pa.field(axis, pa.float32()) for axis in "xyz"[:n_components]]
         return pa.schema([*(stored.field(c) for c in MAP_KEYS), *axes,
                           *(stored.field(c) for c in SAMPLE_FACTS if c in stored.names)])
@@ -407,14 +556,50 @@ class EmbeddingRun:
             raise ValueError(f"{wanted} was not recorded in {self.path}; complete snapshots: {recorded or 'none'}.")
         return candidates[-1]
 
+    def _files(self, snapshot: Mapping[str, Any]) -> list[Path]:
+        """A snapshot's files, checked when first asked for: there, Parquet, with the keys and every layer's
+        column of its recorded dim (each footer read once, not the data).
+
+        Raises:
+            RunError: naming the file and what is wrong with it.
+        """
+        name = snapshot["name"]
+        if name in self._checked:
+            return self._checked[name]
+        files = snapshot_files(self.path, name)
+        if not files:
+            raise RunError(f"{snapshot_file(self.path, name, 0, 1)} is missing: {MANIFEST} lists snapshot {name}, but "
+                           "vectors/ holds no file of it.")
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowException) as err:
+                raise RunError(f"{path} is not a readable Parquet file ({err}): it is damaged or cut short.") from err
+            missing = [key for key in KEYS if key not in schema.names]
+            if missing:
+                raise RunError(f"{path} has no column {', '.join(map(repr, missing))}: it is not a snapshot file of "
+                               "this run; move it out of vectors/.")
+            for layer in self.manifest["layers"]:
+                found = schema.field(layer["column"]).type if layer["column"] in schema.names else None
+                vectors = found is not None and pa.types.is_fixed_size_list(found) and found.value_type == pa.float32()
+                if not vectors or found.list_size != layer["dim"]:
+                    said = "missing" if found is None else f"{found.list_size} values wide" if vectors else f"a {found}"
+                    raise RunError(f"{path}: layer {layer['column']!r} is {said}, but {MANIFEST} records vectors of "
+                                   f"dim {layer['dim']} (fixed_size_list<float32>[{layer['dim']}]).")
+        self._checked[name] = files
+        return files
+
     def _rows(self, snapshot: dict[str, Any], dataloader_idx: Optional[int] = None) -> _Rows:
         """One snapshot's samples of all ranks (keys and facts, not vectors), DDP's padding duplicates dropped,
         ordered by ``(dataloader_idx, sample_id)``."""
-        files = snapshot_files(self.path, snapshot["name"])
+        files = self._files(snapshot)
         tables = []
         for path in files:
             names = pq.read_schema(path).names
-            tables.append(pq.read_table(path, columns=[c for c in (*KEYS, *SAMPLE_FACTS) if c in names]))
+            try:
+                tables.append(pq.read_table(path, columns=[c for c in (*KEYS, *SAMPLE_FACTS) if c in names]))
+            except (OSError, pa.ArrowException) as err:
+                raise RunError(f"{path} is damaged: {err}") from err
         table = pa.concat_tables(tables, promote_options="default")
         stored = np.arange(table.num_rows)
         if dataloader_idx is not None:
@@ -436,18 +621,20 @@ class EmbeddingRun:
         """The vectors of the stored rows at ``positions``, in that order, read a batch of at most
         ``TRANSFORM_ROWS`` rows at a time (never the whole column at once).
 
-        With ``transform``, also every stored row passed through it batch by batch, returned in ``rows``' order:
-        ``(vectors, points)``.
+        With ``transform``, also every stored row's status (``PLACED``; ``NON_FINITE``; ``MISSING``: no vector) and
+        each placed row passed through it batch by batch: ``(vectors, points, status)``, ``points`` and ``status``
+        in ``rows``' order (``points`` of the placed rows only).
         """
         wanted_order = np.argsort(positions, kind="stable")
         wanted = positions[wanted_order]
         out = np.empty((len(positions), self.layer(column)["dim"]), dtype=np.float32)
-        points = []
+        points, status = [], []
         start = 0
         for path in rows.files:
             source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)  # a column chunk is not read whole
             for batch in source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column]):
-                vectors = column_vectors(batch.column(0))
+                array = batch.column(0)
+                vectors = column_vectors(array)
                 lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])
                 into, take = wanted_order[lo:hi], wanted[lo:hi] - start
                 if hi > lo and take[-1] - take[0] == hi - lo - 1 and (np.diff(into) == 1).all():  # a run: copy whole
@@ -455,6 +642,16 @@ class EmbeddingRun:
                 else:
                     out[into] = vectors[take]
                 if transform is not None:
-                    points.append(np.asarray(transform(vectors), dtype=np.float32))
+                    placed = reducers.usable(vectors)
+                    missing = array.is_null().to_numpy(zero_copy_only=False)
+                    status.append(np.where(placed, PLACED, np.where(missing, MISSING, NON_FINITE)))
+                    if placed.any():
+                        points.append(np.asarray(transform(vectors if placed.all() else vectors[placed]), np.float32))
                 start += len(vectors)
-        return out if transform is None else (out, np.concatenate(points)[rows.stored])
+        if transform is None:
+            return out
+        stored_status = np.concatenate(status) if status else np.zeros(0, dtype=np.int64)
+        index = np.cumsum(stored_status == PLACED) - 1  # a placed stored row's position among the points
+        placed_rows = rows.stored[stored_status[rows.stored] == PLACED]
+        stored_points = np.concatenate(points) if points else np.zeros((0, 0), dtype=np.float32)
+        return out, stored_points[index[placed_rows]], stored_status[rows.stored]

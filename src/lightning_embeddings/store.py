@@ -6,27 +6,32 @@ embeddings/
   vectors/epoch_0003-step_0000440.parquet        one snapshot: a validation run during fit
   vectors/epoch_0003-step_0000440-rank1.parquet  under DDP, one file per rank
   vectors/test-epoch_0005-step_0000660.parquet   trainer.test() or trainer.validate(), when recorded
-  projections/<layer>.parquet
+  projections/<layer>.parquet                    <layer> as file_stem encodes it: head.1 as is, never a path
 ```
 Every file is written under a hidden temporary name and renamed when complete, so a reader never sees half a file.
+A manifest or file that cannot be read as this format says raises :class:`RunError`, naming the file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT = "lightning-embeddings/1"
+FORMAT_VERSION = 1
+FORMAT = f"lightning-embeddings/{FORMAT_VERSION}"
 MANIFEST = "manifest.json"
 VECTORS = "vectors"
 PROJECTIONS = "projections"
@@ -46,16 +51,57 @@ def snapshot_file(dirpath: Path, name: str, rank: int, world_size: int) -> Path:
 
 
 def snapshot_files(dirpath: Path, name: str) -> list[Path]:
-    """Every complete file of one snapshot (one per rank under DDP)."""
-    return sorted((dirpath / VECTORS).glob(f"{name}.parquet")) + sorted((dirpath / VECTORS).glob(f"{name}-rank*.parquet"))
+    """Every complete file of one snapshot: ``<name>.parquet``, then ``<name>-rank<N>.parquet`` by rank (DDP), and
+    nothing else (``<name>-rank1-copy.parquet`` is not one of them)."""
+    pattern = re.compile(re.escape(name) + r"(?:-rank(\d+))?\.parquet")
+    ranked = []
+    for path in (dirpath / VECTORS).glob(f"{glob.escape(name)}*.parquet"):
+        found = pattern.fullmatch(path.name)
+        if found:
+            ranked.append((-1 if found[1] is None else int(found[1]), path))
+    return [path for _, path in sorted(ranked)]
+
+
+def file_stem(column: str) -> str:
+    """A layer's column as a file name that stays in its folder: percent-encoded but for letters, digits and
+    ``_.-~``, a leading ``.`` too, so no ``/``, ``..`` or hidden name can occur; ``urllib.parse.unquote`` gives the
+    column back. ``head.1`` stays ``head.1``.
+
+    Example::
+
+        >>> file_stem("head.1"), file_stem("../x"), file_stem("/tmp/x")
+        ('head.1', '%2E.%2Fx', '%2Ftmp%2Fx')
+    """
+    if not isinstance(column, str) or not column:
+        raise ValueError(f"a layer's column must be a non-empty string, got {column!r}.")
+    stem = quote(column, safe="")
+    return "%2E" + stem[1:] if stem.startswith(".") else stem
 
 
 def projection_file(dirpath: Path, column: str) -> Path:
-    return dirpath / PROJECTIONS / f"{column}.parquet"
+    return dirpath / PROJECTIONS / f"{file_stem(column)}.parquet"
 
 
 def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
+
+
+def staged(path: Path) -> Path:
+    """The hidden name a file is written under until it replaces ``path``: ``.<name>.partial``."""
+    return _partial(path)
+
+
+def holds_run(dirpath: Path) -> bool:
+    """Whether ``dirpath`` holds a run: a manifest or a snapshot file."""
+    return (dirpath / MANIFEST).is_file() or any((dirpath / VECTORS).glob("*.parquet"))
+
+
+def remove_partials(dirpath: Path) -> list[Path]:
+    """Remove the unfinished ``.*.partial`` files a killed writer left anywhere in a run; return them."""
+    stray = sorted(Path(dirpath).rglob(".*.partial"))
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
 
 
 @contextmanager
@@ -70,13 +116,80 @@ def _atomic(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class RunError(ValueError):
+    """A run directory that cannot be read as it is: a damaged or foreign manifest or file, or a newer format."""
+
+
 def read_manifest(dirpath: Path) -> dict[str, Any]:
-    with open(dirpath / MANIFEST) as f:
-        return json.load(f)
+    """The run's manifest, a JSON object of a format this version reads.
+
+    Raises:
+        RunError: ``manifest.json`` is not JSON, not an object, of another format, or of a newer version.
+    """
+    path = dirpath / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise RunError(f"{path} is not valid JSON ({err}): the run's manifest is damaged.") from err
+    if not isinstance(manifest, dict):
+        raise RunError(f"{path} is not a lightning-embeddings manifest: it holds a JSON {type(manifest).__name__}.")
+    written = manifest.get("format")
+    version = re.fullmatch(r"lightning-embeddings/(\d+)", written) if isinstance(written, str) else None
+    if version is None:
+        raise RunError(f"{path} is not a lightning-embeddings manifest: its format is {written!r}, not {FORMAT!r}.")
+    if int(version[1]) > FORMAT_VERSION:
+        from lightning_embeddings import __version__
+
+        versions = manifest.get("versions")
+        writer = versions.get("lightning-embeddings") if isinstance(versions, dict) else None
+        raise RunError(
+            f"{path} was written by a newer lightning-embeddings ({f'{writer}, ' if writer else ''}format "
+            f"{version[1]}); lightning-embeddings {__version__} reads format {FORMAT_VERSION}. Upgrade: pip install "
+            "-U lightning-embeddings"
+        )
+    return manifest
 
 
-def write_manifest(dirpath: Path, manifest: Mapping[str, Any]) -> None:
-    with _atomic(dirpath / MANIFEST) as tmp:
+def check_manifest(manifest: Mapping[str, Any], path: Path) -> None:
+    """Check the shape of a manifest's layers and snapshots: every layer a unique non-empty column name (a file
+    name is made of it) with its dim, every snapshot named by its stage, epoch and step.
+
+    Raises:
+        RunError: naming ``path`` and the entry that is wrong.
+    """
+    def fail(what: str) -> NoReturn:
+        raise RunError(f"{path} is not a lightning-embeddings manifest: {what}.")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    layers, snapshots = manifest.get("layers"), manifest.get("snapshots")
+    if not isinstance(layers, list) or not isinstance(snapshots, list):
+        fail("its 'layers' and 'snapshots' are not lists")
+    columns: set[str] = set()
+    for i, layer in enumerate(layers):
+        column = layer.get("column") if isinstance(layer, dict) else None
+        if not isinstance(column, str) or not column:
+            fail(f"layer {i} has column {column!r}, not a non-empty string")
+        if column in columns:
+            fail(f"it names layer {column!r} twice")
+        if not (count(layer.get("dim")) and layer["dim"] > 0 and count(layer.get("index"))
+                and isinstance(layer.get("name"), str) and "spec" in layer):
+            fail(f"layer {column!r} lacks a dim, index, name or spec: {layer!r}")
+        columns.add(column)
+    for i, snapshot in enumerate(snapshots):
+        stage = snapshot.get("stage") if isinstance(snapshot, dict) else None
+        if not (isinstance(stage, str) and re.fullmatch("[a-z]+", stage) and count(snapshot.get("epoch"))
+                and count(snapshot.get("step"))
+                and snapshot.get("name") == snapshot_name(stage, snapshot["epoch"], snapshot["step"])):
+            fail(f"snapshot {i} is not named by its stage, epoch and step: {snapshot!r}")
+    if not isinstance(manifest.get("reducer"), (dict, type(None))):
+        fail(f"its 'reducer' is {manifest['reducer']!r}, not an object")
+
+
+def write_manifest(dirpath: Path, manifest: Mapping[str, Any], path: Optional[Path] = None) -> None:
+    """Write ``dirpath/manifest.json`` atomically (``path`` instead, when given: a staged manifest)."""
+    with _atomic(path or dirpath / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2, default=str))
 
 
@@ -98,9 +211,18 @@ def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 def column_vectors(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A ``fixed_size_list<float32>[D]`` column as an ``(N, D)`` float32 array (zero-copy for an array or a single
-    chunk)."""
+    chunk without nulls); a null entry (a sample without a vector in that layer) is a row of NaN.
+
+    The values are read at the array's offset, not through ``flatten``, which skips null entries.
+    """
     array = column if isinstance(column, pa.Array) else column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), array.type.list_size)
+    size = array.type.list_size
+    values = array.values.slice(array.offset * size, len(array) * size).to_numpy(zero_copy_only=False)
+    vectors = values.reshape(len(array), size)
+    if array.null_count:
+        vectors = vectors.copy()
+        vectors[array.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return vectors
 
 
 class EpochWriter:

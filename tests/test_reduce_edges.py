@@ -1,0 +1,320 @@
+"""Reduction when things go wrong (issue 9): a layer that fails leaves every file as it was; pictures and projector
+files drawn from old maps are redrawn or removed; non-finite rows, collapsed layers and samples without a vector
+are left out of a layer's map (counted in the manifest, warned about once), never a crash at the end of fit.
+
+Runs are real ``Trainer.fit`` runs of the digits CNN (reducer=None, then ``EmbeddingRun.reduce``), with snapshot
+files patched where a test needs NaN, constant or missing vectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import DigitsCNN, fit_collector
+
+from lightning_embeddings import EmbeddingRun
+from lightning_embeddings import reduce as reducers
+from lightning_embeddings.cli import main
+from lightning_embeddings.export import PROJECTOR_CONFIG, _last_vectors, export_tensorboard
+from lightning_embeddings.plot import HTML_NAME, PLOTS, plot_run
+from lightning_embeddings.store import column_vectors, snapshot_files, vectors_array
+
+SHORT = {"max_epochs": 2, "limit_train_batches": 2}
+N = 60  # samples per snapshot
+
+
+@pytest.fixture(scope="module")
+def unreduced(tmp_path_factory) -> EmbeddingRun:
+    """Two short epochs, 60 samples, layers features.1 and head.1, reducer=None: copy it before changing it."""
+    _, collector = fit_collector(tmp_path_factory.mktemp("edges"), trainer_kwargs=SHORT, max_samples=N, reducer=None)
+    return EmbeddingRun(collector.dirpath)
+
+
+@pytest.fixture
+def run(unreduced, tmp_path) -> EmbeddingRun:
+    return EmbeddingRun(shutil.copytree(unreduced.path, tmp_path / "embeddings"))
+
+
+def _patch(run: EmbeddingRun, snapshot: int, column: str, change: Callable[[np.ndarray], Optional[np.ndarray]],
+           null: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rewrite one snapshot file's vectors of ``column`` (``change`` edits them in place); ``null`` marks rows with
+    no vector. Returns the file's sample ids."""
+    (path,) = snapshot_files(run.path, run.snapshots[snapshot]["name"])
+    table = pq.read_table(path)
+    array = table.column(column).combine_chunks()
+    vectors = array.values.to_numpy().reshape(len(array), -1).copy()
+    change(vectors)
+    values = vectors_array(vectors)
+    if null is not None:
+        values = pa.FixedSizeListArray.from_arrays(values.values, vectors.shape[1], mask=pa.array(null))
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, table.schema.field(column), values), path)
+    return table.column("sample_id").to_numpy()
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _messages(record: list[warnings.WarningMessage], word: str) -> list[str]:
+    return [str(w.message) for w in record if word in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------- 8. all or nothing
+
+
+class FailsOnDim:
+    """fit/transform that raises for vectors of one size: a reducer that fails on one layer only."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def fit(self, X: np.ndarray) -> "FailsOnDim":
+        if X.shape[1] == self.dim:
+            raise ValueError("the reducer broke")
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X)[:, :2]
+
+
+def test_a_reduce_that_fails_on_its_second_layer_changes_no_file(run):
+    run.reduce(reducer="pca", progress=False)
+    plot_run(run, html=True)
+    export_tensorboard(run, run.path / "tensorboard", progress=False)
+    assert run.layers == ["features.1", "head.1"] and run.layer("features.1")["dim"] != run.layer("head.1")["dim"]
+    before, manifest = _files(run.path), copy.deepcopy(run.manifest)
+    with pytest.raises(RuntimeError, match=r"reducing layer 'head\.1' failed: .*the reducer broke") as raised:
+        run.reduce(reducer=FailsOnDim(run.layer("head.1")["dim"]), progress=False)
+    assert isinstance(raised.value.__cause__, ValueError)
+    after = _files(run.path)
+    assert sorted(after) == sorted(before), "files were added or removed"
+    assert [name for name in before if before[name] != after[name]] == []
+    assert run.manifest == manifest == EmbeddingRun(run.path).manifest
+
+
+def test_cli_reduce_that_fails_on_a_layer_says_so_in_one_line_and_changes_no_file(run, capsys, monkeypatch):
+    run.reduce(reducer="pca", progress=False)
+    before = _files(run.path)
+    monkeypatch.setattr(reducers, "make_reducer", lambda *args, **kwargs: FailsOnDim(run.layer("head.1")["dim"]))
+    assert main(["reduce", str(run.path), "--reducer", "pca"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the warnings of features.1, one line
+    assert re.fullmatch(r"lightning-embeddings: error: reducing layer 'head\.1' failed: ValueError: the reducer broke;"
+                        r" the run's files are as they were\.", last), last
+    assert _files(run.path) == before
+
+
+def test_reduce_removes_stray_partial_files(run):
+    strays = [run.path / ".manifest.json.partial.partial", run.path / "projections" / ".features.1.parquet.partial",
+              run.path / "plots" / ".head.1-overview.png.partial"]
+    for path in strays:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"left by a killed process")
+    run.reduce(reducer="pca", layers=["head.1"], progress=False)
+    assert [path for path in strays if path.exists()] == []
+    assert not list(run.path.rglob(".*.partial"))
+
+
+def test_reduce_removes_the_pictures_and_projector_files_its_new_maps_make_stale(run, caplog):
+    run.reduce(reducer="pca", progress=False)
+    pictures = plot_run(run, html=True)
+    export_tensorboard(run, run.path / "tensorboard", progress=False)
+    plots = run.path / PLOTS
+    kept = [p for p in pictures if p.name.startswith("features.1-")]
+    stale = [p for p in pictures if p not in kept]
+    assert len(kept) == 2 and plots / HTML_NAME in stale and len(stale) == 3
+    with caplog.at_level(logging.INFO):
+        run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)
+    assert [p for p in stale if p.exists()] == [] and not (run.path / "tensorboard").exists()
+    assert all(p.is_file() for p in kept), "pictures of a layer not reduced again are still current"
+    said = caplog.text
+    assert all(p.name in said for p in stale) and "tensorboard" in said
+
+
+def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, capsys):
+    run.reduce(reducer="pca", progress=False)
+    pictures = plot_run(run, html=True)
+    assert main(["export", str(run.path), "--to", "tensorboard"]) == 0
+    before = {p: p.read_bytes() for p in pictures}
+    capsys.readouterr()
+    assert main(["reduce", str(run.path), "--reducer", "pca", "--n-components", "3"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.is_file() and p.read_bytes() != data for p, data in before.items()), "a picture was not redrawn"
+    assert all(str(p) in out for p in pictures) and "redrew" in out
+    tensors = sorted((run.path / "tensorboard").glob("*/head.1%2fprojections/tensors.tsv"))
+    assert len(tensors) == 1 and np.loadtxt(tensors[0])[:, 2].any(), "the projector still shows the 2-D map"
+    assert (run.path / "tensorboard" / PROJECTOR_CONFIG).is_file() and "tensorboard" in out
+
+
+# ------------------------------------------------------------------------------------- 10. non-finite values
+
+
+def test_non_finite_rows_are_left_out_of_the_map_counted_and_warned_about_once(run):
+    first, last = (s["name"] for s in run.snapshots)
+    ids_first = _patch(run, 0, "head.1", lambda v: v.__setitem__(2, np.nan))
+    ids_last = _patch(run, 1, "head.1", lambda v: (v.__setitem__((0, 3), np.nan), v.__setitem__((1, 5), np.inf)))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        maps = run.reduce(reducer="pca", progress=False)
+    said = _messages(record, "non-finite")
+    assert len(said) == 1 and "'head.1'" in said[0] and f"{first}: 1" in said[0] and f"{last}: 2" in said[0], said
+    layers = EmbeddingRun(run.path).manifest["reducer"]["layers"]
+    assert layers["head.1"]["left_out"] == {first: 1, last: 2}
+    assert "left_out" not in layers["features.1"]
+    assert all(v is not None and np.isfinite(v) for v in layers["head.1"]["trustworthiness"].values())
+    projections = maps["head.1"]
+    absent = {(0, ids_first[2]), (1, ids_last[0]), (1, ids_last[1])}
+    present = set(zip(projections["epoch"], projections["sample_id"]))
+    assert len(projections) == 2 * N - 3 and not absent & present
+    assert np.isfinite(projections[["x", "y"]].to_numpy()).all()
+    assert len(maps["features.1"]) == 2 * N
+    ids, vectors = run.vectors("head.1", epoch=1)  # kept in vectors/
+    assert np.isnan(vectors[ids == ids_last[0]]).any() and np.isinf(vectors[ids == ids_last[1]]).any()
+
+
+def test_aligned_umap_leaves_non_finite_rows_out_too(run):
+    last = run.snapshots[1]["name"]
+    ids = _patch(run, 1, "head.1", lambda v: v.__setitem__(0, np.nan))
+    with pytest.warns(UserWarning, match="non-finite"):
+        maps = run.reduce(reducer="umap", align="aligned", layers=["head.1"], progress=False)
+    projections = maps["head.1"]
+    assert len(projections) == 2 * N - 1 and ids[0] not in set(projections[projections["epoch"] == 1]["sample_id"])
+    assert run.manifest["reducer"]["layers"]["head.1"]["left_out"] == {last: 1}
+
+
+class DivergesInEpochOne(DigitsCNN):
+    """Its head's first Linear turns NaN before the second validation: every vector of head.1 is NaN there."""
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking and self.current_epoch == 1:
+            with torch.no_grad():
+                self.head[1].weight[0, 0] = float("nan")
+
+
+def test_a_model_that_diverges_in_a_later_epoch_gets_a_map_of_its_finite_rows_at_the_end_of_fit(tmp_path):
+    with pytest.warns(UserWarning, match="non-finite") as record:
+        _, collector = fit_collector(tmp_path, DivergesInEpochOne(), trainer_kwargs=SHORT, max_samples=N)
+    run = EmbeddingRun(collector.dirpath)
+    diverged = run.snapshots[1]["name"]
+    (said,) = _messages(record, "non-finite")
+    assert "'head.1'" in said and f"{diverged}: {N}" in said
+    assert run.manifest["reducer"]["layers"]["head.1"]["left_out"] == {diverged: N}
+    assert set(run.projections("head.1")["epoch"]) == {0} and set(run.projections("features.1")["epoch"]) == {0, 1}
+
+
+def test_cli_reduce_leaves_non_finite_rows_out_with_a_one_line_warning(run, capsys):
+    _patch(run, 1, "head.1", lambda v: v.__setitem__(4, np.inf))
+    assert main(["reduce", str(run.path), "--reducer", "pca"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "non-finite" in line]
+    assert len(lines) == 1 and lines[0].startswith("lightning-embeddings: warning:") and "'head.1'" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------- 11. collapsed layers
+
+
+def test_a_constant_layer_is_skipped_with_a_warning_not_a_pacmap_crash(run):
+    run.reduce(reducer="pca", progress=False)
+    assert (run.path / "projections" / "head.1.parquet").is_file()
+    for snapshot in (0, 1):
+        _patch(run, snapshot, "head.1", lambda v: v.fill(0.0))
+    with pytest.warns(UserWarning, match=r"layer 'head\.1' is not reduced: .*constant"):
+        maps = run.reduce(reducer="pacmap", progress=False)
+    assert list(maps) == ["features.1"]
+    assert "constant" in run.manifest["reducer"]["layers"]["head.1"]["skipped"]
+    assert not (run.path / "projections" / "head.1.parquet").exists(), "the stale PCA map of head.1 is left"
+    assert set(EmbeddingRun(run.path).projections("features.1")["epoch"]) == {0, 1}
+
+
+def test_a_layer_collapsed_in_one_snapshot_is_not_called_faithful_there(run, capsys):
+    first, last = (s["name"] for s in run.snapshots)
+    _patch(run, 0, "head.1", lambda v: v.fill(1.5))
+    with pytest.warns(UserWarning, match=rf"layer 'head\.1' .*collapsed.* {first}"):
+        maps = run.reduce(reducer="pca", progress=False)
+    record = run.manifest["reducer"]["layers"]["head.1"]
+    assert record["collapsed"] == [first]
+    assert record["trustworthiness"][first] is None and record["trustworthiness"][last] > 0.8
+    assert len(maps["head.1"]) == 2 * N
+    capsys.readouterr()
+    assert main(["info", str(run.path)]) == 0
+    assert f"head.1: collapsed (vectors all equal: no faithful map) at {first}" in capsys.readouterr().out
+
+
+class DeadReLU(DigitsCNN):
+    """head.2 (a ReLU) never fires: head.1's bias is far below zero, so its gradient is zero and it stays so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.head[1].bias.fill_(-1e4)
+
+
+def test_a_dead_relu_recorded_during_fit_is_skipped_not_crashing_pacmap(tmp_path):
+    with pytest.warns(UserWarning, match=r"layer 'head\.2' is not reduced: .*constant"):
+        trainer, collector = fit_collector(tmp_path, DeadReLU(), trainer_kwargs=SHORT, max_samples=N,
+                                           layers=["head.1", "head.2"], reducer="pacmap")
+    assert trainer.state.finished
+    run = EmbeddingRun(collector.dirpath)
+    assert not run.vectors("head.2", epoch=1)[1].any()
+    assert "skipped" in run.manifest["reducer"]["layers"]["head.2"]
+    assert len(run.projections("head.1")) == 2 * N
+
+
+# ----------------------------------------------------------------------------------- 3. samples without a vector
+
+
+def test_column_vectors_gives_nan_rows_for_null_entries():
+    values = pa.array(np.arange(8, dtype=np.float32))
+    array = pa.FixedSizeListArray.from_arrays(values, 2, mask=pa.array([False, True, False, False]))
+    expected = np.array([[0, 1], [np.nan, np.nan], [4, 5], [6, 7]], dtype=np.float32)
+    np.testing.assert_array_equal(column_vectors(array), expected)
+    np.testing.assert_array_equal(column_vectors(array.slice(1, 2)), expected[1:3])
+    np.testing.assert_array_equal(column_vectors(pa.chunked_array([array.slice(0, 2), array.slice(2)])), expected)
+    assert column_vectors(array).dtype == np.float32
+
+
+def test_samples_without_a_vector_are_nan_rows_left_out_as_missing_and_pictures_and_exports_still_work(run, capsys):
+    first, last = (s["name"] for s in run.snapshots)
+    no_vector = np.zeros(N, dtype=bool)
+    no_vector[[1, 7, 8]] = True
+    ids = _patch(run, 1, "head.1", lambda v: None, null=no_vector)
+    _patch(run, 0, "head.1", lambda v: v.__setitem__(3, np.nan))
+    got_ids, vectors = run.vectors("head.1", epoch=1)
+    order = np.argsort(ids)
+    assert np.array_equal(got_ids, ids[order])
+    assert np.isnan(vectors).all(axis=1).tolist() == no_vector[order].tolist()
+    assert np.isfinite(vectors[~no_vector[order]]).all()
+    table = run.table(epochs=[1], layers=["head.1"])
+    assert sum(np.isnan(np.stack(table["head.1"])).all(axis=1)) == 3
+
+    with pytest.warns(UserWarning, match="without a vector") as record:
+        maps = run.reduce(reducer="pca", progress=False)
+    said = _messages(record, "left out")
+    assert len(said) == 1 and "'head.1'" in said[0] and f"{last}: 3" in said[0] and f"{first}: 1" in said[0], said
+    layer = run.manifest["reducer"]["layers"]["head.1"]
+    assert layer["missing"] == {last: 3} and layer["left_out"] == {first: 1}
+    epoch_1 = set(maps["head.1"].query("epoch == 1")["sample_id"])
+    assert len(epoch_1) == N - 3 and not epoch_1 & set(ids[no_vector])
+    assert main(["info", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"head.1: rows without a vector left out of the map: 3 at {last}" in out
+    assert f"head.1: rows with a non-finite value left out of the map: 1 at {first}" in out
+
+    pictures = plot_run(run, html=True)
+    assert len(pictures) == 5 and all(p.stat().st_size > 0 for p in pictures)
+    logdir = export_tensorboard(run, run.path / "tensorboard", progress=False)
+    (vectors_tsv,) = logdir.glob("*/head.1%2fvectors/tensors.tsv")
+    assert len(np.loadtxt(vectors_tsv)) == N - 3 and "nan" not in vectors_tsv.read_text().lower()
+    exported, metadata = _last_vectors(run, "head.1", run.snapshots[1], 1000)
+    assert len(exported) == len(metadata) == N - 3 and not set(metadata["sample_id"]) & set(ids[no_vector])
