@@ -339,6 +339,30 @@ def test_a_second_writer_fails_at_once_naming_the_directory_and_the_holder(tmp_p
     assert not (dirpath / ".lock.holder").exists()
 
 
+def test_reduce_plot_and_export_wait_for_no_one_and_readers_need_no_lock(tmp_path, capsys):
+    from lightning_embeddings.cli import main
+    from lightning_embeddings.lock import RunLockedError
+
+    _, collector = fit_collector(tmp_path, trainer_kwargs={"max_epochs": 1})
+    before = {p: p.read_bytes() for p in collector.dirpath.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    holder = _hold_lock(collector.dirpath)
+    try:
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid} "):
+            EmbeddingRun(collector.dirpath).reduce(reducer="pca")
+        for command in (["reduce", "--reducer", "pca"], ["plot"], ["export", "--to", "tensorboard"]):
+            capsys.readouterr()
+            assert main([command[0], str(collector.dirpath), *command[1:]]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"is being written by another process (pid {holder.pid} " in err[0], err
+        assert main(["info", str(collector.dirpath)]) == 0  # reading needs no lock
+        assert EmbeddingRun(collector.dirpath).vectors("head.1")[1].shape == (449, 64)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["reduce", str(collector.dirpath), "--reducer", "pca"]) == 0
+
+
 def test_stray_partial_files_are_cleaned_by_the_next_fit(tmp_path):
     _, collector = fit_collector(tmp_path, dirpath=tmp_path / "run", trainer_kwargs={"max_epochs": 1})
     stray = [collector.dirpath / "vectors" / ".epoch_0005-step_0000100.parquet.partial",

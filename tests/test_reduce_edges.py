@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import DigitsCNN, fit_collector
+from torch import nn
+from conftest import DigitsCNN, DigitsDataModule, fit_collector
 
 from lightning_embeddings import EmbeddingRun
 from lightning_embeddings import reduce as reducers
@@ -318,3 +319,27 @@ def test_samples_without_a_vector_are_nan_rows_left_out_as_missing_and_pictures_
     assert len(np.loadtxt(vectors_tsv)) == N - 3 and "nan" not in vectors_tsv.read_text().lower()
     exported, metadata = _last_vectors(run, "head.1", run.snapshots[1], 1000)
     assert len(exported) == len(metadata) == N - 3 and not set(metadata["sample_id"]) & set(ids[no_vector])
+
+
+class AuxOnEvenBatches(DigitsCNN):
+    """``aux`` runs in validation on even batches only: the collector records its other samples as nulls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(10, 4)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if batch_idx % 2 == 0:
+            self.aux(self(batch[0]))
+        return super().validation_step(batch, batch_idx, dataloader_idx)
+
+
+def test_a_layer_called_on_some_batches_gets_a_map_of_the_samples_it_saw_at_the_end_of_fit(tmp_path):
+    with pytest.warns(UserWarning, match="without a vector"):
+        _, collector = fit_collector(tmp_path, AuxOnEvenBatches(), DigitsDataModule(batch_size=16), max_samples=N,
+                                     layers=["head.1", "aux"], trainer_kwargs={**SHORT, "num_sanity_val_steps": 0})
+    run = EmbeddingRun(collector.dirpath)
+    unseen = 16 + 12  # batches 1 and 3 of 16, 16, 16, 12 samples
+    assert [int(np.isnan(run.vectors("aux", epoch=e)[1]).all(axis=1).sum()) for e in (0, 1)] == [unseen, unseen]
+    assert run.manifest["reducer"]["layers"]["aux"]["missing"] == {s["name"]: unseen for s in run.snapshots}
+    assert len(run.projections("aux")) == 2 * (N - unseen) and len(run.projections("head.1")) == 2 * N

@@ -2,11 +2,12 @@
 
 ``EmbeddingCollector`` records chosen layers every validation epoch; ``EmbeddingRun`` reads a run back and raises
 ``RunError`` (a ``ValueError``) for a run directory it cannot read: a damaged or foreign file, or a newer format.
+A second process writing a run directory that another one writes gets ``RunLockedError``.
 """
 
 from typing import Any
 
-__all__ = ["EmbeddingCollector", "EmbeddingRun", "RunError"]
+__all__ = ["EmbeddingCollector", "EmbeddingRun", "RunError", "RunLockedError"]
 __version__ = "0.1.0"
 
 
@@ -24,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from lightning_embeddings.store import RunError
 
         return RunError
+    if name == "RunLockedError":
+        from lightning_embeddings.lock import RunLockedError
+
+        return RunLockedError
     raise AttributeError(f"module 'lightning_embeddings' has no attribute {name!r}")

@@ -567,6 +567,7 @@ class EmbeddingCollector(Callback):
         if not (self.dirpath / store.MANIFEST).is_file():
             return
         self._manifest = store.read_manifest(self.dirpath)
+        store.check_manifest(self._manifest, self.dirpath / store.MANIFEST)
         theirs = [(f["column"], f["strategy"]) for f in self._manifest.get("layers", [])]
         ours = [(c.layer.column, c.strategy.name) for c in self._captures]
         if theirs and theirs != ours:

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.reduce import ALIGNS, FAITHFUL, FIT_SAMPLES, REDUCER_NAMES
 
 PROG = "lightning-embeddings"
@@ -69,11 +70,13 @@ def _examples(*lines: str) -> str:
 
 
 def _command(
-    commands: Any, name: str, handler: Callable[[argparse.Namespace], None], run_dir: bool, **kwargs: Any
+    commands: Any, name: str, handler: Callable[[argparse.Namespace], None], run_dir: bool, writes: bool = False,
+    **kwargs: Any,
 ) -> argparse.ArgumentParser:
-    """One sub-command's parser, calling ``handler``; with ``run_dir``, its first argument is RUN_DIR."""
+    """One sub-command's parser, calling ``handler``; with ``run_dir``, its first argument is RUN_DIR, which it
+    holds the run's lock on while it runs when it ``writes``."""
     parser = commands.add_parser(name, formatter_class=_Formatter, **kwargs)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, writes=writes)
     if run_dir:
         parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (it holds manifest.json)")
     return parser
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
 
     reduce = _command(
-        commands, "reduce", _reduce, run_dir=True,
+        commands, "reduce", _reduce, run_dir=True, writes=True,
         help="fit the maps again (another reducer, 3-D, another alignment) without retraining",
         description=textwrap.dedent(
             """\
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     plot = _command(
-        commands, "plot", _plot, run_dir=True,
+        commands, "plot", _plot, run_dir=True, writes=True,
         help="draw the pictures of a run's maps again (PNG; --html for interactive pages)",
         description="Draw each layer's pictures from the run's projections again and print where they are.",
         epilog=_examples(
@@ -219,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
 
     export = _command(
-        commands, "export", _export, run_dir=True,
+        commands, "export", _export, run_dir=True, writes=True,
         help="write a run for another tool (TensorBoard's Embedding Projector)",
         description=textwrap.dedent(
             """\
@@ -332,7 +335,7 @@ def _run(argv: list[str]) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError(f"give a command: layers, info, reduce, plot or export (see: {PROG} --help)")
-        with _one_line_warnings():
+        with _one_line_warnings(), _lock_while_writing(args):
             args.handler(args)
         return 0
     except SystemExit as stop:  # --help and --version exit 0 through argparse
@@ -344,8 +347,14 @@ def _run(argv: list[str]) -> int:
         return 130
     except BrokenPipeError:
         raise
-    except (CommandError, OSError, ValueError, TypeError, ImportError) as error:  # RunError is a ValueError
+    except (CommandError, RunLockedError, OSError, ValueError, TypeError, ImportError) as error:  # RunError: a ValueError
         return _fail(error, 1, show_traceback)
+
+
+def _lock_while_writing(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The run's lock for a command that writes into an existing run; nothing otherwise."""
+    run_dir = Path(args.run_dir) if getattr(args, "writes", False) else None
+    return RunLock(run_dir) if run_dir is not None and (run_dir / "manifest.json").is_file() else contextlib.nullcontext()
 
 
 def _fail(error: BaseException, status: int, show_traceback: bool) -> int:
@@ -362,7 +371,8 @@ def _fail(error: BaseException, status: int, show_traceback: bool) -> int:
 def _one_line_warnings() -> Iterator[None]:
     """Warnings as ``lightning-embeddings: warning: ...`` lines on stderr, each once, without source lines."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        text = " ".join(str(message).split()).removeprefix(f"{PROG}: ")
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.layers import LayerSpec
+from lightning_embeddings.lock import RunLock
 from lightning_embeddings.store import (
     MANIFEST,
     RunError,
@@ -310,48 +311,49 @@ class EmbeddingRun:
                                   "fitted_on": dict(fitted_on[-1]), "layers": earlier}
         # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
         fewest = min(len(self._rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:]))
-        remove_partials(self.path)
-        made: dict[Path, bool] = {}  # final path -> True: its staged file replaces it; False: it is removed
-        try:
-            for column in columns:
-                target = projection_file(self.path, column)
-                try:
-                    if fewest < reducers.min_samples(n_components):
-                        layer = _skipped(column, f"{fewest} samples per snapshot; a map needs at least "
-                                                 f"{reducers.min_samples(n_components)}")
-                    elif align == "aligned":
-                        layer = self._aligned_map(column, staged(target), snapshots, n_components, seed,
-                                                  **reducer_kwargs)
-                    else:
-                        layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
-                                                 fitted_on if align == "joint" else fitted_on[-1:], snapshots,
-                                                 fit_samples, progress, reducer_kwargs)
-                except Exception as error:
-                    raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
-                record["layers"][column] = layer
-                made[target] = "skipped" not in layer
-            maps = {}  # every layer's map after this reduce, where it is now
-            for column in self.layers:
-                path = projection_file(self.path, column)
-                if made.get(path, path.is_file()):
-                    maps[column] = staged(path) if path in made else path
-            long_file = self.path / LONG_PROJECTIONS
-            made[long_file] = self._write_long_projections(maps, staged(long_file))
-            manifest = {**self.manifest, "reducer": record}
-            write_manifest(self.path, manifest, staged(self.path / MANIFEST))
-            made[self.path / MANIFEST] = True
-        except BaseException:
-            for path in made:
-                staged(path).unlink(missing_ok=True)
-            raise
-        for path, replaced in made.items():  # the manifest last
-            if replaced:
-                os.replace(staged(path), path)
-            else:
-                path.unlink(missing_ok=True)
-        self.manifest = manifest
-        self._remove_stale_views(columns)
-        return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]])
+        with RunLock(self.path):  # one writer at a time; a fit's own collector already holds it
+            remove_partials(self.path)
+            made: dict[Path, bool] = {}  # final path -> True: its staged file replaces it; False: it is removed
+            try:
+                for column in columns:
+                    target = projection_file(self.path, column)
+                    try:
+                        if fewest < reducers.min_samples(n_components):
+                            layer = _skipped(column, f"{fewest} samples per snapshot; a map needs at least "
+                                                     f"{reducers.min_samples(n_components)}")
+                        elif align == "aligned":
+                            layer = self._aligned_map(column, staged(target), snapshots, n_components, seed,
+                                                      **reducer_kwargs)
+                        else:
+                            layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
+                                                     fitted_on if align == "joint" else fitted_on[-1:], snapshots,
+                                                     fit_samples, progress, reducer_kwargs)
+                    except Exception as error:
+                        raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
+                    record["layers"][column] = layer
+                    made[target] = "skipped" not in layer
+                maps = {}  # every layer's map after this reduce, where it is now
+                for column in self.layers:
+                    path = projection_file(self.path, column)
+                    if made.get(path, path.is_file()):
+                        maps[column] = staged(path) if path in made else path
+                long_file = self.path / LONG_PROJECTIONS
+                made[long_file] = self._write_long_projections(maps, staged(long_file))
+                manifest = {**self.manifest, "reducer": record}
+                write_manifest(self.path, manifest, staged(self.path / MANIFEST))
+                made[self.path / MANIFEST] = True
+            except BaseException:
+                for path in made:
+                    staged(path).unlink(missing_ok=True)
+                raise
+            for path, replaced in made.items():  # the manifest last
+                if replaced:
+                    os.replace(staged(path), path)
+                else:
+                    path.unlink(missing_ok=True)
+            self.manifest = manifest
+            self._remove_stale_views(columns)
+            return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]])
 
     def _fitted_map(
         self,
