@@ -2,6 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_embeddings.capture import LayerCapture
+from lightning_embeddings.layers import resolve_layers
 from lightning_embeddings.reshape import resolve_strategy
 
 
@@ -78,9 +80,19 @@ def test_callable_and_import_paths():
         resolve_strategy("not_a_module_xyz:fn")
 
 
-def test_callable_with_wrong_batch_size_is_an_error():
-    strategy = resolve_strategy(lambda t: t.reshape(-1, 2)[:1])
-    with pytest.raises(ValueError, match=r"batch=3.*returned \(1, 2\)"):
-        strategy(torch.randn(3, 4))
-    with pytest.raises(ValueError, match="must return a \\(batch, dim\\) tensor"):
+def test_callable_must_return_2d_and_one_row_per_sample_of_the_batch():
+    with pytest.raises(ValueError, match=r"must return a 2-D \(batch, dim\) tensor .* returned \(3, 4, 2\)"):
         resolve_strategy(lambda t: t)(torch.randn(3, 4, 2))
+    # rows are counted against the batch by the hook: a callable may move the batch dim first ...
+    layer = resolve_layers(torch.nn.Sequential(torch.nn.Identity()), [1])[0]
+    capture = LayerCapture(layer, resolve_strategy(lambda t: t.transpose(0, 1).flatten(1)), None)
+    capture.start_batch(None, batch_size=3)
+    capture.active = True
+    layer.module(torch.randn(5, 3, 2))
+    assert capture.vectors.shape == (3, 10)
+    # ... but not give another number of rows than the batch holds
+    capture = LayerCapture(layer, resolve_strategy(lambda t: t.reshape(-1, 2)[:1]), None)
+    capture.start_batch(None, batch_size=3)
+    capture.active = True
+    with pytest.raises(ValueError, match=r"gave 1 rows from an output of shape \(3, 4\) for a batch of 3 samples"):
+        layer.module(torch.randn(3, 4))
