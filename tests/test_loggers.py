@@ -2,10 +2,12 @@
 
 import os
 
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from conftest import fit_collector
+from lightning_embeddings.cli import main
 
 
 def test_tensorboard_logger_gets_the_projector_files(tmp_path):
@@ -15,6 +17,11 @@ def test_tensorboard_logger_gets_the_projector_files(tmp_path):
     for layer in ("features.1", "head.1"):
         assert f'tensor_name: "{layer}/projections:' in config and f'tensor_name: "{layer}/vectors:' in config
     assert collector.dirpath == tmp_path / "tb" / "version_0" / "embeddings"
+    # reducing the run again later writes the logger's projector files again: they never show an older map
+    tensors = next((tmp_path / "tb" / "version_0").glob("*/head.1%2fprojections/tensors.tsv"))
+    assert not np.loadtxt(tensors)[:, 2].any()
+    assert main(["reduce", str(collector.dirpath), "--reducer", "pca", "--n-components", "3"]) == 0
+    assert np.loadtxt(tensors)[:, 2].any()
 
 
 def test_csv_logger_gets_nothing_extra(tmp_path):

@@ -127,20 +127,30 @@ def test_reduce_removes_stray_partial_files(run):
     assert not list(run.path.rglob(".*.partial"))
 
 
-def test_reduce_removes_the_pictures_and_projector_files_its_new_maps_make_stale(run, caplog):
+def _projector_z(logdir: Path, column: str = "head.1") -> np.ndarray:
+    tensors = sorted(logdir.glob(f"*/{column}%2fprojections/tensors.tsv"))
+    assert len(tensors) == 1, tensors
+    return np.loadtxt(tensors[0])[:, 2]
+
+
+def test_reduce_removes_stale_pictures_and_writes_the_projector_exports_again(run, caplog, tmp_path):
     run.reduce(reducer="pca", progress=False)
     pictures = plot_run(run, html=True)
-    export_tensorboard(run, run.path / "tensorboard", progress=False)
+    exports = [export_tensorboard(run, run.path / "tensorboard", progress=False),
+               export_tensorboard(run, tmp_path / "elsewhere", progress=False)]  # e.g. a TensorBoardLogger's log_dir
+    assert EmbeddingRun(run.path).manifest["exports"]["tensorboard"] == ["tensorboard", str(tmp_path / "elsewhere")]
+    assert not any(_projector_z(logdir).any() for logdir in exports)
     plots = run.path / PLOTS
     kept = [p for p in pictures if p.name.startswith("features.1-")]
     stale = [p for p in pictures if p not in kept]
     assert len(kept) == 2 and plots / HTML_NAME in stale and len(stale) == 3
     with caplog.at_level(logging.INFO):
-        run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)
-    assert [p for p in stale if p.exists()] == [] and not (run.path / "tensorboard").exists()
+        maps = run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)
+    assert [p for p in stale if p.exists()] == [] and maps.removed == stale
     assert all(p.is_file() for p in kept), "pictures of a layer not reduced again are still current"
+    assert maps.exported == exports and all(_projector_z(logdir).any() for logdir in exports), "a stale projector"
     said = caplog.text
-    assert all(p.name in said for p in stale) and "tensorboard" in said
+    assert all(p.name in said for p in stale) and all(str(logdir) in said for logdir in exports)
 
 
 def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, capsys):
@@ -153,8 +163,7 @@ def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, c
     out = capsys.readouterr().out
     assert all(p.is_file() and p.read_bytes() != data for p, data in before.items()), "a picture was not redrawn"
     assert all(str(p) in out for p in pictures) and "redrew" in out
-    tensors = sorted((run.path / "tensorboard").glob("*/head.1%2fprojections/tensors.tsv"))
-    assert len(tensors) == 1 and np.loadtxt(tensors[0])[:, 2].any(), "the projector still shows the 2-D map"
+    assert _projector_z(run.path / "tensorboard").any(), "the projector still shows the 2-D map"
     assert (run.path / "tensorboard" / PROJECTOR_CONFIG).is_file() and "tensorboard" in out
 
 

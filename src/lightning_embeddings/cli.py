@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
             """\
             Fit each layer's map again from the recorded vectors and place every snapshot in it, without
             retraining: projections/<layer>.parquet, projections.parquet and the manifest are rewritten, all
-            or nothing (when a layer fails, no file changes). Pictures in RUN_DIR/plots and the projector
-            export in RUN_DIR/tensorboard that showed the old maps are drawn again. Rows with NaN/inf or no
+            or nothing (when a layer fails, no file changes). Pictures in RUN_DIR/plots that showed the old
+            maps are drawn again, and so is every projector export of the run (RUN_DIR/tensorboard, a
+            TensorBoardLogger's log directory). Rows with NaN/inf or no
             vector are left out of a map and counted. The reducer, number of components and alignment default
             to the run's current ones.
 
@@ -674,25 +675,22 @@ def _reduce(args: argparse.Namespace) -> None:
     if long_file.is_file():
         print(f"  {long_file}")
     print(f"  {run.path / 'manifest.json'}")
-    _redraw(run, views)
+    _redraw(run, views, maps.exported)
 
 
 def _views(run) -> list[Path]:
-    """The run's pictures (``plots/``) and projector export (``tensorboard/``) that exist now."""
+    """The run's pictures (``plots/``) that exist now."""
     from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
-    from lightning_embeddings.run import TENSORBOARD
 
     plots = run.path / PLOTS
     views = [*(p for column in run.layers for p in layer_pictures(plots, column)), plots / HTML_NAME]
-    return [path for path in [*views, run.path / TENSORBOARD] if path.exists()]
+    return [path for path in views if path.exists()]
 
 
-def _redraw(run, views: list[Path]) -> None:
-    """Draw again the ``views`` that reduce removed because they showed the old maps; say which, and which are gone
-    because their layer has no map now."""
-    from lightning_embeddings.export import export_tensorboard
+def _redraw(run, views: list[Path], exported: list[Path]) -> None:
+    """Draw again the ``views`` that reduce removed because they showed the old maps; say which, which projector
+    exports reduce wrote again, and which pictures are gone because their layer has no map now."""
     from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
-    from lightning_embeddings.run import TENSORBOARD
     from lightning_embeddings.store import projection_file
 
     removed = [path for path in views if not path.exists()]
@@ -701,8 +699,7 @@ def _redraw(run, views: list[Path]) -> None:
     redrawn = plot_run(run, layers=layers) if layers else []
     if with_maps and any(path.name == HTML_NAME for path in removed):
         redrawn.append(write_html(run, with_maps))
-    if run.path / TENSORBOARD in removed:
-        redrawn.append(export_tensorboard(run, run.path / TENSORBOARD, progress=False))
+    redrawn += exported
     if redrawn:
         print("redrew what showed the old maps:")
         print("\n".join(f"  {path}" for path in redrawn))

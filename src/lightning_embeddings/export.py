@@ -36,7 +36,8 @@ import pandas as pd
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import usable
 from lightning_embeddings.run import EmbeddingRun
-from lightning_embeddings.store import file_stem
+from lightning_embeddings.lock import RunLock
+from lightning_embeddings.store import file_stem, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
@@ -113,6 +114,7 @@ def export_tensorboard(
     _write_config(logdir, entries)
     if not any(logdir.glob("events.out.tfevents.*")):
         _write_empty_event_file(logdir)
+    _record_export(run, logdir)
     return logdir
 
 
@@ -164,6 +166,20 @@ def _last_vectors(
         frame, vectors = frame.iloc[keep].reset_index(drop=True), vectors[keep]
     facts = [c for c in ("label", "prediction") if c in frame]
     return vectors, frame[[*facts, "sample_id", "dataloader_idx"]]
+
+
+def _record_export(run: EmbeddingRun, logdir: Path) -> None:
+    """Note ``logdir`` in the run's manifest (relative to the run where it lies inside it), so that a later reduce
+    writes the projector files there again from its new maps."""
+    where = logdir.resolve()
+    where = where.relative_to(run.path.resolve()) if where.is_relative_to(run.path.resolve()) else where
+    with RunLock(run.path):
+        manifest = read_manifest(run.path)
+        recorded = manifest.setdefault("exports", {}).setdefault("tensorboard", [])
+        if str(where) not in recorded:
+            recorded.append(str(where))
+            write_manifest(run.path, manifest)
+        run.manifest = manifest
 
 
 def _write_embedding(

@@ -95,10 +95,16 @@ def _measure(facts: dict[str, Any], name: str, status: np.ndarray, vectors: np.n
 
 
 class Maps(Mapping[str, pd.DataFrame]):
-    """What :meth:`EmbeddingRun.reduce` made: layer column -> its projections, read from disk when asked for."""
+    """What :meth:`EmbeddingRun.reduce` made: layer column -> its projections, read from disk when asked for.
 
-    def __init__(self, run: "EmbeddingRun", columns: Sequence[str]) -> None:
+    ``removed`` lists the pictures drawn from the replaced maps, now removed; ``exported`` the TensorBoard projector
+    exports of the run written again from the new maps.
+    """
+
+    def __init__(self, run: "EmbeddingRun", columns: Sequence[str], removed: Sequence[Path] = (),
+                 exported: Sequence[Path] = ()) -> None:
         self._run, self._columns = run, list(columns)
+        self.removed, self.exported = list(removed), list(exported)
 
     def __getitem__(self, column: str) -> pd.DataFrame:
         if column not in self._columns:
@@ -352,8 +358,9 @@ class EmbeddingRun:
                 else:
                     path.unlink(missing_ok=True)
             self.manifest = manifest
-            self._remove_stale_views(columns)
-            return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]])
+            removed, exported = self._refresh_views(columns)
+            return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]], removed,
+                        exported)
 
     def _fitted_map(
         self,
@@ -498,24 +505,33 @@ class EmbeddingRun:
             )
         return {key: value for key, value in layer.items() if value or key not in ("left_out", "missing", "collapsed")}
 
-    def _remove_stale_views(self, columns: Sequence[str]) -> list[Path]:
-        """Remove the pictures and TensorBoard projector files of the run drawn from the maps of ``columns`` just
-        replaced (the page shows every layer; so does the projector export); log which; return them."""
+    def _refresh_views(self, columns: Sequence[str]) -> tuple[list[Path], list[Path]]:
+        """After a reduce: remove the pictures drawn from the replaced maps of ``columns`` (the page shows every
+        layer), write every projector export of the run again (:meth:`projector_exports`); log both."""
+        from lightning_embeddings.export import export_tensorboard
         from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
 
-        plots, tensorboard = self.path / PLOTS, self.path / TENSORBOARD
+        plots = self.path / PLOTS
         stale = [*(p for column in columns for p in layer_pictures(plots, column)), plots / HTML_NAME]
         removed = [path for path in stale if path.is_file()]
         for path in removed:
             path.unlink()
-        if tensorboard.is_dir():
-            shutil.rmtree(tensorboard)
-            removed.append(tensorboard)
+        exported = [export_tensorboard(self, logdir, progress=False) for logdir in self.projector_exports()]
         if removed:
-            rank_zero_info(f"lightning-embeddings: removed what was drawn from the replaced maps: "
-                           f"{', '.join(map(str, removed))}; draw them again with `lightning-embeddings plot` and "
-                           "`lightning-embeddings export` (`lightning-embeddings reduce` does it for you)")
-        return removed
+            rank_zero_info(f"lightning-embeddings: removed the pictures drawn from the replaced maps: "
+                           f"{', '.join(map(str, removed))}; draw them again with `lightning-embeddings plot` "
+                           "(`lightning-embeddings reduce` does it for you)")
+        if exported:
+            rank_zero_info(f"lightning-embeddings: wrote the TensorBoard projector files again from the new maps: "
+                           f"{', '.join(map(str, exported))}")
+        return removed, exported
+
+    def projector_exports(self) -> list[Path]:
+        """The TensorBoard log directories this run was exported to (by a ``TensorBoardLogger`` at the end of fit or
+        by ``lightning-embeddings export``) that still exist."""
+        recorded = [self.path / where for where in self.manifest.get("exports", {}).get("tensorboard", [])]
+        default = self.path / TENSORBOARD  # runs exported before exports were recorded
+        return [path for path in dict.fromkeys([*recorded, default]) if (path / "projector_config.pbtxt").is_file()]
 
     def _write_long_projections(self, maps: Mapping[str, Path], target: Path) -> bool:
         """``projections.parquet`` written to ``target``: every layer's map (column -> its file) in one long
