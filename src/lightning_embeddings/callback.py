@@ -200,8 +200,10 @@ class EmbeddingCollector(Callback):
     @property
     def dirpath(self) -> Optional[Path]:
         """The run directory, known from ``setup`` on; also in the main process after a ``ddp_spawn`` fit."""
-        if self._dirpath is None and os.getpid() == self._origin[0] and _spawn_note(self._origin[1]).is_file():
-            self._dirpath = Path(_spawn_note(self._origin[1]).read_text())
+        note = _spawn_note(self._origin[1])
+        if os.getpid() == self._origin[0] and note.is_file():  # a spawned rank 0 chose it
+            self._dirpath = Path(note.read_text())
+            note.unlink(missing_ok=True)
         return self._dirpath
 
     @dirpath.setter
@@ -368,6 +370,7 @@ class EmbeddingCollector(Callback):
             if self._lock is None:
                 self._lock_dir(dirpath)
         else:  # the first of embeddings, embeddings-v1, ... that holds no run and no writer, as ModelCheckpoint versions
+            self._release_lock()
             candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
             dirpath = next(c for c in candidates if not store.holds_run(c) and self._lock_dir(c, quietly=True))
         if fresh or self._resumed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -277,9 +276,11 @@ class EmbeddingRun:
         every snapshot it is fitted on is collapsed it is skipped.
 
         All or nothing: the maps, ``projections.parquet`` and the manifest are written under temporary names and
-        switched in once every layer is done; when a layer fails, no file changes. Pictures under ``plots/`` and
-        projector files under ``tensorboard/`` drawn from the replaced maps are then removed, and logged
-        (``lightning-embeddings reduce`` draws them again); stray ``.*.partial`` files of a killed process too.
+        switched in once every layer is done; when a layer fails, no file changes. Pictures under ``plots/`` drawn
+        from the replaced maps are then removed and logged (``lightning-embeddings reduce`` draws them again), and
+        every projector export of the run (:meth:`projector_exports`) is written again; stray ``.*.partial`` files
+        of a killed process are removed. The run is locked meanwhile (``RunLockedError`` if another process
+        writes it).
 
         Returns:
             Layer column -> its projections (read from ``projections/<layer>.parquet`` when looked up).

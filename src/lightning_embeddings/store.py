@@ -82,13 +82,9 @@ def projection_file(dirpath: Path, column: str) -> Path:
     return dirpath / PROJECTIONS / f"{file_stem(column)}.parquet"
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def staged(path: Path) -> Path:
     """The hidden name a file is written under until it replaces ``path``: ``.<name>.partial``."""
-    return _partial(path)
+    return path.with_name(f".{path.name}.partial")
 
 
 def holds_run(dirpath: Path) -> bool:
@@ -108,7 +104,7 @@ def remove_partials(dirpath: Path) -> list[Path]:
 def _atomic(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, remove it otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
+    tmp = staged(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -246,7 +242,7 @@ class EpochWriter:
         self.path = path
         self.schema = schema
         self.rows = 0
-        self._tmp = _partial(path)
+        self._tmp = staged(path)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: Optional[BaseException] = None
         path.parent.mkdir(parents=True, exist_ok=True)
