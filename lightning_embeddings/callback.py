@@ -72,10 +72,11 @@ class EmbeddingCollector(Callback):
             ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
         reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``.
-        align: how snapshots share one map: ``"joint"`` (fit on all snapshots of fit together, then place each),
-            ``"last"`` (fit on the last snapshot, place the others through ``transform``, as 3LC does),
-            ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's trustworthiness is measured and stored; see
-            :meth:`EmbeddingRun.reduce` and docs/align.md.
+        align: how snapshots share one map: ``"last"`` (fit on the last snapshot of fit, place every snapshot
+            through ``transform``, as 3LC does), ``"joint"`` (fit on all snapshots of fit together, then place each:
+            early snapshots keep their own structure), ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's
+            trustworthiness is measured and stored, with a warning naming ``"joint"`` where ``"last"`` draws a
+            snapshot unfaithfully; see :meth:`EmbeddingRun.reduce` and docs/align.md.
         fit_samples: fit each map on at most this many rows (a random sample keeping each snapshot's and each
             label's share; ``None``: all), then place every row through ``transform`` in batches, so memory stays
             bounded however many samples and epochs were recorded.
@@ -127,7 +128,7 @@ class EmbeddingCollector(Callback):
         reducer: reducers.ReducerSpec = "umap",
         n_components: Literal[2, 3] = 2,
         reducer_kwargs: Optional[dict[str, Any]] = None,
-        align: reducers.Align = "joint",
+        align: reducers.Align = "last",
         fit_samples: Optional[int] = reducers.FIT_SAMPLES,
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,

@@ -179,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
             vector are left out of a map and counted. The reducer, number of components and alignment default
             to the run's current ones.
 
-            --align chooses how snapshots share one space: "joint" fits on all snapshots of fit together, so
-            each keeps its own structure (the default for a new run); "last" fits on the last snapshot of fit and
-            places every snapshot through it; "aligned" fits one UMAP per snapshot tied by sample identity
-            (umap only).
+            --align chooses how snapshots share one space: "last" fits on the last snapshot of fit and places
+            every snapshot through it (the default for a new run); "joint" fits on all snapshots of fit
+            together, so each keeps its own structure (early epochs more faithfully); "aligned" fits one UMAP
+            per snapshot tied by sample identity (umap only).
 
             --fit-samples caps the rows a map is fitted on (a sample keeping each snapshot's and label's share);
             every row is then placed through transform in batches, so memory stays bounded on large runs.
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--reducer", choices=REDUCER_NAMES, help="the reducer (default: the run's, else umap)")
     reduce.add_argument("--n-components", type=int, choices=(2, 3), help="2-D or 3-D maps (default: the run's, else 2)")
     reduce.add_argument("--seed", type=int, default=0, help="random seed for reproducible maps (default: %(default)s)")
-    reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: the run's, else joint)")
+    reduce.add_argument("--align", choices=ALIGNS, help="how snapshots share one space (default: the run's, else last)")
     reduce.add_argument(
         "--fit-samples", type=_fit_samples, metavar="N|all",
         help=f"fit each map on at most N rows, or all (default: the run's, else {FIT_SAMPLES})",
@@ -651,7 +651,7 @@ def _reduce(args: argparse.Namespace) -> None:
     views = _views(run)
     try:
         maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
-                          align=args.align or recorded.get("align") or "joint",
+                          align=args.align or recorded.get("align") or "last",
                           fit_samples=None if fit_samples == "all" else fit_samples,
                           progress=True, **dict(args.param))
     except RuntimeError as error:  # a layer failed; no file changed

@@ -889,14 +889,16 @@ def _figure(go: Any, info: _Layer) -> Any:
         if title.warning:
             text += f"<br><span style='color:{WARNING}'><b>{html_escape.escape(title.warning)}</b></span>"
         titles.append(dict(text=text, font=dict(size=14)))
+        # each frame carries its own title; plotly.js merges a frame's layout into the figure's but draws it only
+        # on a redraw: without redraw=True the points move and the title stays the first frame's
         frames.append(go.Frame(data=_frame_traces(go, info, drawn, fields, template), name=snapshot["name"],
                                layout=go.Layout(title=titles[-1])))
         steps.append(dict(
             method="animate", label=snapshot_label(snapshot),
-            args=[[snapshot["name"]], dict(mode="immediate", frame=dict(duration=0, redraw=False),
+            args=[[snapshot["name"]], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                            transition=dict(duration=400))],
         ))
-    play = dict(frame=dict(duration=900, redraw=False), transition=dict(duration=500), fromcurrent=True, mode="immediate")
+    play = dict(frame=dict(duration=900, redraw=True), transition=dict(duration=500), fromcurrent=True, mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
     figure = go.Figure(
         data=frames[0].data,

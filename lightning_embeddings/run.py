@@ -76,6 +76,28 @@ def _skipped(column: str, reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
+def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: str, path: Path) -> None:
+    """Say where a layer's map is not faithful (trustworthiness below ``FAITHFUL``) and, with ``align="last"``,
+    that ``align="joint"`` would draw those snapshots by their own structure."""
+    unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
+    if not unfaithful:
+        return
+    advice = {
+        "last": "align='last' draws every snapshot through the map of the last one, so snapshots unlike it (early "
+                "epochs, before the structure formed) come out as the final structure; align='joint' fits on every "
+                "snapshot of fit together and shows each by its own neighbours (docs/align.md: digits, epoch 0, "
+                f"0.69 with 'last', 0.975 with 'joint'): lightning-embeddings reduce {path} --align joint",
+        "joint": f"align='aligned' gives each snapshot its own UMAP: lightning-embeddings reduce {path} --align "
+                 "aligned --reducer umap",
+        "aligned": "more neighbours (n_neighbors) or another reducer may help",
+    }[align]
+    rank_zero_warn(
+        f"lightning-embeddings: the map of layer {column!r} is not faithful at {', '.join(unfaithful)} "
+        f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not neighbours in "
+        f"the vectors. {advice}."
+    )
+
+
 def _facts() -> dict[str, Any]:
     """A layer's facts per snapshot, filled by :func:`_measure`."""
     return {"trustworthiness": {}, "left_out": {}, "missing": {}, "collapsed": []}
@@ -244,7 +266,7 @@ class EmbeddingRun:
         n_components: int = 2,
         seed: Optional[int] = 0,
         layers: Optional[Sequence[LayerSpec]] = None,
-        align: reducers.Align = "joint",
+        align: reducers.Align = "last",
         fit_samples: Optional[int] = reducers.FIT_SAMPLES,
         progress: bool = True,
         **reducer_kwargs: Any,
@@ -253,11 +275,12 @@ class EmbeddingRun:
 
         ``align`` chooses how snapshots share one space (docs/align.md compares them):
 
-        - ``"joint"`` (default): fit on all snapshots of ``fit`` together (all dataloaders), then pass every
-          snapshot through ``transform``: each keeps its own structure in one shared space.
-        - ``"last"``: fit on the last snapshot of ``fit`` and pass every snapshot through ``transform``: each
-          sample is drawn where it sits relative to the final structure (as 3LC does). Early snapshots can look
-          more formed than they were; their trustworthiness says so.
+        - ``"last"`` (default, the procedure of 3LC and of this package's card): fit on the last snapshot of
+          ``fit`` and pass every snapshot through ``transform``: each sample is drawn where it sits relative to the
+          final structure. Early snapshots can look more formed than they were; their trustworthiness says so,
+          and the warning then names ``"joint"``.
+        - ``"joint"``: fit on all snapshots of ``fit`` together (all dataloaders), then pass every snapshot
+          through ``transform``: each keeps its own structure in one shared space.
         - ``"aligned"``: ``umap.AlignedUMAP``, one map per snapshot tied by each sample's identity (UMAP only;
           it fits every sample of every snapshot, so each snapshot may hold at most ``fit_samples``).
 
@@ -290,7 +313,7 @@ class EmbeddingRun:
 
         Example::
 
-            maps = EmbeddingRun(path).reduce(reducer="pacmap", n_components=3, align="joint")
+            maps = EmbeddingRun(path).reduce(reducer="pacmap", n_components=3)
             maps["head.1"].groupby("epoch")[["x", "y", "z"]].mean()
         """
         reducers.check_reducer(reducer, align)
@@ -333,12 +356,14 @@ class EmbeddingRun:
                                                       **reducer_kwargs)
                         else:
                             layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
-                                                     fitted_on if align == "joint" else fitted_on[-1:], snapshots,
+                                                     [fitted_on] if align == "joint" else [[s] for s in fitted_on[::-1]],
+                                                     snapshots,
                                                      fit_samples, progress, reducer_kwargs)
                     except Exception as error:
                         raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
                     record["layers"][column] = layer
                     made[target] = "skipped" not in layer
+                    _warn_unfaithful(column, layer.get("trustworthiness") or {}, align, self.path)
                 maps = {}  # every layer's map after this reduce, where it is now
                 for column in self.layers:
                     path = projection_file(self.path, column)
@@ -370,15 +395,25 @@ class EmbeddingRun:
         reducer: Union[str, reducers.ReducerLike],
         n_components: int,
         seed: Optional[int],
-        fit_snapshots: Sequence[dict[str, Any]],
+        fit_choices: Sequence[Sequence[dict[str, Any]]],
         snapshots: Sequence[dict[str, Any]],
         fit_samples: Optional[int],
         progress: bool,
         reducer_kwargs: dict[str, Any],
     ) -> dict[str, Any]:
-        """Fit one layer's map on ``fit_snapshots`` and place every snapshot in it, written to ``path``; return the
-        layer's manifest record."""
-        fit_on, collapsed = self._fit_sample(column, fit_snapshots, fit_samples, seed)
+        """Fit one layer's map on the first of ``fit_choices`` (each a list of snapshots) with a finite vector, and
+        place every snapshot in it, written to ``path``; return the layer's manifest record."""
+        for fit_snapshots in fit_choices:
+            fit_on, collapsed = self._fit_sample(column, fit_snapshots, fit_samples, seed)
+            if len(fit_on):
+                break
+        fallback = {}
+        if len(fit_on) and fit_snapshots is not fit_choices[0]:  # align="last" and the last snapshot is all NaN/inf
+            fallback = {"fitted_on": fit_snapshots[-1]["name"]}
+            rank_zero_warn(
+                f"lightning-embeddings: layer {column!r} has no finite vector in {fit_choices[0][-1]['name']} (did "
+                f"the model diverge?): its map is fitted on {fit_snapshots[-1]['name']}, the last snapshot with one."
+            )
         if collapsed:
             return _skipped(column, "its vectors are constant (collapsed: a dead ReLU or a constant output) in every "
                                     "snapshot the map is fitted on")
@@ -393,7 +428,7 @@ class EmbeddingRun:
         estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
         estimator.fit(fit_on)
         facts = self._project(column, path, snapshots, estimator.transform, n_components, seed, progress)
-        return self._report(column, {"samples": len(fit_on), **reducers.describe(estimator), **facts})
+        return self._report(column, {"samples": len(fit_on), **fallback, **reducers.describe(estimator), **facts})
 
     def _fit_sample(
         self, column: str, snapshots: Sequence[dict[str, Any]], fit_samples: Optional[int], seed: Optional[int]
@@ -483,14 +518,6 @@ class EmbeddingRun:
         trust = layer["trustworthiness"]
         said = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in trust.items())
         rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: {said}")
-        unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
-        if unfaithful:
-            rank_zero_warn(
-                f"lightning-embeddings: the map of layer {column!r} is not faithful at {', '.join(unfaithful)} "
-                f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not "
-                "neighbours in the vectors. With align='last' early snapshots are drawn by the final structure; "
-                "align='joint' or 'aligned' keep each snapshot's own."
-            )
         counts = [f"{words}: {', '.join(f'{name}: {n}' for name, n in layer[key].items())}"
                   for key, words in (("left_out", "with a non-finite value (NaN or inf)"),
                                      ("missing", "without a vector (the layer was not called for them)"))

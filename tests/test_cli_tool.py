@@ -149,7 +149,7 @@ def test_info_shows_layers_snapshots_samples_reducer_and_trustworthiness(run, ca
     for snapshot in run.snapshots:
         assert re.search(rf"{snapshot['name']}\s+fit\s+{snapshot['epoch']}\s+{snapshot['step']}\s+{N_VAL}\b", out)
     fitted_on = run.manifest["reducer"]["fitted_on"]["name"]
-    assert f"reducer: pca, 2-D, seed 0, align 'joint'; fitted on every fit snapshot up to {fitted_on}" in out
+    assert f"reducer: pca, 2-D, seed 0, align 'last'; fitted on {fitted_on}" in out
     trust = run.manifest["reducer"]["layers"]["head.1"]["trustworthiness"]
     first = run.snapshots[0]["name"]
     row = next(line for line in out.splitlines() if line.strip().startswith(first) and "." in line)
@@ -165,7 +165,7 @@ def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
     status, out, _ = cli(capsys, "info", run_copy.path)
     assert status == 0
     assert re.search(rf"{first}\s+0\.51 !", out)
-    assert "below 0.8" in out and "--align aligned --reducer umap" in out  # the run is already joint
+    assert "below 0.8" in out and "--align joint" in out  # the run is fitted on the last snapshot
     assert "features.1: not reduced: 3 samples per snapshot" in out
 
 
@@ -211,7 +211,7 @@ def test_reduce_fit_samples_caps_the_fit_and_all_lifts_the_cap(run_copy, capsys)
     status, out, err = cli(capsys, "reduce", run_copy.path, "--layers", "head.1")  # the run's cap is kept
     assert status == 0 and "fitted on 100," in out, err
     status, out, err = cli(capsys, "reduce", run_copy.path, "--layers", "head.1", "--fit-samples", "all")
-    assert status == 0 and f"fitted on {2 * N_VAL}," in out, err
+    assert status == 0 and f"fitted on {N_VAL}," in out, err  # align="last": every sample of the last snapshot
     assert EmbeddingRun(run_copy.path).manifest["reducer"]["fit_samples"] is None
     status, _, err = cli(capsys, "reduce", run_copy.path, "--fit-samples", "0")
     assert status == 2 and "'0' is not a number of rows >= 1 or 'all'" in err

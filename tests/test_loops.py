@@ -50,7 +50,7 @@ class TwoLoaders(DigitsDataModule):
 
 def test_several_dataloaders_share_one_map(fit_digits):
     datamodule = TwoLoaders()
-    trainer, collector = fit_digits(datamodule=datamodule)
+    trainer, collector = fit_digits(datamodule=datamodule, align="joint")
     run = EmbeddingRun(collector.dirpath)
     ids_a, a = run.vectors("head.1", 1, dataloader_idx=0)
     ids_b, b = run.vectors("head.1", 1, dataloader_idx=1)
@@ -69,7 +69,7 @@ def test_several_dataloaders_share_one_map(fit_digits):
 
 def test_validate_and_test_after_fit_land_in_the_fit_run_and_map(fit_digits):
     datamodule = DigitsDataModule()
-    trainer, collector = fit_digits(datamodule=datamodule, stages=("fit", "validate", "test"))
+    trainer, collector = fit_digits(datamodule=datamodule, stages=("fit", "validate", "test"), align="joint")
     datamodule.test_dataloader = lambda: DataLoader(Subset(datamodule.val_set, range(120)), batch_size=50)
     trainer.validate(trainer.lightning_module, datamodule=datamodule)
     trainer.test(trainer.lightning_module, datamodule=datamodule, verbose=False)

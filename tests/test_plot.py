@@ -3,12 +3,17 @@ rendered by a headless Chromium."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -311,18 +316,29 @@ def test_html_says_when_it_subsamples(fresh, monkeypatch):
     assert "of 449 points shown" in figure
 
 
-def test_html_renders_in_headless_chromium(fresh, tmp_path):
+def chromium_or_skip() -> str:
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium): the page is not opened in a browser")
-    page = write_html(fresh)
+    return chromium
+
+
+def dump_dom(chromium: str, page: Path, profile: Path, budget_ms: int = 10_000) -> subprocess.CompletedProcess:
+    """Open ``page`` in headless Chromium, offline, and return the DOM once ``budget_ms`` of virtual time have run
+    (virtual time skips ahead while the page waits on timers, so animations cost no real waiting)."""
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri(),
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--window-size=1280,1000", f"--virtual-time-budget={budget_ms}", "--dump-dom", page.resolve().as_uri(),
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_html_renders_in_headless_chromium(fresh, tmp_path):
+    chromium = chromium_or_skip()
+    page = write_html(fresh)
+    done = dump_dom(chromium, page, tmp_path / "profile")
     dom = done.stdout
     assert done.returncode == 0 and "lightning-embeddings-1" in dom, done.stderr[-2000:]
     first, second = dom.split('id="lightning-embeddings-1"', 1)
@@ -330,3 +346,172 @@ def test_html_renders_in_headless_chromium(fresh, tmp_path):
     points = [len(re.findall(r'<path class="point\b', part)) for part in (first, second)]
     assert points == [N_VAL, N_VAL], points
     assert '<g class="slider-container"' in first or 'class="slider-container"' in first
+
+
+class Chromium:
+    """A headless Chromium driven through the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
+    messages ending in NUL, commands on fd 3, answers and events on fd 4): no port, no extra library. Pages run in
+    real time: under ``--virtual-time-budget`` requestAnimationFrame stops firing, and plotly's slider and
+    transitions wait on it."""
+
+    def __init__(self, executable: str, profile: Path, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self.log = profile.with_suffix(".log")
+        commands_r, self._commands = os.pipe()
+        self._answers, answers_w = os.pipe()
+        # the browser's ends, moved out of the way so that putting them on 3 and 4 cannot overwrite one another
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (commands_r, answers_w)]
+        os.close(commands_r)
+        os.close(answers_w)
+        args = [
+            executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+            "--window-size=1280,1000", "--remote-debugging-pipe", "about:blank",
+        ]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f'exec "$@" 3<&{ends[0]} 4>&{ends[1]}', "bash", *args],
+                pass_fds=ends, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        for fd in ends:
+            os.close(fd)
+        self._buffer, self._id, self._events = b"", 0, []
+
+    def __enter__(self) -> "Chromium":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._send("Browser.close")
+        except (OSError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        os.close(self._commands)
+        os.close(self._answers)
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._answers], [], [], left)[0]:
+                raise TimeoutError(f"Chromium did not answer in {self.timeout} s; its log: {self.log}")
+            chunk = os.read(self._answers, 1 << 16)
+            if not chunk:
+                raise ConnectionError(f"Chromium closed its DevTools pipe; its log ends: "
+                                      f"{self.log.read_text(errors='replace')[-2000:]}")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def _send(self, method: str, session: Optional[str] = None, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            answer = self._read(deadline)
+            if answer.get("id") != self._id:
+                self._events.append(answer)
+            elif "error" in answer:
+                raise RuntimeError(f"{method}: {answer['error']}")
+            else:
+                return answer["result"]
+
+    def _event(self, method: str) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while not any(e.get("method") == method for e in self._events):
+            self._events.append(self._read(deadline))
+        return next(e for e in self._events if e.get("method") == method)
+
+    def evaluate(self, page: Path, expression: str):
+        """Open ``page`` in a new tab, wait for its load event, and return what ``expression`` gives (a promise is
+        awaited); a JavaScript exception fails the test with its text."""
+        target = self._send("Target.createTarget", url="about:blank")["targetId"]
+        session = self._send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self._send("Page.enable", session)
+        self._send("Page.navigate", session, url=page.resolve().as_uri())
+        self._event("Page.loadEventFired")
+        result = self._send("Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True)
+        assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:3000]
+        return result["result"].get("value")
+
+
+# Drives the page's first figure as a user would (a press on the slider's rail at a step, a click on play) and
+# gives, on load and after each action, the title drawn, the slider's value and which frame's points are drawn.
+DRIVER = """
+(async () => {
+  const states = [];
+  const gd = document.getElementById("lightning-embeddings-0");
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  for (let t = 0; !(gd._fullLayout && gd.querySelector(".slider-rail-touch-rect")) && t < 200; t++) await sleep(50);
+  const frames = gd._transitionData._frames;
+  const key = (x) => x && x.bdata !== undefined ? x.bdata : JSON.stringify(x);  // x: a typed array spec {dtype, bdata}
+  const same = (a, b) => key(a) === key(b);
+  const shown = () => frames.findIndex((f) => f.data.every((trace, i) => same(trace.x, gd.data[i].x)));
+  const title = () => {
+    const node = gd.querySelector(".g-gtitle .gtitle");
+    if (!node) return {text: null, html: null};
+    const lines = node.querySelectorAll("tspan.line");
+    return {text: lines.length ? Array.from(lines, (l) => l.textContent).join("\\n") : node.textContent,
+            html: node.outerHTML};
+  };
+  const record = (action) => {
+    const current = gd.querySelector(".slider-group > text").textContent;  // the slider's "snapshot: <label>"
+    states.push({action, shown: shown(), active: gd._fullLayout.sliders[0].active, current, ...title()});
+  };
+  // resolves on plotly_animated (the animation, and its redraw, are done), or says "timeout" when it never comes
+  const settled = (act) => new Promise((resolve) => {
+    let done = false;
+    const finish = (how) => { if (!done) { done = true; resolve(how); } };
+    gd.on("plotly_animated", () => finish("animated"));
+    act();
+    setTimeout(() => finish("timeout"), 8000);
+  }).then(async (how) => { await sleep(50); return how; });
+  const mouse = (node, type, x, y) => node.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true,
+    view: window, clientX: x, clientY: y, button: 0}));
+  const slide = async (k) => {
+    const rail = gd.querySelector(".slider-rail-touch-rect"), box = rail.getBoundingClientRect();
+    const x = box.left + 10 + (box.width - 20) * k / (frames.length - 1), y = box.top + box.height / 2;
+    record(`slider to ${k}: ${await settled(() => { mouse(rail, "mousedown", x, y); mouse(rail, "mouseup", x, y); })}`);
+  };
+  record("load");
+  await slide(1);
+  await slide(frames.length - 1);
+  await slide(0);
+  const play = Array.from(gd.querySelectorAll(".updatemenu-button")).find((b) => b.textContent.includes("play"));
+  record(`play: ${await settled(() => mouse(play, "click", 0, 0))}`);
+  return states;
+})()
+"""
+
+
+def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_path):
+    chromium = chromium_or_skip()
+    run = EmbeddingRun(fresh)
+    names = [s["name"] for s in run.snapshots]
+    assert len(names) == 3
+    trust = dict(zip(names, [0.93, 0.5, 0.87]))  # the middle snapshot is not faithful
+
+    def forced(manifest):
+        manifest["reducer"]["layers"]["head.1"]["trustworthiness"] = trust
+
+    edit_manifest(fresh, forced)
+    page = write_html(fresh, layers=["head.1"])
+    with Chromium(chromium, tmp_path / "profile") as browser:
+        states = browser.evaluate(page, DRIVER)
+    assert [s["action"] for s in states] == [
+        "load", "slider to 1: animated", "slider to 2: animated", "slider to 0: animated", "play: animated",
+    ], states
+    snapshots = {s["name"]: s for s in run.snapshots}
+    for state, expected in zip(states, [0, 1, 2, 0, 2]):
+        assert state["shown"] == state["active"] == expected, state
+        label = plot.snapshot_label(snapshots[names[expected]])
+        assert state["current"] == f"snapshot: {label}", state
+        lines = state["text"].splitlines()
+        assert lines[0].startswith(label + " ") and f"trustworthiness {trust[names[expected]]:.2f}" in lines[0], state
+        unfaithful = trust[names[expected]] < 0.8
+        assert any("not faithful" in line for line in lines[1:]) == unfaithful, state
+        assert ("rgb(192, 0, 0)" in state["html"]) == unfaithful, state  # the mark is drawn in red (plot.WARNING)

@@ -438,7 +438,7 @@ def test_fit_samples_fits_on_a_stratified_sample_and_places_every_row_in_batches
     run = _copy_run(unreduced_run, tmp_path / "run")
     monkeypatch.setattr(reducers, "TRANSFORM_ROWS", 40)
     Recording.fitted_on.clear(), Recording.batches.clear()
-    maps = run.reduce(reducer=Recording(), layers=["head.1"], fit_samples=60, progress=False)  # align="joint"
+    maps = run.reduce(reducer=Recording(), layers=["head.1"], fit_samples=60, align="joint", progress=False)
 
     (fit_on,) = Recording.fitted_on
     assert fit_on.shape == (60, 64)
@@ -466,7 +466,7 @@ def test_fit_samples_fits_on_a_stratified_sample_and_places_every_row_in_batches
 
 def test_fit_samples_none_fits_on_every_row_and_bad_values_are_refused(unreduced_run, tmp_path):
     run = _copy_run(unreduced_run, tmp_path / "run")
-    run.reduce(reducer="pca", layers=["head.1"], fit_samples=None, progress=False)
+    run.reduce(reducer="pca", layers=["head.1"], fit_samples=None, align="joint", progress=False)
     assert _manifest(run.path)["reducer"]["layers"]["head.1"]["samples"] == 3 * 150
     run.reduce(reducer="pca", layers=["head.1"], align="last", fit_samples=None, progress=False)
     assert _manifest(run.path)["reducer"]["layers"]["head.1"]["samples"] == 150

@@ -220,6 +220,9 @@ def test_a_model_that_diverges_in_a_later_epoch_gets_a_map_of_its_finite_rows_at
     (said,) = _messages(record, "non-finite")
     assert "'head.1'" in said and f"{diverged}: {N}" in said
     assert run.manifest["reducer"]["layers"]["head.1"]["left_out"] == {diverged: N}
+    # align="last", and the last snapshot has no finite vector: the map is fitted on the last one that has
+    assert run.manifest["reducer"]["layers"]["head.1"]["fitted_on"] == run.snapshots[0]["name"]
+    assert any(f"no finite vector in {diverged}" in str(w.message) for w in record)
     assert set(run.projections("head.1")["epoch"]) == {0} and set(run.projections("features.1")["epoch"]) == {0, 1}
 
 
