@@ -223,8 +223,9 @@ class EmbeddingCollector(Callback):
         resolved = resolve_layers(pl_module, self.layers)
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
             self._refuse_a_shared_dirpath(trainer, stage)
-            parent = None if self._dirpath_arg is not None else _default_parent(trainer)  # every rank: loggers broadcast
-            self.dirpath = _on_rank_zero(trainer, lambda: self._open(parent, fresh=stage == "fit"))
+            smoke = bool(trainer.fast_dev_run) and self._dirpath_arg is None  # a throwaway run, never in the cwd
+            parent = None if self._dirpath_arg is not None or smoke else _default_parent(trainer)  # every rank
+            self.dirpath = _on_rank_zero(trainer, lambda: self._open(_throwaway() if smoke else parent, stage == "fit"))
             if trainer.is_global_zero and os.getpid() != self._origin[0]:  # a spawned worker: tell the main process
                 _spawn_note(self._origin[1]).write_text(str(self.dirpath))
         else:
@@ -555,8 +556,13 @@ class EmbeddingCollector(Callback):
             rank_zero_warn(f"EmbeddingCollector recorded nothing during {_stage(trainer)}: {why}. No run is written.")
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             run = EmbeddingRun(self.dirpath)
-            maps = run.reduce(self.reducer, self.n_components, self.seed, align=self.align, fit_samples=self.fit_samples,
-                              progress=trainer.progress_bar_callback is not None, **self.reducer_kwargs)
+            reducer, align, kwargs = self.reducer, self.align, self.reducer_kwargs
+            if trainer.fast_dev_run and reducer is not None:  # a smoke test: the whole path, in about a second
+                reducer, align, kwargs = "pca", "last" if align == "aligned" else align, {}
+                rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of "
+                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath}")
+            maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
+                              progress=trainer.progress_bar_callback is not None, **kwargs)
             pictures = plot_run(run, html=self.html) if self.plots and maps else []
             export_to_loggers(run, trainer.loggers, pictures)
             rank_zero_info(
@@ -682,6 +688,15 @@ def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return result
+
+
+def _throwaway() -> Path:
+    """A fresh temporary folder for a ``fast_dev_run``'s run (a smoke test's reruns never pile up in the cwd)."""
+    return Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
+
+
+def _reducer_name(reducer: reducers.ReducerSpec) -> str:
+    return reducer if isinstance(reducer, str) else type(reducer).__name__
 
 
 def _spawn_note(token: str) -> Path:

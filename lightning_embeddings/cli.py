@@ -1,6 +1,6 @@
 """The ``lightning-embeddings`` command line: choose layers, inspect a run, reduce it again, draw it, export it.
 
-    lightning-embeddings layers digits:DigitsCNN --input-shape 1,1,8,8
+    lightning-embeddings layers examples/digits.py:DigitsCNN --input-shape 1,1,8,8
     lightning-embeddings info lightning_logs/version_0/embeddings
     lightning-embeddings reduce lightning_logs/version_0/embeddings --reducer pacmap --n-components 3
     lightning-embeddings plot lightning_logs/version_0/embeddings --html
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_examples(
             "lightning-embeddings layers my_package.models:Net",
-            "lightning-embeddings layers digits:DigitsCNN --input-shape 1,1,8,8      (PYTHONPATH=examples)",
+            "lightning-embeddings layers examples/digits.py:DigitsCNN --input-shape 1,1,8,8",
             "lightning-embeddings layers models/net.py:Net --input-shape 2,3,224,224",
             "lightning-embeddings layers last.ckpt --class my_package.models:Net --input-shape 1,3,32,32",
             "lightning-embeddings layers my_package.text:Encoder --input-shape 1,128 --dtype int64",

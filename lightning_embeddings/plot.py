@@ -895,10 +895,10 @@ def _figure(go: Any, info: _Layer) -> Any:
                                layout=go.Layout(title=titles[-1])))
         steps.append(dict(
             method="animate", label=snapshot_label(snapshot),
-            args=[[snapshot["name"]], dict(mode="immediate", frame=dict(duration=0, redraw=False),
+            args=[[snapshot["name"]], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                            transition=dict(duration=400))],
         ))
-    play = dict(frame=dict(duration=900, redraw=False), transition=dict(duration=500), fromcurrent=True, mode="immediate")
+    play = dict(frame=dict(duration=900, redraw=True), transition=dict(duration=500), fromcurrent=True, mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
     figure = go.Figure(
         data=frames[0].data,

@@ -60,11 +60,11 @@ def check_reducer_kwargs(reducer: Any, n_components: int, seed: Optional[int], k
     Raises:
         ValueError: an argument the reducer does not take, naming the nearest ones it does.
     """
-    if not isinstance(reducer, str) or reducer not in REDUCER_NAMES:
-        if kwargs:
-            raise ValueError(f"reducer_kwargs {kwargs!r} go with a named reducer; configure a {type(reducer).__name__} "
-                             "object itself instead.")
+    if not kwargs:  # nothing to misspell: the reducer is not imported (UMAP's import alone takes seconds)
         return
+    if not isinstance(reducer, str) or reducer not in REDUCER_NAMES:
+        raise ValueError(f"reducer_kwargs {kwargs!r} go with a named reducer; configure a {type(reducer).__name__} "
+                         "object itself instead.")
     try:
         make_reducer(reducer, n_components, seed, FIT_SAMPLES, **kwargs)
     except TypeError as error:

@@ -195,8 +195,9 @@ def test_default_dirpath_is_under_the_log_dir_and_fast_dev_run_records_one_epoch
     pl.Trainer(default_root_dir=tmp_path / "dev", fast_dev_run=True, callbacks=[collector]).fit(
         DigitsCNN(), DigitsDataModule()
     )
-    run = EmbeddingRun(tmp_path / "dev" / "embeddings")
+    run = EmbeddingRun(collector.dirpath)  # a throwaway directory, not in default_root_dir (see test_smoke.py)
     assert run.epochs == [0] and len(run.vectors("head.1", 0)[0]) == 64
+    assert not (tmp_path / "dev" / "embeddings").exists()
 
 
 def test_a_lightning_demo_model_without_labels(tmp_path):

@@ -319,3 +319,13 @@ def test_console_script_runs_in_a_subprocess():
     assert rows["3"] == ["3", "features.1", "ReLU", "0", "(1, 16, 8, 8)"]
     assert rows["9"] == ["9", "head.1", "Linear", "32,832", "(1, 64)"]
 
+
+
+def test_the_readme_layers_command_works_from_the_repository_root(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    readme = (Path("README.md")).read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("lightning-embeddings layers "))
+    argv = command.split("#")[0].split()[1:]
+    status, out, err = cli(capsys, *argv)
+    assert status == 0, err
+    assert re.search(r"9\s+head\.1\s+Linear\s+32,832\s+\(1, 64\)", out)

@@ -226,7 +226,7 @@ def test_runs_without_a_logger_take_fresh_names_and_never_overwrite(tmp_path):
     _, first = fit_collector(tmp_path, trainer_kwargs={"max_epochs": 1})
     before = {p: p.read_bytes() for p in first.dirpath.rglob("*.parquet")}
     _, second = fit_collector(tmp_path, trainer_kwargs={"max_epochs": 1})
-    _, third = fit_collector(tmp_path, trainer_kwargs={"fast_dev_run": True})
+    _, third = fit_collector(tmp_path, trainer_kwargs={"max_epochs": 1})
     assert [first.dirpath, second.dirpath, third.dirpath] == [tmp_path / "embeddings", tmp_path / "embeddings-v1",
                                                               tmp_path / "embeddings-v2"]
     assert {p: p.read_bytes() for p in first.dirpath.rglob("*.parquet")} == before

@@ -324,30 +324,6 @@ def chromium_or_skip() -> str:
     return chromium
 
 
-def dump_dom(chromium: str, page: Path, profile: Path, budget_ms: int = 10_000) -> subprocess.CompletedProcess:
-    """Open ``page`` in headless Chromium, offline, and return the DOM once ``budget_ms`` of virtual time have run
-    (virtual time skips ahead while the page waits on timers, so animations cost no real waiting)."""
-    command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-        "--window-size=1280,1000", f"--virtual-time-budget={budget_ms}", "--dump-dom", page.resolve().as_uri(),
-    ]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
-
-
-def test_html_renders_in_headless_chromium(fresh, tmp_path):
-    chromium = chromium_or_skip()
-    page = write_html(fresh)
-    done = dump_dom(chromium, page, tmp_path / "profile")
-    dom = done.stdout
-    assert done.returncode == 0 and "lightning-embeddings-1" in dom, done.stderr[-2000:]
-    first, second = dom.split('id="lightning-embeddings-1"', 1)
-    assert first.count('class="main-svg"') >= 1 and second.count('class="main-svg"') >= 1
-    points = [len(re.findall(r'<path class="point\b', part)) for part in (first, second)]
-    assert points == [N_VAL, N_VAL], points
-    assert '<g class="slider-container"' in first or 'class="slider-container"' in first
-
-
 class Chromium:
     """A headless Chromium driven through the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
     messages ending in NUL, commands on fd 3, answers and events on fd 4): no port, no extra library. Pages run in
@@ -437,6 +413,30 @@ class Chromium:
         result = self._send("Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True)
         assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:3000]
         return result["result"].get("value")
+
+
+# Waits for both figures to be drawn (their sliders are drawn last), then gives the whole DOM.
+RENDERED = """
+(async () => {
+  for (let t = 0; t < 400 && document.querySelectorAll(".js-plotly-plot .slider-container").length < 2; t++) {
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  return document.documentElement.outerHTML;
+})()
+"""
+
+
+def test_html_renders_in_headless_chromium(fresh, tmp_path):
+    chromium = chromium_or_skip()
+    page = write_html(fresh)
+    with Chromium(chromium, tmp_path / "profile") as browser:
+        dom = browser.evaluate(page, RENDERED)
+    assert "lightning-embeddings-1" in dom
+    first, second = dom.split('id="lightning-embeddings-1"', 1)
+    assert first.count('class="main-svg"') >= 1 and second.count('class="main-svg"') >= 1
+    points = [len(re.findall(r'<path class="point\b', part)) for part in (first, second)]
+    assert points == [N_VAL, N_VAL], points
+    assert 'class="slider-container"' in first and 'class="slider-container"' in second
 
 
 # Drives the page's first figure as a user would (a press on the slider's rail at a step, a click on play) and

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -78,3 +80,14 @@ def test_clear_errors_for_what_is_not_there(run, tmp_path):
         run.vectors("head.1", 7)
     with pytest.raises(ValueError, match="Unknown reducer 'tsne'"):
         run.reduce(reducer="tsne")
+
+
+def test_the_readme_duckdb_cosine_query_runs_with_the_fixed_size_cast(run):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    query = readme.split('duckdb.sql(f"""', 1)[1].split('""")', 1)[0].replace("epoch = 4", "epoch = 2")
+    rows = duckdb.sql(query.replace("{run.path}", str(run.path))).fetchall()
+    _, first = run.vectors("head.1", 0)
+    _, last = run.vectors("head.1", 2)
+    cos = (first * last).sum(1) / np.linalg.norm(first, axis=1) / np.linalg.norm(last, axis=1)
+    assert [r[0] for r in rows] == np.argsort(cos, kind="stable")[:10].tolist()
+    np.testing.assert_allclose([r[1] for r in rows], np.sort(cos)[:10], rtol=1e-5)
