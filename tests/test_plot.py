@@ -400,7 +400,9 @@ class Chromium:
         deadline = time.monotonic() + self.timeout
         while not any(e.get("method") == method for e in self._events):
             self._events.append(self._read(deadline))
-        return next(e for e in self._events if e.get("method") == method)
+        event = next(e for e in self._events if e.get("method") == method)
+        self._events.remove(event)
+        return event
 
     def evaluate(self, page: Path, expression: str):
         """Open ``page`` in a new tab, wait for its load event, and return what ``expression`` gives (a promise is
@@ -408,7 +410,9 @@ class Chromium:
         target = self._send("Target.createTarget", url="about:blank")["targetId"]
         session = self._send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self._send("Page.enable", session)
-        self._send("Page.navigate", session, url=page.resolve().as_uri())
+        navigated = self._send("Page.navigate", session, url=page.resolve().as_uri())
+        assert not navigated.get("errorText"), f"Chromium could not open {page}: {navigated['errorText']}"
+        self._events.clear()  # what came before the navigation was answered belongs to about:blank
         self._event("Page.loadEventFired")
         result = self._send("Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True)
         assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:3000]
