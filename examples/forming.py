@@ -3,10 +3,10 @@
     python examples/forming.py [--out runs/align] [--epochs 5] [--samples N]
 
 ``FormingClusters`` is a model whose recorded layer forms clusters over 5 epochs: at epoch e each sample's vector
-is ``(1 - t) * noise + t * centre`` with ``t = e / (epochs - 1)``, a known ground truth. ``main`` records it and the digits
-CNN, reduces each run with PCA and with UMAP under ``align='last'``, ``'joint'`` and ``'aligned'``, prints each
+is ``(1 - t) * noise + t * centre`` with ``t = e / (epochs - 1)``, a known ground truth. ``main`` records it and the
+digits CNN, reduces each run with PCA and with UMAP under ``align='last'``, ``'joint'`` and ``'aligned'``, prints each
 snapshot's trustworthiness and draws the pictures (docs/align.md shows them). ``--epochs`` and ``--samples``
-make it smaller (the tests run it at 3 epochs of 200 samples); by default it runs at the size docs/align.md shows.
+make it smaller (the tests run it at 3 epochs of 100 samples); by default it runs at the size docs/align.md shows.
 """
 
 from __future__ import annotations
@@ -82,13 +82,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="samples per snapshot: forming clusters' count and at most this many of digits' 449 "
                              "validation samples (default: 600 forming clusters, every digits validation sample)")
     args = parser.parse_args(argv)
-    forming = FormingClusters(epochs=args.epochs, **({} if args.samples is None else {"n": args.samples}))
-    cases = {"forming": (forming, None, "forming"), "digits": (DigitsCNN(), DigitsDataModule(), "head.1")}
+    sizes = {} if args.samples is None else {"n": args.samples}
+    cases = {  # each model made after seeding, so its weights do not depend on what ran before
+        "forming": (lambda: FormingClusters(epochs=args.epochs, **sizes), None, "forming"),
+        "digits": (DigitsCNN, DigitsDataModule(), "head.1"),
+    }
     print("case     align    reducer  trustworthiness per snapshot")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for case, (model, datamodule, layer) in cases.items():
+        for case, (make_model, datamodule, layer) in cases.items():
             pl.seed_everything(0, verbose=False)
+            model = make_model()
             dirpath = Path(args.out) / case
             collector = EmbeddingCollector(layers=[layer], reducer=None, plots=False, dirpath=dirpath,
                                            max_samples=args.samples, overwrite=True)

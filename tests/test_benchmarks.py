@@ -1,5 +1,15 @@
-"""A smoke run of every benchmark at a tiny size: the scripts still work (their figures are not judged here)."""
+"""A smoke run of every benchmark at a tiny size: the scripts still work (their figures are not judged here). Not
+``smoke.py``: even at ``--repeats 1`` it is five fresh processes (28 s); test_smoke.py runs the same smoke test.
 
+Each script runs as ``python benchmarks/<script> args`` does, in a fresh interpreter, except ``overhead.py``: it
+measures nothing about its own process (it times validations against each other), so it runs here as ``__main__``
+(``runpy``), saving a second import of torch and Lightning. ``writer.py`` imports neither; the others measure fresh
+processes (imports, peak memory) and start those themselves. They run one at a time, not in the background beside
+other tests: on 2 cores that was slower overall (test_align's PaCMAP test took 77 s instead of 1 s beside
+numba_compile.py, their OpenMP threads contending)."""
+
+import logging
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +17,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+IN_PROCESS = {"overhead.py"}
 
 
 @pytest.mark.parametrize(
@@ -19,7 +30,18 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
     ],
 )
-def test_benchmark_runs_at_a_tiny_size(tmp_path, script, args, printed):
+def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, args, printed):
+    if script in IN_PROCESS:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])
+        lightning_logger = logging.getLogger("lightning.pytorch")
+        level = lightning_logger.level
+        try:
+            runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+        finally:
+            lightning_logger.setLevel(level)  # the script quiets Lightning's info messages
+        assert printed in capsys.readouterr().out
+        return
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

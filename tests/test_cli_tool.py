@@ -90,7 +90,7 @@ def test_layers_table_with_output_shapes_counts_as_the_collector(capsys):
     assert rows["0"][:3] == ["0", "root", "DigitsCNN"]
     assert rows["3"] == ["3", "features.1", "ReLU", "0", "(1, 16, 8, 8)"]
     assert rows["9"] == ["9", "head.1", "Linear", "32,832", "(1, 64)"]
-    assert rows["2"][3] == "160" and len(rows) == 12
+    assert rows["2"][3] == "160" and len(rows) == 13  # 12: val_acc, the torchmetrics accuracy, not called
     assert "38,282 parameters" in out
 
 
@@ -130,7 +130,7 @@ def test_module_table_leaves_the_model_as_it_found_it():
     model.head[3].eval()  # a mixed state, restored module by module
     modes = [m.training for m in model.modules()]
     rows = module_table(model, torch.zeros(4, 1, 8, 8))
-    assert [r["output_shape"] for r in rows][8:] == [(4, 512), (4, 64), (4, 64), (4, 10)]
+    assert [r["output_shape"] for r in rows][8:] == [(4, 512), (4, 64), (4, 64), (4, 10), None]  # 12: val_acc
     with pytest.raises(ValueError, match=r"shape \(4, 8, 8\) failed in module 'features\.0' \(index 2, Conv2d\)"):
         module_table(model, torch.zeros(4, 8, 8))
     assert [m.training for m in model.modules()] == modes

@@ -1,53 +1,67 @@
-"""The examples run as written in the README."""
+"""The examples run as written in the README, each with its own command line, in this process as ``__main__``
+(``runpy``): they share numba's UMAP compile and the import of Lightning with the other tests. test_cli.py starts
+``python examples/digits_cli.py`` in fresh interpreters, as users do (a script finding ``digits`` beside it)."""
 
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+
+import pytest
 
 from lightning_embeddings import EmbeddingRun
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_digits_example_runs_and_prints_its_run(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "digits.py"), "--root-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.fixture
+def run_example(tmp_path, monkeypatch):
+    """``run_example("digits.py", *args)``: what ``python examples/digits.py args`` does, in this process, from
+    ``tmp_path``; the environment variables ``seed_everything`` sets are restored after the test."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(script: str, *args: str) -> None:
+        monkeypatch.setattr(sys, "argv", [str(EXAMPLES / script), *args])
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+
+    return run
+
+
+def test_digits_example_runs_and_prints_its_run(tmp_path, run_example, capsys):
+    run_example("digits.py", "--root-dir", str(tmp_path))
+    out = capsys.readouterr().out
     run_dir = tmp_path / "lightning_logs" / "version_0" / "embeddings"
-    assert f"run directory: {run_dir}" in result.stdout
-    assert "epochs: [0, 1, 2, 3, 4]" in result.stdout
-    assert "layer 'features.1' (index 3, ReLU, avg_pool_2_2): 64 dims, 449 samples per epoch" in result.stdout
+    assert f"run directory: {run_dir}" in out
+    assert "epochs: [0, 1, 2, 3, 4]" in out
+    assert "layer 'features.1' (index 3, ReLU, avg_pool_2_2): 64 dims, 449 samples per epoch" in out
+    assert (f"pictures in {run_dir / 'plots'}: features.1-overview.png, features.1-snapshots.png, "
+            "head.1-overview.png, head.1-snapshots.png") in out
     run = EmbeddingRun(run_dir)
     assert run.manifest["reducer"]["name"] == "umap"
     assert len(run.projections("head.1")) == 5 * 449
+    assert all((run_dir / "plots" / f"head.1-{kind}.png").stat().st_size > 0 for kind in ("overview", "snapshots"))
 
 
-def test_digits_cli_example_runs_from_its_yaml(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "digits_cli.py"), "fit", "--config", str(EXAMPLES / "digits.yaml"),
-         "--trainer.default_root_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_digits_cli_example_runs_from_its_yaml(tmp_path, run_example):
+    run_example("digits_cli.py", "fit", "--config", str(EXAMPLES / "digits.yaml"), "--trainer.default_root_dir",
+                str(tmp_path))
     run = EmbeddingRun(tmp_path / "lightning_logs" / "version_0" / "embeddings")
     assert run.epochs == [0, 1, 2, 3, 4]
     assert [run.layer(l)["strategy"] for l in run.layers] == ["avg_pool_2_2", "flatten"]
     assert run.manifest["reducer"]["name"] == "pacmap"
 
 
-def test_forming_example_compares_the_alignments(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "forming.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("forming ", "digits "))]
+def test_forming_example_compares_the_alignments(tmp_path, run_example, capsys):
+    # at a reduced size: 3 epochs of 100 samples (by default 5 epochs, all 600 forming and 449 digits samples)
+    run_example("forming.py", "--out", str(tmp_path), "--epochs", "3", "--samples", "100")
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("forming ", "digits "))]
     assert [row[:3] for row in rows] == [
         [case, align, reducer] for case in ("forming", "digits")
         for align, reducer in [("last", "pca"), ("last", "umap"), ("joint", "umap"), ("aligned", "umap")]
     ]
     trust = {(row[0], row[1], row[2]): [float(v) for v in row[3:]] for row in rows}
+    assert all(len(values) == 3 for values in trust.values())  # one per snapshot
     assert trust["digits", "joint", "umap"][0] > trust["digits", "last", "umap"][0]  # the honesty problem, measured
     assert len(list((tmp_path / "pictures").glob("*.png"))) == 16
+    assert len(EmbeddingRun(tmp_path / "digits").vectors("head.1", epoch=0)[0]) == 100

@@ -15,7 +15,8 @@ def test_ints_index_named_modules_as_3lc_and_strs_name_modules():
 
 
 def test_index_out_of_range_names_the_range_and_last_modules():
-    with pytest.raises(ValueError, match=r"index 99 is out of range: the model has 12 modules \(0\.\.11\).*11: 'head\.3' \(Linear\)"):
+    with pytest.raises(ValueError, match=r"index 99 is out of range: the model has 13 modules \(0\.\.12\).*11: 'head\.3' \(Linear\), "
+                                         r"12: 'val_acc' \(MulticlassAccuracy\)"):
         resolve_layers(DigitsCNN(), [99])
 
 
