@@ -86,7 +86,7 @@ def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: s
         "last": "align='last' draws every snapshot through the map of the last one, so snapshots unlike it (early "
                 "epochs, before the structure formed) come out as the final structure; align='joint' fits on every "
                 "snapshot of fit together and shows each by its own neighbours (docs/align.md: digits, epoch 0, "
-                f"0.69 with 'last', 0.975 with 'joint'): lightning-embeddings reduce {path} --align joint",
+                f"0.79 with 'last', 0.979 with 'joint'): lightning-embeddings reduce {path} --align joint",
         "joint": f"align='aligned' gives each snapshot its own UMAP: lightning-embeddings reduce {path} --align "
                  "aligned --reducer umap",
         "aligned": "more neighbours (n_neighbors) or another reducer may help",
