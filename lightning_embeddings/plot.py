@@ -13,9 +13,9 @@ Per layer, under ``<run>/plots/``:
 ``embeddings.html``: every layer in one self-contained page (one inlined copy of plotly.js, no network), a
 slider and a play button over the snapshots, points moving by sample identity, numeric hover.
 
-The colours of both come from :func:`label_palette`. The pure functions that choose what is drawn
-(:func:`misclassified`, :func:`movers`, :func:`class_medians`, :func:`distance_to_final`, :func:`stratified_sample`,
-:func:`panel_title`) work on the DataFrame of :meth:`EmbeddingRun.projections` and are tested on their own.
+The colours of both come from :func:`label_palette`. This module only draws: what the paths say (misclassified
+samples, movers, class medians, distance to the final position) comes from :mod:`lightning_embeddings.dynamics`;
+:func:`stratified_sample` and :func:`panel_title` choose what fits on a picture.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_embeddings.dynamics import (
+    N_MOVERS,
+    class_medians,
+    distance_to_final,
+    fit_rows,
+    keyed,
+    misclassified,
+    movers,
+)
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import FAITHFUL
 from lightning_embeddings.run import EmbeddingRun
@@ -44,7 +53,6 @@ HTML_NAME = "embeddings.html"
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
 MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
-N_MOVERS = 10  # paths of the samples that moved most
 N_MISCLASSIFIED_PATHS = 20  # at most this many paths of samples that ended misclassified
 SEED = 0
 
@@ -165,126 +173,10 @@ def _interpolate(stops: Sequence[str], t: float) -> str:
 # --------------------------------------------------------------------------- what is drawn: pure functions
 
 
-def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a ``_key`` column naming each sample across snapshots: ``(dataloader_idx, sample_id)``."""
-    frame = frame.copy()
-    loader = frame["dataloader_idx"].to_numpy(np.int64) if "dataloader_idx" in frame else np.zeros(len(frame), np.int64)
-    frame["_key"] = loader << 40 | frame["sample_id"].to_numpy(np.int64)
-    if "dataloader_idx" not in frame:
-        frame["dataloader_idx"] = 0
-    return frame
-
-
-def fit_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the ``fit`` snapshots (all rows when the frame has no ``stage`` column or no ``fit`` row),
-    ordered by global step."""
-    rows = frame
-    if "stage" in frame and (frame["stage"] == "fit").any():
-        rows = frame[frame["stage"] == "fit"]
-    return rows.sort_values(["step", "epoch"], kind="stable")
-
-
 def _steps(rows: pd.DataFrame) -> list[tuple[int, int]]:
     """The ``(epoch, step)`` of each snapshot in ``rows``, in order."""
     pairs = rows[["epoch", "step"]].drop_duplicates().sort_values(["step", "epoch"])
     return [(int(e), int(s)) for e, s in pairs.itertuples(index=False)]
-
-
-def misclassified(frame: pd.DataFrame) -> pd.DataFrame:
-    """The samples misclassified at the last ``fit`` snapshot: its rows where ``prediction != label``.
-
-    Empty when labels or predictions were not recorded; rows missing either value are left out.
-
-    Example::
-
-        wrong = misclassified(run.projections("head.1"))
-        wrong[["sample_id", "label", "prediction"]]
-    """
-    if not {"label", "prediction"} <= set(frame.columns) or frame.empty:
-        return frame.iloc[:0]
-    rows = fit_rows(frame)
-    last = rows[rows["step"] == rows["step"].max()]
-    known = last["label"].notna() & last["prediction"].notna()
-    wrong = known & (last["label"] != last["prediction"])
-    return last[wrong.astype(bool)]
-
-
-def movers(frame: pd.DataFrame, n: int = N_MOVERS) -> pd.DataFrame:
-    """The ``n`` samples whose path across the ``fit`` snapshots is longest (sum of the distances between
-    consecutive snapshots, in map units), longest first.
-
-    Returns:
-        A DataFrame with ``dataloader_idx, sample_id, distance``.
-
-    Example::
-
-        movers(run.projections("head.1"), n=5)
-    """
-    rows = _keyed(fit_rows(frame))
-    if rows.empty:
-        return pd.DataFrame({"dataloader_idx": [], "sample_id": [], "distance": []})
-    rows = rows.sort_values(["_key", "step", "epoch"], kind="stable")
-    same = rows["_key"].to_numpy()[1:] == rows["_key"].to_numpy()[:-1]
-    steps = np.hypot(np.diff(rows["x"].to_numpy(float)), np.diff(rows["y"].to_numpy(float)))
-    lengths = np.zeros(len(rows))
-    lengths[1:] = np.where(same, steps, 0.0)
-    rows = rows.assign(_length=lengths)
-    total = rows.groupby("_key", sort=True).agg(
-        dataloader_idx=("dataloader_idx", "first"), sample_id=("sample_id", "first"), distance=("_length", "sum")
-    )
-    top = total.sort_values(["distance"], ascending=False, kind="stable").head(n)
-    return top.reset_index(drop=True)
-
-
-def class_medians(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each class's median position at every ``fit`` snapshot: ``label, epoch, step, x, y`` ordered by label then
-    step. Empty without labels.
-
-    Example::
-
-        for label, path in class_medians(run.projections("head.1")).groupby("label"):
-            print(label, path[["x", "y"]].to_numpy())
-    """
-    if "label" not in frame or frame["label"].isna().all():
-        return pd.DataFrame(columns=["label", "epoch", "step", "x", "y"])
-    rows = fit_rows(frame)
-    rows = rows[rows["label"].notna()]
-    medians = rows.groupby(["label", "step", "epoch"], sort=True)[["x", "y"]].median().reset_index()
-    return medians[["label", "epoch", "step", "x", "y"]].reset_index(drop=True)
-
-
-def distance_to_final(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per class (and over all samples, ``label`` ``None``), the median distance of the samples at each ``fit``
-    snapshot to where the same samples are at the last one: ``label, epoch, step, distance``.
-
-    Only samples present in the last snapshot count. Per-class rows are left out without labels.
-
-    Example::
-
-        curve = distance_to_final(run.projections("head.1"))
-        curve[curve.label.isna()]              # all samples: falls to 0 at the last snapshot
-    """
-    rows = _keyed(fit_rows(frame))
-    columns = ["label", "epoch", "step", "distance"]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    final = rows[rows["step"] == rows["step"].max()].drop_duplicates("_key", keep="last").set_index("_key")
-    joined = rows.join(final[["x", "y"]], on="_key", rsuffix="_final", how="inner")
-    joined["distance"] = np.hypot(joined["x"] - joined["x_final"], joined["y"] - joined["y_final"])
-    overall = joined.groupby(["step", "epoch"], sort=True)["distance"].median().reset_index()
-    overall.insert(0, "label", None)
-    parts = [overall[columns]]
-    if "label" in joined and joined["label"].notna().any():
-        # the label a sample ends with names its class along the whole path
-        joined["_final_label"] = joined["_key"].map(final["label"]) if "label" in final else joined["label"]
-        per_class = (
-            joined[joined["_final_label"].notna()]
-            .groupby(["_final_label", "step", "epoch"], sort=True)["distance"].median().reset_index()
-            .rename(columns={"_final_label": "label"})
-        )
-        parts.insert(0, per_class[columns].astype({"label": object}))
-    out = pd.concat(parts, ignore_index=True)
-    return out
 
 
 def stratified_sample(
@@ -306,7 +198,7 @@ def stratified_sample(
 
         keys, total = stratified_sample(run.projections("head.1"), limit=5000)
     """
-    rows = _keyed(frame)
+    rows = keyed(frame)
     labels = rows.drop_duplicates("_key", keep="last").set_index("_key")
     total = len(labels)
     per_snapshot = int(rows.groupby(["stage", "step", "epoch"]).size().max()) if "stage" in rows and len(rows) else total
@@ -409,7 +301,7 @@ def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
 
 def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     column = run.layer(layer)["column"]
-    frame = _keyed(run.projections(layer))
+    frame = keyed(run.projections(layer))
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
     trust = dict(facts.get("trustworthiness") or {})
