@@ -606,7 +606,8 @@ class EmbeddingCollector(Callback):
             if capture.vectors is None:
                 vectors.append(None)
                 continue
-            self._called[capture.layer.column] = self._called.get(capture.layer.column, 0) + 1
+            if self._checking:
+                self._called[capture.layer.column] += 1
             if capture.calls > 1:
                 self._warnings.warn(
                     f"EmbeddingCollector: layer {capture.layer.column!r} ran {capture.calls} times in one validation "

@@ -648,7 +648,6 @@ def _reduce(args: argparse.Namespace) -> None:
     n_components = args.n_components or recorded.get("n_components") or 2
     columns = _columns(run, args.layers)
     fit_samples = args.fit_samples if args.fit_samples is not None else recorded.get("fit_samples", FIT_SAMPLES)
-    views = _views(run)
     try:
         maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
                           align=args.align or recorded.get("align") or "last",
@@ -675,25 +674,15 @@ def _reduce(args: argparse.Namespace) -> None:
     if long_file.is_file():
         print(f"  {long_file}")
     print(f"  {run.path / 'manifest.json'}")
-    _redraw(run, views, maps.exported)
+    _redraw(run, maps.removed, maps.exported)
 
 
-def _views(run) -> list[Path]:
-    """The run's pictures (``plots/``) that exist now."""
-    from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
-
-    plots = run.path / PLOTS
-    views = [*(p for column in run.layers for p in layer_pictures(plots, column)), plots / HTML_NAME]
-    return [path for path in views if path.exists()]
-
-
-def _redraw(run, views: list[Path], exported: list[Path]) -> None:
-    """Draw again the ``views`` that reduce removed because they showed the old maps; say which, which projector
+def _redraw(run, removed: list[Path], exported: list[Path]) -> None:
+    """Draw again the pictures that reduce ``removed`` because they showed the old maps; say which, which projector
     exports reduce wrote again, and which pictures are gone because their layer has no map now."""
     from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
     from lightning_embeddings.store import projection_file
 
-    removed = [path for path in views if not path.exists()]
     with_maps = [column for column in run.layers if projection_file(run.path, column).is_file()]
     layers = [column for column in with_maps if set(layer_pictures(run.path / PLOTS, column)) & set(removed)]
     redrawn = plot_run(run, layers=layers) if layers else []

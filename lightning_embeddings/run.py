@@ -318,14 +318,14 @@ class EmbeddingRun:
         """
         reducers.check_reducer(reducer, align)
         if reducer is None:
-            return {}
+            return Maps(self, [])
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
         reducers.check_fit_samples(fit_samples, n_components)
         snapshots = self.manifest["snapshots"]
         if not snapshots:
             rank_zero_warn(f"{self.path} has no complete snapshot: nothing to reduce.")
-            return {}
+            return Maps(self, [])
         fitted_on = [s for s in snapshots if s["stage"] == "fit"] or snapshots
         largest = max(len(self._rows(s)) for s in snapshots) if align == "aligned" else 0
         if fit_samples is not None and largest > fit_samples:

@@ -329,3 +329,12 @@ def test_the_readme_layers_command_works_from_the_repository_root(capsys, monkey
     status, out, err = cli(capsys, *argv)
     assert status == 0, err
     assert re.search(r"9\s+head\.1\s+Linear\s+32,832\s+\(1, 64\)", out)
+
+
+def test_reduce_of_a_run_without_a_complete_snapshot_says_so_and_exits_0(run_copy, capsys):
+    manifest = json.loads((run_copy.path / "manifest.json").read_text())
+    manifest["snapshots"] = []
+    (run_copy.path / "manifest.json").write_text(json.dumps(manifest))
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", "pca")
+    assert status == 0, err
+    assert "has no complete snapshot: nothing to reduce" in err and "redrew" not in out
