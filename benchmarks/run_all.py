@@ -15,17 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numba_compile
 import memory
 import overhead
+import record_train
 import reduction
 import writer
 
 REDUCED = {
     "overhead": ["--val-samples", "2000", "--repeats", "5"],
+    "record_train": ["--train-samples", "4000", "--val-samples", "4000", "--repeats", "3"],
     "writer": ["--rows", "50000", "--dim", "256"],
     "memory": ["--sizes", "10000", "50000", "--dims", "512"],
     "reduction": ["--cases", "pca:10000", "pacmap:10000", "pca:100000", "--epochs", "5"],
     "numba_compile": ["--reducers", "pacmap"],
 }
-FULL = {"overhead": [], "writer": [], "memory": [], "reduction": [], "numba_compile": []}
+FULL = {"overhead": [], "record_train": [], "writer": [], "memory": [], "reduction": [], "numba_compile": []}
 
 
 def main() -> None:
@@ -34,7 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = FULL if args.full else REDUCED
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    for name, module in (("overhead", overhead), ("writer", writer), ("memory", memory), ("reduction", reduction),
+    for name, module in (("overhead", overhead), ("record_train", record_train), ("writer", writer), ("memory", memory),
+                         ("reduction", reduction),
                          ("numba_compile", numba_compile)):
         print(f"== {name} {' '.join(sizes[name])}", flush=True)
         module.main(sizes[name])

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, SequentialSampler
 
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
@@ -107,3 +107,21 @@ def loaders(val_dataloaders: Any) -> list[Any]:
     if isinstance(val_dataloaders, (list, tuple)):
         return list(val_dataloaders)
     return [val_dataloaders]
+
+
+def ordered_loader(loader: DataLoader, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """A loader of ``loader``'s dataset, batch size, collate and workers that visits every sample once in a fixed
+    order: sequentially, or this rank's share under DDP (``DistributedSampler`` without shuffling, whose padding
+    :func:`real_samples` counts); the last short batch is kept. An iterable dataset keeps its own order.
+
+    Example::
+
+        ordered_loader(trainer.train_dataloader)        # the training set, unshuffled
+    """
+    size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 1
+    sampler = None
+    if not isinstance(loader.dataset, IterableDataset):
+        sampler = (DistributedSampler(loader.dataset, num_replicas, rank, shuffle=False) if num_replicas > 1
+                   else SequentialSampler(loader.dataset))
+    return DataLoader(loader.dataset, batch_size=size, sampler=sampler, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -12,25 +12,30 @@ import shutil
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
+from lightning.pytorch.utilities.seed import isolate_rng
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, OutputKey
+from lightning_embeddings.dynamics import K_NEIGHBOURS, knn_accuracy
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.lock import HOLDER_FILE, LOCK_FILE, RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.loggers import export_to_loggers
@@ -39,6 +44,7 @@ from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
 
 STAGES = ("fit", "validate", "test")
+KNN_SAMPLES = 2048  # validation rows per layer behind the live k-NN accuracy
 LOCK_FILES = (LOCK_FILE, HOLDER_FILE)
 T = TypeVar("T")
 
@@ -67,7 +73,19 @@ class EmbeddingCollector(Callback):
         every_n_epochs: record the 1st, (n+1)-th, (2n+1)-th, ... epoch in which validation runs (counting only
             epochs that validate, so ``check_val_every_n_epoch`` does not leave it empty), and the last one;
             every validation in such an epoch is its own snapshot (``val_check_interval < 1`` gives several).
-        max_samples: record at most this many samples per epoch and dataloader: the same first ones every epoch.
+        max_samples: record at most this many samples per epoch, split and dataloader: the same first ones every
+            epoch.
+        record_train: at every recorded validation of ``fit``, also record every training sample (``split="train"``
+            rows in the same snapshot; validation rows are ``"val"``): one more pass of ``validation_step`` over the
+            training dataset, in eval mode without gradients, with the training loader's dataset, batch size and
+            collate, in a fixed order (each sample once over all ranks under DDP). It costs one more inference pass
+            over the training set per recorded validation (benchmarks/README.md measures it). ``self.log`` does
+            nothing during this pass and torchmetrics metrics keep their state, so what you log is unchanged; other
+            side effects of ``validation_step`` (appending to a list) also happen for the training batches.
+            :meth:`EmbeddingRun.samples` ranks the training samples by how likely their label is wrong.
+        logits: the recorded layer whose vectors are the class logits (``"head.2"``); by default logits are what
+            ``validation_step`` returns under ``"logits"``, when it does. They give each sample's confidence,
+            variability and margin in :meth:`EmbeddingRun.samples`.
         reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
             ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
@@ -94,7 +112,10 @@ class EmbeddingCollector(Callback):
     With a ``TensorBoardLogger`` the projector files are written to its log directory, a ``WandbLogger`` gets the
     pictures and a table of the last snapshot's map, an ``MLFlowLogger`` the pictures and ``projections.parquet``.
 
-    Predictions are recorded when ``validation_step`` returns a dict with ``"preds"``: one value per sample.
+    Predictions are recorded when ``validation_step`` returns a dict with ``"preds"`` (one value per sample), logits
+    when it returns ``"logits"`` (one row per sample). At every recorded validation each layer's leave-one-out k-NN
+    accuracy on at most 2048 labelled validation samples is logged as ``embeddings/<layer>/knn_accuracy``: which layer
+    separates the classes, and when.
 
     Before the first training step the sanity check's batches run through the hooks and reshapes (nothing is
     written), so a layer off the validation path, a bad ``output_key`` or reshape fails there. The run directory is
@@ -125,6 +146,8 @@ class EmbeddingCollector(Callback):
         dirpath: Optional[Union[str, Path]] = None,
         every_n_epochs: int = 1,
         max_samples: Optional[int] = None,
+        record_train: bool = False,
+        logits: Optional[Union[int, str]] = None,
         reducer: reducers.ReducerSpec = "umap",
         n_components: Literal[2, 3] = 2,
         reducer_kwargs: Optional[dict[str, Any]] = None,
@@ -154,8 +177,13 @@ class EmbeddingCollector(Callback):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
         reducers.check_reducer_kwargs(reducer, n_components, seed, dict(reducer_kwargs or {}))
         reducers.check_fit_samples(fit_samples, n_components)
+        if logits is not None and logits not in self.layers:
+            raise ValueError(f"logits={logits!r} must be one of layers={self.layers}: the recorded layer that gives the "
+                             "class logits.")
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
+        self.record_train = record_train
+        self.logits = logits
         self.reducer = reducer
         self.n_components = n_components
         self.reducer_kwargs = dict(reducer_kwargs or {})
@@ -183,6 +211,8 @@ class EmbeddingCollector(Callback):
         self._validations = 0  # validation epochs of this fit so far (every_n_epochs counts these)
         self._validated_epoch = -1
         self._snapshot: Optional[dict[str, Any]] = None
+        self._split = "val"  # the rows being recorded: "val" or "test", then "train" in record_train's pass
+        self._neighbourhood: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # knn_accuracy's (vectors, labels)
         self._rank_zero_wait: Optional[Any] = None
         self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
@@ -309,11 +339,11 @@ class EmbeddingCollector(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_snapshot(trainer)
+        self._log_knn_accuracy(pl_module)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end_snapshot(trainer)
+        self._log_knn_accuracy(pl_module)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -321,11 +351,16 @@ class EmbeddingCollector(Callback):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After the user's metrics are logged: record the training set (``record_train``), close the snapshot."""
+        if self.record_train and _stage(trainer) == "fit" and self._snapshot is not None:
+            self._record_train(trainer, pl_module)
+        self._end_snapshot(trainer)
         if _stage(trainer) == "validate":
             self._reduce(trainer)
 
     @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_snapshot(trainer)
         self._reduce(trainer)
 
     @override
@@ -428,13 +463,40 @@ class EmbeddingCollector(Callback):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
             return
         self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
-        self._seen.clear()
         self._missing = {capture.layer.column: 0 for capture in self._captures}
-        loaders = batches.loaders(dataloaders)
+        self._neighbourhood = {capture.layer.column: [] for capture in self._captures}
+        self._start_split("test" if stage == "test" else "val", batches.loaders(dataloaders))
+
+    def _start_split(self, split: str, loaders: list[Any]) -> None:
+        """Rows from ``loaders`` come next: at most ``max_samples`` of each, never DistributedSampler's padding."""
+        self._split = split
+        self._seen.clear()
         self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(loaders)}
-        # at most max_samples, and never DistributedSampler's padding duplicates
         self._limits = {i: min((n for n in (self.max_samples, batches.real_samples(dl)) if n is not None), default=None)
                         for i, dl in enumerate(loaders)}
+
+    def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``validation_step`` over the training set in a fixed order, eval mode, no gradients, as ``split="train"``
+        rows of the open snapshot; the random state is left as it was, so training goes on as without the pass."""
+        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank)
+                   for dl in batches.loaders(trainer.train_dataloader)]
+        self._start_split("train", loaders)
+        extra = {"dataloader_idx": 0} if len(batches.loaders(trainer.val_dataloaders)) > 1 else {}
+        with isolate_rng(), _silenced(pl_module), torch.no_grad(), trainer.precision_plugin.val_step_context():
+            for i, loader in enumerate(loaders):
+                for batch_idx, batch in enumerate(loader):
+                    limit = self._limits[i]
+                    if (batch_idx and trainer.fast_dev_run) or (limit is not None and self._seen[i] >= limit):
+                        break  # a smoke test records one batch, as of the validation set
+                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=i)
+                    self._start_batch(batch, i)
+                    try:
+                        outputs = pl_module.validation_step(batch, batch_idx, **extra)
+                    except Exception as err:
+                        err.add_note(f"EmbeddingCollector(record_train=True) ran validation_step on training batch "
+                                     f"{batch_idx}: it must take training batches too.")
+                        raise
+                    self._end_batch(trainer, outputs, batch, i)
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
         limit = self._limits.get(dataloader_idx)
@@ -465,17 +527,28 @@ class EmbeddingCollector(Callback):
         for capture, v in zip(self._captures, vectors):
             if v is None:
                 self._missing[capture.layer.column] += take
+        labels = batches.batch_labels(batch, size, self.label_key)
+        logits = self._logits(outputs, size)
+        if logits is None and self.logits is not None:
+            logits = next(v for c, v in zip(self._captures, vectors) if c.layer.spec == self.logits)
+        predictions = self._predictions(outputs, size)
+        if predictions is None and logits is not None:
+            predictions = logits.argmax(1)
         columns: dict[str, Any] = {
             "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
+            "split": np.full(size, self._split),
             "stage": np.full(size, self._snapshot["stage"]),
             "epoch": np.full(size, self._snapshot["epoch"], dtype=np.int32),
             "step": np.full(size, self._snapshot["step"], dtype=np.int64),
             "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
-            "label": batches.batch_labels(batch, size, self.label_key),
-            "prediction": self._predictions(outputs, size),
+            "label": labels,
+            "prediction": predictions,
+            "logits": logits if self.logits is None else None,  # a recorded layer's logits are in its own column
             **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
         }
         columns = {name: value[:take] for name, value in columns.items() if value is not None}
+        if self._split != "train" and labels is not None:
+            self._keep_for_knn([v if v is None else v[:take] for v in vectors], labels[:take])
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
         self._write(trainer, columns, ready)
         self._seen[dataloader_idx] = seen + take
@@ -518,7 +591,11 @@ class EmbeddingCollector(Callback):
             if missing:
                 snapshot["missing"] = missing
             self._manifest.setdefault("snapshots", []).append(snapshot)
-            self._manifest["layers"] = store.layer_metadata(pq.read_schema(files[0]))
+            schema = pq.read_schema(files[0])
+            self._manifest["layers"] = store.layer_metadata(schema)
+            logits = next((c.layer.column for c in self._captures if c.layer.spec == self.logits), None)
+            if logits is not None or "logits" in schema.names:
+                self._manifest["logits"] = logits or "logits"
             self._manifest.setdefault("reducer", None)
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)
@@ -563,6 +640,8 @@ class EmbeddingCollector(Callback):
                                f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath}")
             maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
                               progress=trainer.progress_bar_callback is not None, **kwargs)
+            if reducer is None:
+                run.write_samples()
             pictures = plot_run(run, html=self.html) if self.plots and maps else []
             export_to_loggers(run, trainer.loggers, pictures)
             rank_zero_info(
@@ -643,6 +722,40 @@ class EmbeddingCollector(Callback):
         )
         return np.arange(seen, seen + size, dtype=np.int64)
 
+    def _logits(self, outputs: Any, size: int) -> Optional[np.ndarray]:
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if logits is None:
+            return None
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != size:
+            self._warnings.warn(
+                "EmbeddingCollector: validation_step returned 'logits' that are not a (batch, classes) tensor (batch "
+                f"of {size}, got {getattr(logits, 'shape', type(logits).__name__)}); logits are not recorded."
+            )
+            return None
+        return logits.detach().float().cpu().numpy()
+
+    def _keep_for_knn(self, vectors: list[Optional[np.ndarray]], labels: np.ndarray) -> None:
+        """Keep the first ``KNN_SAMPLES`` labelled validation rows of each layer for its live k-NN accuracy."""
+        for capture, v in zip(self._captures, vectors):
+            kept = self._neighbourhood.get(capture.layer.column)
+            room = KNN_SAMPLES - sum(len(labels) for _, labels in kept or ())
+            if v is not None and kept is not None and room > 0:
+                kept.append((v[:room].copy(), labels[:room]))
+
+    def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
+        """Log each layer's leave-one-out k-NN accuracy on the rows kept (mean over ranks under DDP)."""
+        kept, self._neighbourhood = self._neighbourhood, {}
+        for column, parts in kept.items():
+            if not parts:
+                continue
+            vectors = torch.from_numpy(np.concatenate([v for v, _ in parts]))
+            labels = pd.factorize(np.concatenate([y for _, y in parts]), use_na_sentinel=True)[0]
+            known = (labels >= 0) & torch.isfinite(vectors).all(1).numpy()
+            if known.sum() <= K_NEIGHBOURS:
+                continue
+            accuracy = knn_accuracy(vectors[known], torch.from_numpy(labels[known]))
+            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy.item(), sync_dist=True)
+
     def _predictions(self, outputs: Any, size: int) -> Optional[np.ndarray]:
         if not isinstance(outputs, Mapping) or "preds" not in outputs:
             return None
@@ -672,9 +785,36 @@ class EmbeddingCollector(Callback):
     def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
         """The snapshot file's schema: the batch's key and fact columns, then one vector column per layer."""
         layer_columns = {c.layer.column for c in self._captures}
-        fields = [pa.field(name, pa.array(value).type) for name, value in columns.items() if name not in layer_columns]
+        fields = [pa.field(name, pa.list_(pa.float32(), value.shape[1]) if np.ndim(value) == 2 else pa.array(value).type)
+                  for name, value in columns.items() if name not in layer_columns]
         fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self._captures]
         return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
+
+
+@contextmanager
+def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``self.log``/``self.log_dict`` do nothing, and torchmetrics metrics get their state back afterwards: a pass of
+    ``validation_step`` that must not change what the user logs."""
+    metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
+    saved = [({name: _copied(value) for name, value in m.metric_state.items()}, m._update_count, m._computed)
+             for m in metrics]
+    pl_module.log = pl_module.log_dict = _ignored  # instance attributes, shadowing the methods until deleted
+    try:
+        yield
+    finally:
+        del pl_module.log, pl_module.log_dict
+        for metric, (state, updates, computed) in zip(metrics, saved):
+            for name, value in state.items():
+                setattr(metric, name, value)
+            metric._update_count, metric._computed = updates, computed
+
+
+def _copied(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else list(value) if isinstance(value, list) else value
+
+
+def _ignored(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.reduce import ALIGNS, FAITHFUL, FIT_SAMPLES, REDUCER_NAMES
+from lightning_embeddings.reduce import ALIGNS, FAITHFUL, FAITHFUL_MOTION, FIT_SAMPLES, REDUCER_NAMES
 
 PROG = "lightning-embeddings"
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning-embeddings layers my_package.models:Net --input-shape 1,3,32,32",
             "lightning-embeddings info lightning_logs/version_0/embeddings",
             "lightning-embeddings reduce lightning_logs/version_0/embeddings --reducer pca --align joint",
+            "lightning-embeddings samples lightning_logs/version_0/embeddings --layer head.1 --split train --top 20",
             "lightning-embeddings plot lightning_logs/version_0/embeddings --html",
             "lightning-embeddings export lightning_logs/version_0/embeddings --to tensorboard",
         )
@@ -209,6 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], type=_param, metavar="KEY=VALUE",
         help="a reducer argument, repeatable; values read as int, float, true/false, none, else text",
     )
+
+    samples = _command(
+        commands, "samples", _samples, run_dir=True,
+        help="rank a layer's samples by how likely their label is wrong (k-NN agreement, forgetting, confidence)",
+        description=textwrap.dedent(
+            """\
+            The samples to look at first: one row per sample of a split, measured in the layer's own vectors
+            across the fit's snapshots (never in the 2-D map), sorted by suspicion (0..1; higher: more likely a
+            label error). Columns: suspicion, the k-NN label agreement (cosine, 10 neighbours; mean over the
+            snapshots and at the last), movement between snapshots, the epoch a sample settled; with recorded
+            predictions how often it was right, when it was learned and how often forgotten; with recorded logits
+            its confidence, variability and margin (AUM). Read from RUN_DIR/samples.parquet (written at the end
+            of fit and by reduce). --split train needs EmbeddingCollector(record_train=True).
+            """
+        ),
+        epilog=_examples(
+            "lightning-embeddings samples RUN_DIR --layer head.1",
+            "lightning-embeddings samples RUN_DIR --layer head.1 --split train --top 50",
+            "lightning-embeddings samples RUN_DIR --layer head.1 --split train --json | jq '.[0]'",
+        ),
+    )
+    samples.add_argument("--layer", help="the layer, by name or index (default: the run's only layer)")
+    samples.add_argument("--split", choices=("val", "train"), default="val",
+                         help="the validation or the training samples (default: %(default)s)")
+    samples.add_argument("--top", type=_positive_int, default=20, help="how many rows (default: %(default)s)")
+    samples.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
 
     plot = _command(
         commands, "plot", _plot, run_dir=True, writes=True,
@@ -335,7 +362,7 @@ def _run(argv: list[str]) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError(f"give a command: layers, info, reduce, plot or export (see: {PROG} --help)")
+            raise UsageError(f"give a command: layers, info, reduce, samples, plot or export (see: {PROG} --help)")
         with _one_line_warnings(), _lock_while_writing(args):
             args.handler(args)
         return 0
@@ -636,6 +663,19 @@ def _info(args: argparse.Namespace) -> None:
             print(f"  ! below {FAITHFUL}: there, neighbours in the picture are often not neighbours in the vectors; "
                   f"try: lightning-embeddings reduce RUN_DIR --align "
                   f"{'aligned --reducer umap' if reducer.get('align') == 'joint' else 'joint'}")
+    motion = {column: record["temporal_preservation"] for column, record in records.items()
+              if record.get("temporal_preservation")}
+    if motion:
+        columns = list(motion)
+        rows = [[name, *("-" if motion[c].get(name) is None else f"{motion[c][name]:.2f}"
+                         + (" !" if motion[c][name] < FAITHFUL_MOTION else "") for c in columns)]
+                for name in dict.fromkeys(n for values in motion.values() for n in values)]
+        print("\ntemporal preservation of the paths into each snapshot (Spearman of motion in the map vs in the "
+              "vectors; 1 is faithful):")
+        print(_indent(_format_table(["snapshot", *columns], rows, right=set(range(1, len(columns) + 1)))))
+        if any("!" in cell for row in rows for cell in row[1:]):
+            print(f"  ! below {FAITHFUL_MOTION}: the drawn paths misrank how far samples moved; read movement from "
+                  f"{PROG} samples RUN_DIR --layer LAYER (measured in the vectors)")
 
 
 # --------------------------------------------------------------------------------------------------------- reduce
@@ -670,9 +710,9 @@ def _reduce(args: argparse.Namespace) -> None:
             print(f"  {path}  ({pq.ParquetFile(path).metadata.num_rows} rows, fitted on {record['samples']}{said})")
         elif "skipped" in record:
             print(f"  {column}: not reduced: {record['skipped']}")
-    long_file = run.path / "projections.parquet"
-    if long_file.is_file():
-        print(f"  {long_file}")
+    for written in (run.path / "projections.parquet", run.path / "samples.parquet"):
+        if written.is_file():
+            print(f"  {written}")
     print(f"  {run.path / 'manifest.json'}")
     _redraw(run, maps.removed, maps.exported)
 
@@ -696,6 +736,32 @@ def _redraw(run, removed: list[Path], exported: list[Path]) -> None:
     if gone:
         print("removed (their layer has no map now):")
         print("\n".join(f"  {path}" for path in gone))
+
+
+# -------------------------------------------------------------------------------------------------------- samples
+
+
+def _samples(args: argparse.Namespace) -> None:
+    run = _open_run(args.run_dir)
+    if args.layer is None and len(run.layers) > 1:
+        raise UsageError(f"give --layer: the run has layers {', '.join(run.layers)}")
+    column = _columns(run, [args.layer])[0] if args.layer is not None else run.layers[0]
+    top = run.samples(column, split=args.split).head(args.top)
+    if args.json:
+        print(top.to_json(orient="records", indent=2))
+        return
+    shown = [c for c in top.columns if c != "dataloader_idx" or top[c].nunique() > 1]
+    rows = [[_cell(value) for value in row] for row in top[shown].itertuples(index=False, name=None)]
+    print(f"{args.split} samples of layer {column!r} most likely mislabelled (of {run.path}):")
+    print(_indent(_format_table(["rank", *shown], [[i + 1, *row] for i, row in enumerate(rows)],
+                                right=set(range(len(shown) + 1)))))
+
+
+def _cell(value: Any) -> str:
+    """A table cell: floats to 3 decimals, missing values as '-'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------------------------------------------------- plot

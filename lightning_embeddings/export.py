@@ -9,14 +9,16 @@ directly, so neither TensorFlow nor the ``tensorboard`` package is needed to wri
                                                     an empty event file, so that ``tensorboard --logdir`` on a
                                                     parent directory finds this one as a run
       00044/head.1%2fprojections/tensors.tsv        every snapshot's map stacked, 3 columns
-      00044/head.1%2fprojections/metadata.tsv       label, prediction, epoch, step, stage, sample_id,
-                                                    dataloader_idx, __seq_next__
+      00044/head.1%2fprojections/metadata.tsv       label, prediction, suspicion, epoch, step, stage, split,
+                                                    sample_id, dataloader_idx, __seq_next__
       00044/head.1%2fvectors/tensors.tsv            the last fit snapshot's vectors, at most ``max_vectors`` rows
-      00044/head.1%2fvectors/metadata.tsv           label, prediction, sample_id, dataloader_idx
+      00044/head.1%2fvectors/metadata.tsv           label, prediction, suspicion, split, sample_id, dataloader_idx
 
 (``00044`` is the global step of the last snapshot of ``fit``, ``%2f`` an encoded ``/``, both as ``add_embedding``
 writes them; the layer's part is :func:`~.store.file_stem`, so it stays in its folder.) View it with
-``tensorboard --logdir <logdir>`` and open the Projector tab.
+``tensorboard --logdir <logdir>`` and open the Projector tab. ``suspicion`` (how likely a sample's label is wrong,
+from :meth:`~lightning_embeddings.EmbeddingRun.samples`) is empty where it is unknown: a split not followed across
+``fit`` (``test``), or a run without labels; colour or search by it in the projector.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import usable
 from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.lock import RunLock
-from lightning_embeddings.store import file_stem, read_manifest, write_manifest
+from lightning_embeddings.store import RunError, file_stem, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
 EVENT_FILE_SUFFIX = "lightning-embeddings"
+SPLIT = "split"
+SAMPLE_SPLITS = ("val", "train")  # the splits EmbeddingRun.samples follows across fit
+SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
 _TSV_FLOAT = "%.9g"  # 9 significant digits: every float32 reads back exactly
 
 
@@ -55,14 +60,18 @@ def export_tensorboard(
     """Write a run to TensorBoard's Embedding Projector, two tensors per layer.
 
     - ``<layer>/projections``: the layer's map, every snapshot's rows stacked in the order they were recorded
-      (within a snapshot by ``dataloader_idx, sample_id``), padded with zeros to 3 columns (the projector draws
-      nothing for a 2-column tensor; choose the "Custom" or "PCA" projection to see it). Metadata: ``label`` and
-      ``prediction`` when known, ``epoch``, ``step``, ``stage``, ``sample_id``, ``dataloader_idx`` and
+      (within a snapshot the evaluated split's rows, then the training rows of ``record_train``, each by
+      ``dataloader_idx, sample_id``), padded with zeros to 3 columns (the projector draws nothing for a 2-column
+      tensor; choose the "Custom" or "PCA" projection to see it). Metadata: ``label`` and ``prediction`` when
+      known, ``suspicion``, ``epoch``, ``step``, ``stage``, ``split``, ``sample_id``, ``dataloader_idx`` and
       ``__seq_next__``, the row of the same sample in the next snapshot of the same stage (empty in its last),
       from which the projector draws each sample's path. Layers without a map (not reduced) have none.
     - ``<layer>/vectors``: the layer's raw vectors in the last snapshot of ``fit`` (the last snapshot where fit
       recorded none), at most ``max_vectors`` rows, a fixed random subset where there are more. Metadata:
-      ``label`` and ``prediction`` when known, ``sample_id``, ``dataloader_idx``.
+      ``label`` and ``prediction`` when known, ``suspicion``, ``split``, ``sample_id``, ``dataloader_idx``.
+
+    ``suspicion`` is each sample's in :meth:`~lightning_embeddings.EmbeddingRun.samples` (higher: more likely
+    mislabelled), empty where the run has none for it (no labels, a ``test`` row).
 
     Files are laid out as ``SummaryWriter.add_embedding`` lays them out, without needing TensorFlow or the
     ``tensorboard`` package. Entries of ``projector_config.pbtxt`` that this function did not write (a user's own
@@ -106,10 +115,11 @@ def export_tensorboard(
             projections = run.projections(column)
         except FileNotFoundError:
             projections = None
+        samples = recorded_samples(run, column)
         if projections is not None and len(projections):
-            tensor, metadata = projector_paths(projections, snapshots)
+            tensor, metadata = projector_paths(projections, snapshots, samples)
             entries.append(_write_embedding(logdir, column, "projections", last["step"], tensor, metadata))
-        vectors, metadata = _last_vectors(run, column, last, max_vectors)
+        vectors, metadata = _last_vectors(run, column, last, max_vectors, samples)
         entries.append(_write_embedding(logdir, column, "vectors", last["step"], vectors, metadata))
     _write_config(logdir, entries)
     if not any(logdir.glob("events.out.tfevents.*")):
@@ -118,13 +128,22 @@ def export_tensorboard(
     return logdir
 
 
-def projector_paths(projections: pd.DataFrame, snapshots: Sequence[dict[str, Any]]) -> tuple[np.ndarray, pd.DataFrame]:
+def projector_paths(
+    projections: pd.DataFrame, snapshots: Sequence[dict[str, Any]], samples: Optional[pd.DataFrame] = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """One layer's projections as the projector's tensor and metadata.
 
-    Rows are ordered by snapshot (in ``snapshots``' order), then ``dataloader_idx``, ``sample_id``; the tensor is
-    ``x, y`` and ``z`` or a zero column. ``__seq_next__`` holds, for each row, the row of the same sample
-    (``dataloader_idx, sample_id``) in the next snapshot of the same stage where it appears, or None: samples of
-    ``test`` are other samples than those of ``fit`` even where their ids agree, so stages are not joined.
+    Rows are ordered by snapshot (in ``snapshots``' order), then the evaluated split's rows before the training
+    rows (``record_train``), then ``dataloader_idx``, ``sample_id``; the tensor is ``x, y`` and ``z`` or a zero
+    column. ``__seq_next__`` holds, for each row, the row of the same sample (``split, dataloader_idx,
+    sample_id``) in the next snapshot of the same stage where it appears, or None: samples of ``test`` are other
+    samples than those of ``fit`` even where their ids agree, so stages are not joined, nor are splits.
+
+    Args:
+        projections: the layer's :meth:`~lightning_embeddings.EmbeddingRun.projections`.
+        snapshots: the run's snapshots, in order.
+        samples: :func:`recorded_samples` of the layer, whose ``suspicion`` each sample's rows carry (empty
+            cells where None or where a sample has none).
 
     Returns:
         ``(tensor, metadata)``: an ``(N, 3)`` float32 array and a DataFrame with one row per tensor row
@@ -136,26 +155,81 @@ def projector_paths(projections: pd.DataFrame, snapshots: Sequence[dict[str, Any
         position.get((stage, int(epoch), int(step)), len(position))
         for stage, epoch, step in zip(frame["stage"], frame["epoch"], frame["step"])
     ]
-    frame = frame.sort_values(["_snapshot", "epoch", "step", "dataloader_idx", "sample_id"], kind="stable")
+    frame["_training"] = (frame[SPLIT] == "train").to_numpy() if SPLIT in frame else False
+    frame = frame.sort_values(["_snapshot", "epoch", "step", "_training", "dataloader_idx", "sample_id"], kind="stable")
     frame = frame.reset_index(drop=True)
     frame["_row"] = np.arange(len(frame))
-    following = frame.groupby(["stage", "dataloader_idx", "sample_id"], sort=False)["_row"].shift(-1)
+    sample = ["stage", *([SPLIT] if SPLIT in frame else []), "dataloader_idx", "sample_id"]
+    following = frame.groupby(sample, sort=False)["_row"].shift(-1)
     tensor = np.zeros((len(frame), 3), dtype=np.float32)
     for j, axis in enumerate("xyz"):
         if axis in frame:
             tensor[:, j] = frame[axis].to_numpy(dtype=np.float32)
     facts = [c for c in ("label", "prediction") if c in frame]
-    metadata = frame[[*facts, "epoch", "step", "stage", "sample_id", "dataloader_idx"]].copy()
+    metadata = frame[[*facts, "epoch", "step", "stage", *([SPLIT] if SPLIT in frame else []), "sample_id",
+                      "dataloader_idx"]].copy()
+    metadata.insert(len(facts), "suspicion", _suspicion(frame, samples))
     metadata[SEQUENCE_NEXT] = pd.array([None if pd.isna(v) else int(v) for v in following], dtype="Int64")
     return tensor, metadata
 
 
+def recorded_samples(run: EmbeddingRun, column: str, splits: Sequence[str] = SAMPLE_SPLITS) -> pd.DataFrame:
+    """:meth:`~lightning_embeddings.EmbeddingRun.samples` of a layer for each of ``splits`` the run follows, stacked
+    with a ``split`` column (each split's rows by ``suspicion``, highest first); an empty frame of the key columns
+    and ``suspicion`` where none can be had (a split not recorded, a run without labels).
+
+    Raises:
+        RunError: a file of the run is damaged.
+
+    Example::
+
+        recorded_samples(EmbeddingRun(path), "head.1").groupby("split").head(3)
+    """
+    frames = []
+    for split in splits:
+        try:
+            frames.append(run.samples(column, split=split).assign(**{SPLIT: split}))
+        except RunError:
+            raise
+        except ValueError:  # not recorded, no labels, no fit snapshot: nothing to say about this split
+            continue
+    if not frames:
+        return pd.DataFrame({SPLIT: pd.Series(dtype=object), "dataloader_idx": pd.Series(dtype=np.int64),
+                             "sample_id": pd.Series(dtype=np.int64), "suspicion": pd.Series(dtype=float)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of ``samples`` (:func:`recorded_samples`) for each row of ``frame`` (rows of projections or
+    snapshots), matched by ``split, dataloader_idx, sample_id``; NaN where a row's sample has none. Rows without a
+    ``split`` column are those of their stage's evaluated split (``test`` for ``trainer.test``, else ``val``).
+    Aligned to ``frame``'s index."""
+    split = frame[SPLIT].to_numpy(object) if SPLIT in frame else np.where(frame["stage"] == "test", "test", "val")
+    loader = frame["dataloader_idx"].to_numpy(np.int64) if "dataloader_idx" in frame else np.zeros(len(frame), np.int64)
+    rows = pd.DataFrame({SPLIT: split, "dataloader_idx": loader, "sample_id": frame["sample_id"].to_numpy(np.int64)})
+    columns = list(columns)
+    if samples is None or samples.empty or not columns:
+        return pd.DataFrame({c: np.full(len(frame), np.nan) for c in columns}, index=frame.index)
+    known = samples[[*SAMPLE_KEYS, *columns]].astype({"dataloader_idx": np.int64, "sample_id": np.int64})
+    known = known.drop_duplicates(list(SAMPLE_KEYS))
+    merged = rows.merge(known, on=list(SAMPLE_KEYS), how="left", validate="many_to_one")
+    return merged[columns].set_axis(frame.index)
+
+
+def _suspicion(frame: pd.DataFrame, samples: Optional[pd.DataFrame]) -> np.ndarray:
+    """Each row's ``suspicion``, NaN where unknown."""
+    if samples is None or "suspicion" not in samples:
+        return np.full(len(frame), np.nan)
+    return sample_columns(frame, samples, ["suspicion"])["suspicion"].to_numpy(float)
+
+
 def _last_vectors(
-    run: EmbeddingRun, column: str, snapshot: dict[str, Any], max_vectors: int
+    run: EmbeddingRun, column: str, snapshot: dict[str, Any], max_vectors: int,
+    samples: Optional[pd.DataFrame] = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """The layer's vectors in ``snapshot`` with their sample facts, a fixed random subset of ``max_vectors`` rows
-    where there are more; rows without a vector or with a non-finite value are left out (the projector cannot
-    place them)."""
+    """The layer's vectors in ``snapshot`` with their sample facts (``suspicion`` from ``samples``), a fixed random
+    subset of ``max_vectors`` rows where there are more; rows without a vector or with a non-finite value are left
+    out (the projector cannot place them)."""
     frame = run.table(epochs=[snapshot["epoch"]], layers=[column], stages=[snapshot["stage"]])
     frame = frame[frame["step"] == snapshot["step"]]
     vectors = np.stack(frame[column].to_numpy()).astype(np.float32, copy=False) if len(frame) else np.zeros((0, 1))
@@ -165,7 +239,9 @@ def _last_vectors(
         keep = np.sort(np.random.default_rng(0).choice(len(frame), max_vectors, replace=False))
         frame, vectors = frame.iloc[keep].reset_index(drop=True), vectors[keep]
     facts = [c for c in ("label", "prediction") if c in frame]
-    return vectors, frame[[*facts, "sample_id", "dataloader_idx"]]
+    metadata = frame[[*facts, *([SPLIT] if SPLIT in frame else []), "sample_id", "dataloader_idx"]].copy()
+    metadata.insert(len(facts), "suspicion", _suspicion(frame, samples))
+    return vectors, metadata
 
 
 def _record_export(run: EmbeddingRun, logdir: Path) -> None:

@@ -18,8 +18,8 @@ def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Se
     """Hand the run to each logger in its own terms (a ``CSVLogger`` gets nothing).
 
     - ``TensorBoardLogger``: the projector files, in its ``log_dir`` (see :func:`~.export.export_tensorboard`).
-    - ``WandbLogger``: the pictures as images, and each layer's map of the last snapshot as a table
-      (at most 10,000 rows).
+    - ``WandbLogger``: the pictures as images (the data map too, where drawn), and each layer's map of the last
+      snapshot as a table (at most 10,000 rows) with each sample's ``suspicion``.
     - ``MLFlowLogger``: the pictures and ``projections.parquet`` as artifacts under ``embeddings/``.
 
     Example::
@@ -44,7 +44,11 @@ def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Se
 
 
 def last_maps(run: EmbeddingRun, rows: int = TABLE_ROWS) -> dict[str, pd.DataFrame]:
-    """Each reduced layer's map of the last snapshot, at most ``rows`` rows (a fixed random subset beyond)."""
+    """Each reduced layer's map of the last snapshot (its training rows too, with ``record_train``), at most
+    ``rows`` rows (a fixed random subset beyond), with each sample's ``suspicion`` from
+    :meth:`~lightning_embeddings.EmbeddingRun.samples` (NaN where it has none: no labels, a ``test`` row)."""
+    from lightning_embeddings.export import recorded_samples, sample_columns
+
     maps = {}
     for layer in run.layers:
         try:
@@ -53,5 +57,7 @@ def last_maps(run: EmbeddingRun, rows: int = TABLE_ROWS) -> dict[str, pd.DataFra
             continue
         last = run.snapshots[-1]
         table = projections[(projections["stage"] == last["stage"]) & (projections["step"] == last["step"])]
-        maps[layer] = table.sample(rows, random_state=0) if len(table) > rows else table
+        table = table.sample(rows, random_state=0) if len(table) > rows else table
+        suspicion = sample_columns(table, recorded_samples(run, layer), ["suspicion"])["suspicion"]
+        maps[layer] = table.assign(suspicion=suspicion)
     return maps

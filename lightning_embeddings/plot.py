@@ -3,15 +3,24 @@
 Per layer, under ``<run>/plots/``:
 
 - ``<layer>-snapshots.png``: one panel per snapshot (``fit`` first, then ``validate``/``test``) on shared axes,
-  coloured by label, each panel titled with its epoch, step and trustworthiness; a panel whose map is not faithful
-  (trustworthiness below 0.8) is framed and titled in red with a warning in plain words.
-- ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples marked, the
-  path of each class's median across ``fit``, the paths of the samples that moved most and of some that ended
-  misclassified, and beside it each class's median distance to its final position over training. Never every
-  sample's path: that is a hairball.
+  coloured by label, each panel titled with its epoch, step, trustworthiness and the temporal preservation of the
+  paths into it; a panel whose map is not faithful (trustworthiness below 0.8, or temporal preservation below 0.5)
+  is framed and titled in red with a warning in plain words. The last ``fit`` panel marks the samples most likely
+  mislabelled (the top of :meth:`~lightning_embeddings.EmbeddingRun.samples` by ``suspicion``) with their ids.
+- ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples and the most
+  likely mislabelled ones marked, the path of each class's median across ``fit``, the paths of the samples that
+  moved most and of some that ended misclassified, and beside it each class's median distance to its final
+  position over training. Never every sample's path: that is a hairball.
+- ``<layer>-datamap.png`` (where logits were recorded): the data map of Dataset Cartography (Swayamdipta et al.
+  2020), each sample's variability against its confidence in its label across ``fit``, coloured by how often it
+  was predicted right, of the training split where recorded (``record_train``), else of the validation split.
+
+The pictures and the page draw the evaluated split (the ``val`` rows, ``test`` rows for ``trainer.test``): the
+training rows of ``record_train`` are drawn in the data map only.
 
 ``embeddings.html``: every layer in one self-contained page (one inlined copy of plotly.js, no network), a
-slider and a play button over the snapshots, points moving by sample identity, numeric hover.
+slider and a play button over the snapshots, points moving by sample identity, numeric hover with each sample's
+training dynamics (suspicion, k-NN agreement, ...).
 
 The colours of both come from :func:`label_palette`. This module only draws: what the paths say (misclassified
 samples, movers, class medians, distance to the final position) comes from :mod:`lightning_embeddings.dynamics`;
@@ -36,14 +45,14 @@ from lightning_embeddings.dynamics import (
     class_medians,
     distance_to_final,
     fit_rows,
-    keyed,
     misclassified,
     movers,
 )
+from lightning_embeddings.export import SPLIT, recorded_samples, sample_columns
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.reduce import FAITHFUL
+from lightning_embeddings.reduce import FAITHFUL, FAITHFUL_MOTION
 from lightning_embeddings.run import EmbeddingRun
-from lightning_embeddings.store import file_stem, projection_file, snapshot_name
+from lightning_embeddings.store import file_stem, projection_file, sample_keys, snapshot_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,6 +63,12 @@ MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above i
 MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
 MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
 N_MISCLASSIFIED_PATHS = 20  # at most this many paths of samples that ended misclassified
+N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
+# samples()' columns shown on the page's hover, where present: suspicion first, then as samples() orders them
+HOVER_DYNAMICS = (
+    "suspicion", "knn_agreement", "knn_agreement_last", "movement", "settled_epoch", "correct", "learned_epoch",
+    "forgetting_events", "confidence", "variability", "aum",
+)
 SEED = 0
 
 # matplotlib's tab20, its dark half first: the first ten are exactly tab10.
@@ -65,6 +80,8 @@ CATEGORICAL = (
 CONTINUOUS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725")
 UNKNOWN = "#a0a0a0"  # samples without a label
 WARNING = "#c00000"
+SUSPECT = "#8b008b"  # the marks of the samples most likely mislabelled: a colour no label gets
+SUSPECTS_SAID = "most likely mislabelled (suspicion)"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -173,6 +190,23 @@ def _interpolate(stops: Sequence[str], t: float) -> str:
 # --------------------------------------------------------------------------- what is drawn: pure functions
 
 
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``_key`` column naming each sample across snapshots
+    (:func:`~lightning_embeddings.store.sample_keys` of its split, dataloader and id)."""
+    frame = frame.copy()
+    if "dataloader_idx" not in frame:
+        frame["dataloader_idx"] = 0
+    split = frame[SPLIT].to_numpy(object) if SPLIT in frame else None
+    loader = frame["dataloader_idx"].to_numpy(np.int64)
+    frame["_key"] = sample_keys(frame["sample_id"].to_numpy(np.int64), loader, split)
+    return frame
+
+
+def _evaluated(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the evaluated split (``val``, ``test``): the training rows of ``record_train`` left out."""
+    return frame[(frame[SPLIT] != "train").to_numpy()] if SPLIT in frame else frame
+
+
 def _steps(rows: pd.DataFrame) -> list[tuple[int, int]]:
     """The ``(epoch, step)`` of each snapshot in ``rows``, in order."""
     pairs = rows[["epoch", "step"]].drop_duplicates().sort_values(["step", "epoch"])
@@ -191,17 +225,18 @@ def stratified_sample(
         seed: the random choice's seed.
 
     Returns:
-        ``(keys, total)``: the sorted keys ``dataloader_idx << 40 | sample_id`` to keep, or None when all are kept,
-        and the number of distinct samples.
+        ``(keys, total)``: the sorted keys (:func:`~lightning_embeddings.store.sample_keys`) to keep, or None when
+        all are kept, and the number of distinct samples.
 
     Example::
 
         keys, total = stratified_sample(run.projections("head.1"), limit=5000)
     """
-    rows = keyed(frame)
+    rows = _keyed(frame)
     labels = rows.drop_duplicates("_key", keep="last").set_index("_key")
     total = len(labels)
-    per_snapshot = int(rows.groupby(["stage", "step", "epoch"]).size().max()) if "stage" in rows and len(rows) else total
+    snapshot = ["stage", "step", "epoch", *([SPLIT] if SPLIT in rows else [])]
+    per_snapshot = int(rows.groupby(snapshot).size().max()) if "stage" in rows and len(rows) else total
     if per_snapshot <= limit:
         return None, total
     share = limit / per_snapshot
@@ -220,7 +255,8 @@ def stratified_sample(
 
 
 class PanelTitle(NamedTuple):
-    """A panel's title and, when its map is not faithful, the warning that goes with it (drawn in red)."""
+    """A panel's title and, when its map or the paths into it are not faithful, the warning that goes with it
+    (drawn in red; one line per reason)."""
 
     text: str
     warning: Optional[str]
@@ -233,46 +269,62 @@ def snapshot_label(snapshot: Mapping[str, Any]) -> str:
     return words if stage == "fit" else f"{stage} · {words}"
 
 
+def _known(value: Optional[float]) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def panel_title(
     snapshot: Mapping[str, Any],
     trustworthiness: Optional[float] = None,
     *,
+    motion: Optional[float] = None,
     shown: Optional[int] = None,
     total: Optional[int] = None,
     fitted: bool = False,
     align: Optional[str] = "last",
     threshold: float = FAITHFUL,
+    motion_threshold: float = FAITHFUL_MOTION,
 ) -> PanelTitle:
-    """The title of one snapshot's panel: stage, epoch and step, the trustworthiness when known, how many points
-    are shown when not all, and a warning in plain words when trustworthiness is below ``threshold``.
+    """The title of one snapshot's panel: stage, epoch and step, the trustworthiness and the temporal preservation
+    when known, how many points are shown when not all, and a warning in plain words when trustworthiness is below
+    ``threshold`` or temporal preservation below ``motion_threshold``.
 
     Args:
         snapshot: ``{"stage", "epoch", "step"}``.
         trustworthiness: the snapshot's trustworthiness (10 neighbours, against its own vectors), or None.
+        motion: the temporal preservation of the paths from the previous ``fit`` snapshot into this one (Spearman
+            correlation of how far each sample moves in the map and in its vectors), or None.
         shown: the points drawn, when a subsample.
         total: the points the snapshot has.
         fitted: whether the map was fitted on this snapshot.
         align: how the run's snapshots share one map (``"last"``, ``"joint"``, ``"aligned"``), which decides the
             warning's words.
         threshold: below this trustworthiness the map is called not faithful.
+        motion_threshold: below this temporal preservation the paths into the snapshot are called not faithful.
 
     Example::
 
         panel_title({"stage": "fit", "epoch": 0, "step": 22}, 0.62)
         # PanelTitle(text='epoch 0 · step 22\\ntrustworthiness 0.62', warning='not faithful: points placed by the final map')
+        panel_title({"stage": "fit", "epoch": 1, "step": 44}, 0.91, motion=0.31).warning
+        # 'paths not faithful: not the motion in the vectors'
     """
     lines = [snapshot_label(snapshot) + (" (map fitted here)" if fitted else "")]
-    warning = None
-    if trustworthiness is not None and not (isinstance(trustworthiness, float) and math.isnan(trustworthiness)):
+    warnings = []
+    if _known(trustworthiness):
         lines.append(f"trustworthiness {trustworthiness:.2f}")
         if trustworthiness < threshold:
             if align == "last" and not fitted:
-                warning = "not faithful: points placed by the final map"
+                warnings.append("not faithful: points placed by the final map")
             else:
-                warning = "not faithful: neighbours here are often not neighbours in the vectors"
+                warnings.append("not faithful: neighbours here are often not neighbours in the vectors")
+    if _known(motion):
+        lines.append(f"temporal preservation {motion:.2f}")
+        if motion < motion_threshold:
+            warnings.append("paths not faithful: not the motion in the vectors")
     if shown is not None and total is not None and shown < total:
         lines.append(f"{shown:,} of {total:,} points shown")
-    return PanelTitle("\n".join(lines), warning)
+    return PanelTitle("\n".join(lines), "\n".join(warnings) or None)
 
 
 # ------------------------------------------------------------------------------------------------ run facts
@@ -283,9 +335,13 @@ class _Layer:
     """Everything one layer's pictures need, read once."""
 
     column: str
-    frame: pd.DataFrame  # keyed projections, panel order in ``_panel``
+    frame: pd.DataFrame  # keyed projections of the evaluated split, panel order in ``_panel``, hover dynamics
     snapshots: list[dict[str, Any]]  # in panel order: fit first, then validate/test
     trust: dict[str, Optional[float]]
+    motion: dict[str, Optional[float]]  # temporal preservation of the paths into each fit snapshot after the first
+    samples: pd.DataFrame  # samples() of every recorded split, with ``split``; empty where there are none
+    suspects: pd.DataFrame  # the top N_SUSPECTS of the drawn split's samples() by suspicion
+    hover: list[str]  # the dynamics columns in ``frame`` shown on the page's hover
     fitted_on: Optional[str]
     align: Optional[str]
     reducer: str
@@ -301,10 +357,11 @@ def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
 
 def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     column = run.layer(layer)["column"]
-    frame = keyed(run.projections(layer))
+    frame = _keyed(_evaluated(run.projections(layer)))
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
     trust = dict(facts.get("trustworthiness") or {})
+    motion = dict(facts.get("temporal_preservation") or {})
     # only align="last" fits on one snapshot; "joint" and "aligned" fit on all of them
     fitted_on = (record.get("fitted_on") or {}).get("name") if record.get("align", "last") == "last" else None
     order = {s["name"]: i for i, s in enumerate(run.snapshots)}
@@ -320,9 +377,15 @@ def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     name = record.get("name") or (facts.get("class") or "reducer").rsplit(".", 1)[-1]
     labels = frame.get("label")
     keep, total = stratified_sample(frame, limit=MAX_POINTS)
+    samples = recorded_samples(run, column)
+    drawn = samples[(samples[SPLIT] == "val").to_numpy()]
+    suspects = drawn[drawn["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in drawn else drawn
+    hover = [c for c in HOVER_DYNAMICS if c in drawn and drawn[c].notna().any()]
+    for dynamic, values in sample_columns(frame, drawn, hover).items():
+        frame[dynamic] = values.to_numpy()
     return _Layer(
-        column, frame, snapshots, trust, fitted_on, record.get("align"), str(name), label_palette(labels),
-        "z" in frame, keep, total,
+        column, frame, snapshots, trust, motion, samples, suspects, hover, fitted_on, record.get("align"), str(name),
+        label_palette(labels), "z" in frame, keep, total,
     )
 
 
@@ -407,16 +470,70 @@ def _label_legend(fig: Any, info: _Layer, where: Any) -> None:
 
 
 def _snapshot_panels(info: _Layer) -> tuple[list[dict[str, Any]], int]:
-    """The snapshots that get a panel (at most ``MAX_PANELS``, evenly spaced, first and last kept), and how many
-    there are."""
+    """The snapshots that get a panel (at most ``MAX_PANELS``, evenly spaced, first and last kept, the last ``fit``
+    one too: it marks the suspects), and how many there are."""
     snapshots = info.snapshots
     if len(snapshots) <= MAX_PANELS:
         return snapshots, len(snapshots)
     picks = sorted(set(np.linspace(0, len(snapshots) - 1, MAX_PANELS).round().astype(int)))
+    last_fit = _last_fit_index(info)
+    if last_fit is not None and last_fit not in picks:  # it takes the place of the nearest pick between the ends
+        nearest = min(picks[1:-1], key=lambda i: abs(i - last_fit))
+        picks = sorted({*picks, last_fit} - {nearest})
     return [snapshots[i] for i in picks], len(snapshots)
 
 
-def _draw_snapshots(info: _Layer, target: Path) -> Path:
+def _last_fit_index(info: _Layer) -> Optional[int]:
+    """The position in ``info.snapshots`` of the last ``fit`` snapshot, None without one."""
+    fit = [i for i, s in enumerate(info.snapshots) if s["stage"] == "fit"]
+    return fit[-1] if fit else None
+
+
+def _several(info: _Layer) -> bool:
+    """Whether the samples come from several dataloaders (then a sample is named ``dataloader:id``)."""
+    loaders = info.frame["dataloader_idx"]
+    if len(info.samples):
+        loaders = pd.concat([loaders, info.samples["dataloader_idx"]])
+    return loaders.nunique() > 1
+
+
+def _sample_name(dataloader_idx: Any, sample_id: Any, several_loaders: bool) -> str:
+    return f"{int(dataloader_idx)}:{int(sample_id)}" if several_loaders else str(int(sample_id))
+
+
+def _suspect_keys(suspects: pd.DataFrame, split: str = "val") -> np.ndarray:
+    return sample_keys(suspects["sample_id"].to_numpy(np.int64), suspects["dataloader_idx"].to_numpy(np.int64),
+                       np.full(len(suspects), split, dtype=object))
+
+
+def _mark_suspects(ax: "Axes", rows: pd.DataFrame, suspects: pd.DataFrame, size: float, several: bool,
+                   split: str = "val") -> Optional[Any]:
+    """Mark ``suspects`` (rows of samples() of ``split``) among ``rows`` (one point per sample: ``_key, x, y,
+    dataloader_idx, sample_id``) with a hollow diamond and their ids; return their legend handle, None when none
+    is there."""
+    if suspects.empty:
+        return None
+    keys = _suspect_keys(suspects, split)
+    rank = {int(key): i for i, key in enumerate(keys)}
+    at = rows[np.isin(rows["_key"].to_numpy(), keys) & np.isfinite(rows["x"].to_numpy(float))
+              & np.isfinite(rows["y"].to_numpy(float))]
+    at = at.iloc[np.argsort([rank[int(key)] for key in at["_key"]], kind="stable")]
+    if at.empty:
+        return None
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+
+    ax.scatter(at["x"].to_numpy(float), at["y"].to_numpy(float), marker="D", facecolors="none", edgecolors=SUSPECT,
+               s=size, linewidths=1.4, zorder=8)
+    for loader, sample_id, x, y in zip(at["dataloader_idx"], at["sample_id"], at["x"], at["y"]):
+        ax.annotate(_sample_name(loader, sample_id, several), xy=(float(x), float(y)), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7, color=SUSPECT, zorder=9, gid="suspect",
+                    path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
+    return Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor=SUSPECT, markeredgewidth=1.4,
+                  linestyle="", label=f"the {len(at)} {SUSPECTS_SAID}, with ids")
+
+
+def _snapshots_figure(info: _Layer) -> Any:
     Figure = _matplotlib()
     panels, count = _snapshot_panels(info)
     n = len(panels)
@@ -426,13 +543,19 @@ def _draw_snapshots(info: _Layer, target: Path) -> Path:
     fig = Figure(figsize=(3.3 * ncols + extra, 3.4 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     xlim, ylim = _limits(info.frame)
+    last_fit = _last_fit_index(info)
     for ax, snapshot in zip(axes, panels):
-        rows = info.frame[info.frame["_panel"] == info.snapshots.index(snapshot)]
+        index = info.snapshots.index(snapshot)
+        rows = info.frame[info.frame["_panel"] == index]
         drawn = _kept(info, rows)
         _scatter(ax, info, drawn)
+        if index == last_fit:
+            marked = _mark_suspects(ax, rows, info.suspects, max(24.0, _point_size(len(drawn)) * 5), _several(info))
+            if marked is not None:
+                ax.legend(handles=[marked], loc="best", fontsize=7, framealpha=0.85)
         title = panel_title(
-            snapshot, info.trust.get(snapshot["name"]), shown=len(drawn), total=len(rows),
-            fitted=snapshot["name"] == info.fitted_on, align=info.align or "last",
+            snapshot, info.trust.get(snapshot["name"]), motion=info.motion.get(snapshot["name"]), shown=len(drawn),
+            total=len(rows), fitted=snapshot["name"] == info.fitted_on, align=info.align or "last",
         )
         text = title.text if title.warning is None else f"{title.text}\n{title.warning}"
         ax.set_title(text, fontsize=9, color=WARNING if title.warning else "black")
@@ -453,7 +576,11 @@ def _draw_snapshots(info: _Layer, target: Path) -> Path:
         header += "\n3-D map: x and y drawn, z not shown"
     fig.suptitle(header, fontsize=11)
     _label_legend(fig, info, list(axes[:n]))
-    return _save(fig, target)
+    return fig
+
+
+def _draw_snapshots(info: _Layer, target: Path) -> Path:
+    return _save(_snapshots_figure(info), target)
 
 
 def _draw_path(ax: "Axes", xy: np.ndarray, color: str, width: float, style: str = "-", outline: bool = True,
@@ -475,6 +602,10 @@ def _sample_paths(rows: pd.DataFrame, keys: np.ndarray) -> list[np.ndarray]:
 
 
 def _draw_overview(info: _Layer, target: Path) -> Path:
+    return _save(_overview_figure(info), target)
+
+
+def _overview_figure(info: _Layer) -> Any:
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
@@ -511,8 +642,8 @@ def _draw_overview(info: _Layer, target: Path) -> Path:
         if len(medians):
             handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
                                   label="class median path (arrow: to the last snapshot)"))
-        top = movers(info.frame, N_MOVERS)
-        top_keys = (top["dataloader_idx"].to_numpy(np.int64) << 40) | top["sample_id"].to_numpy(np.int64)
+        top = movers(info.frame, N_MOVERS)  # of the fit snapshots: the "val" split
+        top_keys = sample_keys(top["sample_id"].to_numpy(np.int64), top["dataloader_idx"].to_numpy(np.int64))
         for xy in _sample_paths(rows, top_keys):
             _draw_path(ax, xy, "black", 0.8, outline=False, zorder=5, alpha=0.7)
         if len(top):
@@ -529,14 +660,18 @@ def _draw_overview(info: _Layer, target: Path) -> Path:
                         if len(wrong) > len(wrong_keys) + len(top) else "paths of the misclassified samples")
                 handles.append(Line2D([], [], color="#555555", linewidth=0.8, linestyle="--", label=said))
 
+    marked = _mark_suspects(ax, last, info.suspects, max(36.0, _point_size(len(drawn)) * 8), _several(info))
+    if marked is not None:
+        handles.append(marked)
+
     xlim, ylim = _limits(rows)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     fitted = any(s["name"] == info.fitted_on and s["step"] == last_step and s["stage"] == "fit" for s in info.snapshots)
     snapshot = {"stage": "fit", "epoch": last_epoch, "step": last_step}
     name = snapshot_name("fit", last_epoch, last_step)
-    title = panel_title(snapshot, info.trust.get(name), shown=len(drawn), total=len(last), fitted=fitted,
-                        align=info.align or "last")
+    title = panel_title(snapshot, info.trust.get(name), motion=info.motion.get(name), shown=len(drawn),
+                        total=len(last), fitted=fitted, align=info.align or "last")
     lines = [f"last fit snapshot: {title.text.replace(chr(10), ', ')}"]
     if has_predictions:
         lines.append(f"{len(wrong):,} of {len(last):,} misclassified (x)")
@@ -559,7 +694,67 @@ def _draw_overview(info: _Layer, target: Path) -> Path:
                  fontsize=12)
     if info.palette.kind == "continuous":
         _label_legend(fig, info, [ax, curve_ax])
-    return _save(fig, target)
+    return fig
+
+
+def _datamap_samples(info: _Layer) -> Optional[tuple[str, pd.DataFrame]]:
+    """The samples a data map shows, by suspicion: the training split's where recorded, else the validation
+    split's; None where samples() has no confidence and variability (logits were not recorded)."""
+    for split in ("train", "val"):
+        rows = info.samples[(info.samples[SPLIT] == split).to_numpy()]
+        if {"confidence", "variability"} <= set(rows.columns):
+            rows = rows[(rows["confidence"].notna() & rows["variability"].notna()).to_numpy()]
+            if len(rows):
+                return split, rows
+    return None
+
+
+def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
+    """Dataset Cartography's data map (Swayamdipta et al. 2020): each sample's variability against its confidence
+    in its label across ``fit``, coloured by the share of snapshots that predicted it right; the top suspects
+    marked with their ids."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    Figure = _matplotlib()
+    fig = Figure(figsize=(10.0, 7.4), layout="constrained")
+    ax = fig.add_subplot()
+    n = len(rows)
+    points = pd.DataFrame({
+        "_key": sample_keys(rows["sample_id"].to_numpy(np.int64), rows["dataloader_idx"].to_numpy(np.int64),
+                            np.full(n, split, dtype=object)),
+        "x": rows["variability"].to_numpy(float), "y": rows["confidence"].to_numpy(float),
+        "dataloader_idx": rows["dataloader_idx"].to_numpy(np.int64), "sample_id": rows["sample_id"].to_numpy(np.int64),
+    })
+    size, alpha = _point_size(n) * 2.0, (0.85 if n < 2000 else 0.6)
+    if "correct" in rows and rows["correct"].notna().any():
+        cmap = LinearSegmentedColormap.from_list("lightning-embeddings", list(CONTINUOUS))
+        cmap.set_bad(UNKNOWN)
+        drawn = ax.scatter(points["x"], points["y"], c=rows["correct"].to_numpy(float), cmap=cmap, vmin=0.0, vmax=1.0,
+                           s=size, linewidths=0, alpha=alpha, rasterized=True, plotnonfinite=True)
+        fig.colorbar(drawn, ax=ax, label="correct: share of fit snapshots that predicted the label right", shrink=0.85)
+    else:
+        ax.scatter(points["x"], points["y"], c=UNKNOWN, s=size, linewidths=0, alpha=alpha, rasterized=True)
+    top = rows[rows["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in rows else rows.iloc[:0]
+    marked = _mark_suspects(ax, points, top, max(36.0, size * 4), _several(info), split)
+    if marked is not None:
+        ax.legend(handles=[marked], loc="lower right", fontsize=8, framealpha=0.85)
+    for x, y, words, where in ((0.02, 0.98, "easy to learn", "top"), (0.02, 0.02, "hard to learn", "bottom"),
+                               (0.98, 0.5, "ambiguous", "center")):
+        ax.text(x, y, words, transform=ax.transAxes, ha="right" if x > 0.5 else "left", va=where, fontsize=11,
+                color="dimgray", style="italic")
+    ax.set_xlim(0.0, max(float(np.nanmax(points["x"])) * 1.08, 0.05))
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("variability: standard deviation over fit snapshots of p(label)")
+    ax.set_ylabel("confidence: mean over fit snapshots of p(label)")
+    ax.grid(alpha=0.3)
+    fit = sum(s["stage"] == "fit" for s in info.snapshots)
+    which = "training split (record_train)" if split == "train" else "validation split"
+    lines = [f"{info.column}: data map of the {which}, {n:,} samples over {fit} fit snapshots",
+             "Dataset Cartography (Swayamdipta et al. 2020): mislabelled samples gather bottom left"]
+    if fit < 3:
+        lines.append(f"only {fit} fit snapshot{'s' if fit != 1 else ''}: variability is coarse")
+    ax.set_title("\n".join(lines), fontsize=10)
+    return fig
 
 
 def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]]) -> None:
@@ -593,18 +788,29 @@ def _output_dir(run: EmbeddingRun, path: Optional[PathLike]) -> Path:
 def plot_layer(
     run: Union[EmbeddingRun, PathLike], layer: LayerSpec, path: Optional[PathLike] = None
 ) -> list[Path]:
-    """Draw one layer's two PNGs: ``<layer>-snapshots.png`` and ``<layer>-overview.png`` (``<layer>`` the column
-    as :func:`~.store.file_stem` names files: ``head.1`` as is, ``/`` and a leading ``.`` percent-encoded).
+    """Draw one layer's PNGs: ``<layer>-snapshots.png``, ``<layer>-overview.png`` and, where logits were
+    recorded, ``<layer>-datamap.png`` (``<layer>`` the column as :func:`~.store.file_stem` names files: ``head.1``
+    as is, ``/`` and a leading ``.`` percent-encoded).
 
-    The snapshots picture has one panel per snapshot (``fit`` first, then ``validate``/``test``; at most 30, evenly
-    spaced) on shared axes, coloured by label, each titled with its epoch, step and trustworthiness; a panel whose
-    trustworthiness is below 0.8 is framed and titled in red with a warning in plain words. Above 20,000 points a
-    panel draws a per-class sample, and says so.
+    The pictures of the map draw the evaluated split (``val``; ``test`` for ``trainer.test`` snapshots), never the
+    training rows of ``record_train``. The snapshots picture has one panel per snapshot (``fit`` first, then
+    ``validate``/``test``; at most 30, evenly spaced) on shared axes, coloured by label, each titled with its epoch,
+    step, trustworthiness and the temporal preservation of the paths into it; a panel whose trustworthiness is
+    below 0.8 or whose temporal preservation is below 0.5 is framed and titled in red with a warning in plain
+    words. Above 20,000 points a panel draws a per-class sample, and says so.
 
     The overview draws the last ``fit`` snapshot coloured by label with misclassified samples marked ``x`` (when
     labels and predictions were recorded), each class's median path across ``fit``, the paths of the 10 samples that
     moved most and of up to 20 that ended misclassified, and beside it each class's median distance to its final
     position against the global step. A 3-D map is drawn by its x and y, and the titles say so.
+
+    In both, the last ``fit`` snapshot marks the 10 samples most likely mislabelled (the first rows of
+    :meth:`~lightning_embeddings.EmbeddingRun.samples`, by ``suspicion``) with a hollow diamond and their ids,
+    where the run has labels.
+
+    The data map (Dataset Cartography, Swayamdipta et al. 2020) draws each sample's variability against its
+    confidence in its label across ``fit``, coloured by the share of snapshots that predicted it right, of the
+    training split where it was recorded, else of the validation split, its top suspects marked with their ids.
 
     Files are written under a temporary name and renamed, so a reader never sees half a picture.
 
@@ -614,7 +820,7 @@ def plot_layer(
         path: the directory to write to; ``<run>/plots`` by default.
 
     Returns:
-        The two PNGs' paths.
+        The PNGs' paths: snapshots, overview, then the data map where drawn.
 
     Raises:
         FileNotFoundError: the layer has no projections.
@@ -631,13 +837,18 @@ def plot_layer(
     directory = _output_dir(run, path)
     if info.frame.empty:
         raise ValueError(f"Layer {info.column!r} of {run.path} has an empty map: nothing to draw.")
-    snapshots_png, overview_png = layer_pictures(directory, info.column)
-    return [_draw_snapshots(info, snapshots_png), _draw_overview(info, overview_png)]
+    snapshots_png, overview_png, datamap_png = layer_pictures(directory, info.column)
+    written = [_draw_snapshots(info, snapshots_png), _draw_overview(info, overview_png)]
+    datamap = _datamap_samples(info)
+    if datamap is not None:
+        written.append(_save(_datamap_figure(info, *datamap), datamap_png))
+    return written
 
 
 def layer_pictures(directory: Path, column: str) -> list[Path]:
-    """Where :func:`plot_layer` draws a layer's two PNGs in ``directory``: snapshots, then overview."""
-    return [directory / f"{file_stem(column)}-{kind}.png" for kind in ("snapshots", "overview")]
+    """Where :func:`plot_layer` draws a layer's PNGs in ``directory``: snapshots, overview, then the data map (drawn
+    only where logits were recorded)."""
+    return [directory / f"{file_stem(column)}-{kind}.png" for kind in ("snapshots", "overview", "datamap")]
 
 
 def _with_projections(run: EmbeddingRun, layers: Optional[Sequence[LayerSpec]]) -> list[str]:
@@ -670,7 +881,8 @@ def plot_run(
         path: the directory to write to; ``<run>/plots`` by default.
 
     Returns:
-        The written files: two PNGs per layer, then the HTML page when asked.
+        The written files: two PNGs per layer (three where logits were recorded: the data map), then the HTML page
+        when asked.
 
     Raises:
         ImportError: with ``html=True``, plotly is not installed.
@@ -713,12 +925,29 @@ def _hover(info: _Layer) -> tuple[list[str], str]:
         fields.append("dataloader_idx")
     names = {"sample_id": "sample", "label": "label", "prediction": "prediction", "dataloader_idx": "dataloader"}
     lines = [f"{names[f]} %{{customdata[{i}]}}" for i, f in enumerate(fields)]
-    return fields, "<br>".join(lines) + "<br>x %{x:.3f}, y %{y:.3f}<extra></extra>"
+    lines.append("x %{x:.3f}, y %{y:.3f}")
+    for f in info.hover:  # each sample's dynamics across fit, as samples() names them
+        lines.append(f"{f} %{{customdata[{len(fields)}]}}")
+        fields.append(f)
+    return fields, "<br>".join(lines) + "<extra></extra>"
+
+
+_COUNTS = ("settled_epoch", "learned_epoch", "forgetting_events")  # whole numbers among HOVER_DYNAMICS
+
+
+def _hover_text(field: str, value: Any) -> str:
+    """A dynamics value as the hover shows it: counts and epochs whole, shares to 3 decimals, "–" where none."""
+    if value is None or pd.isna(value):
+        return "–"
+    return str(int(value)) if field in _COUNTS else f"{float(value):.3f}"
 
 
 def _customdata(rows: pd.DataFrame, fields: list[str]) -> list[list[Any]]:
     columns = []
     for f in fields:
+        if f in HOVER_DYNAMICS:
+            columns.append([_hover_text(f, v) for v in rows[f].tolist()])
+            continue
         values = rows[f].astype(object).where(rows[f].notna(), None).tolist()
         columns.append([_plain(v) if v is not None else None for v in values])
     return [list(row) for row in zip(*columns)] if columns else []
@@ -775,11 +1004,13 @@ def _figure(go: Any, info: _Layer) -> Any:
     for i, snapshot in enumerate(info.snapshots):
         rows = info.frame[info.frame["_panel"] == i].sort_values(["dataloader_idx", "sample_id"])
         drawn = _kept(info, rows)
-        title = panel_title(snapshot, info.trust.get(snapshot["name"]), shown=len(drawn), total=len(rows),
-                            fitted=snapshot["name"] == info.fitted_on, align=info.align or "last")
+        title = panel_title(snapshot, info.trust.get(snapshot["name"]), motion=info.motion.get(snapshot["name"]),
+                            shown=len(drawn), total=len(rows), fitted=snapshot["name"] == info.fitted_on,
+                            align=info.align or "last")
         text = title.text.replace("\n", " · ")
         if title.warning:
-            text += f"<br><span style='color:{WARNING}'><b>{html_escape.escape(title.warning)}</b></span>"
+            warning = html_escape.escape(title.warning).replace("\n", "; ")
+            text += f"<br><span style='color:{WARNING}'><b>{warning}</b></span>"
         titles.append(dict(text=text, font=dict(size=14)))
         # each frame carries its own title; plotly.js merges a frame's layout into the figure's but draws it only
         # on a redraw: without redraw=True the points move and the title stays the first frame's
@@ -846,10 +1077,13 @@ def write_html(
 
     Each layer gets a figure with a slider and a play button over its snapshots; points move between frames by
     sample identity (plotly's ``ids``, what ``animation_group`` sets), are coloured as in the PNGs
-    (:func:`label_palette`), and show sample id, label and prediction on hover. Every frame's title gives its
-    trustworthiness, in red where the map is not faithful. Above 20,000 points per frame a per-class sample is
-    drawn (the same samples in every frame), and the page says so. plotly.js is inlined once for all figures: the
-    page opens offline.
+    (:func:`label_palette`), and show sample id, label and prediction on hover, then the sample's training dynamics
+    where :meth:`~lightning_embeddings.EmbeddingRun.samples` has them (``suspicion``, ``knn_agreement``, and those
+    of ``movement, settled_epoch, correct, learned_epoch, forgetting_events, confidence, variability, aum`` it
+    has). The evaluated split is drawn (``val``, ``test``): not the training rows of ``record_train``. Every
+    frame's title gives its trustworthiness and the temporal preservation of the paths into it, in red where
+    either is not faithful. Above 20,000 points per frame a per-class sample is drawn (the same samples in every
+    frame), and the page says so. plotly.js is inlined once for all figures: the page opens offline.
 
     Args:
         run: an :class:`EmbeddingRun` or its directory.
@@ -892,6 +1126,14 @@ def write_html(
             notes.append(f"<span class='warning'>Not faithful (trustworthiness below {FAITHFUL}) at "
                          f"{html_escape.escape(', '.join(unfaithful))}: neighbours there are often not neighbours "
                          "in the vectors.</span>")
+        moving = [snapshot_label(s) for s in info.snapshots
+                  if _known(info.motion.get(s["name"])) and info.motion[s["name"]] < FAITHFUL_MOTION]
+        if moving:
+            notes.append(f"<span class='warning'>Paths not faithful (temporal preservation below {FAITHFUL_MOTION}) "
+                         f"into {html_escape.escape(', '.join(moving))}: the samples that move far in the picture "
+                         "there are not those that move far in their vectors; read movement from samples().</span>")
+        if info.hover:
+            notes.append(f"Hover shows each sample's {', '.join(info.hover)} (EmbeddingRun.samples()).")
         figure = _figure(go, info)
         div = pio.to_html(figure, include_plotlyjs=(i == 0), full_html=False, auto_play=False,
                           div_id=f"lightning-embeddings-{i}", config={"responsive": True, "displaylogo": False})
@@ -899,8 +1141,11 @@ def write_html(
                         f"{div}\n</section>")
     intro = (
         "Each point is a validation sample; drag the slider or press play to follow it across training. Colours "
-        "are labels; hover shows sample id, label and prediction. Trustworthiness (10 neighbours) says how far "
-        f"neighbours in the picture are neighbours in the vectors; below {FAITHFUL} a frame is not faithful."
+        "are labels; hover shows sample id, label and prediction, and the sample's training dynamics where known "
+        "(suspicion: higher is more likely mislabelled). Trustworthiness (10 neighbours) says how far "
+        f"neighbours in the picture are neighbours in the vectors; below {FAITHFUL} a frame is not faithful. "
+        "Temporal preservation says how far the samples that move far in the picture are those that move far in "
+        f"their vectors; below {FAITHFUL_MOTION} the paths into a frame are not faithful."
     )
     title = f"Embeddings of {run.path}"
     page = _PAGE.format(title=html_escape.escape(title), intro=intro, sections="\n".join(sections), warning=WARNING)

@@ -20,6 +20,7 @@ ALIGNS: tuple[str, ...] = ("last", "joint", "aligned")
 FIT_SAMPLES = 20_000  # by default a map is fitted on at most this many rows
 TRANSFORM_ROWS = 65_536  # rows passed to ``transform`` at once
 FAITHFUL = 0.8  # below this trustworthiness a snapshot's map is called not faithful
+FAITHFUL_MOTION = 0.5  # below this temporal preservation (Spearman) a map's paths are called not faithful
 FAITHFUL_ROWS = 2_000  # trustworthiness is measured on at most this many samples of a snapshot
 
 

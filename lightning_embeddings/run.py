@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_embeddings import reduce as reducers
+from lightning_embeddings.dynamics import SnapshotView, sample_dynamics, temporal_preservation
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.lock import RunLock
 from lightning_embeddings.store import (
@@ -27,6 +28,7 @@ from lightning_embeddings.store import (
     projection_file,
     read_manifest,
     remove_partials,
+    sample_keys,
     snapshot_file,
     snapshot_files,
     staged,
@@ -35,9 +37,11 @@ from lightning_embeddings.store import (
     write_tables,
 )
 
-KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")
-MAP_KEYS = ("sample_id", "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
+KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")  # in every snapshot file; SPLIT since record_train
+SPLIT = "split"
+MAP_KEYS = ("sample_id", SPLIT, "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
 LONG_PROJECTIONS = "projections.parquet"
+SAMPLES = "samples.parquet"
 SAMPLE_FACTS = ("label", "prediction")
 READ_BUFFER = 2**20  # bytes read from a file at once
 TENSORBOARD = "tensorboard"  # where `lightning-embeddings export` writes projector files by default
@@ -70,6 +74,17 @@ def _with_points(keys: pa.Table, points: np.ndarray) -> pa.Table:
     return keys
 
 
+def _eval_split(snapshot: Mapping[str, Any]) -> str:
+    """The split a snapshot's evaluation loop ran on: ``"test"`` for ``trainer.test``, else ``"val"``."""
+    return "test" if snapshot["stage"] == "test" else "val"
+
+
+def _keys(table: pa.Table) -> np.ndarray:
+    """Each row's :func:`~lightning_embeddings.store.sample_keys`."""
+    return sample_keys(table.column("sample_id").to_numpy(), table.column("dataloader_idx").to_numpy(),
+                       table.column(SPLIT).to_numpy(zero_copy_only=False))
+
+
 def _skipped(column: str, reason: str) -> dict[str, Any]:
     """Say that a layer gets no map, and why; its manifest record."""
     rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
@@ -98,21 +113,51 @@ def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: s
     )
 
 
+def _warn_unfaithful_paths(column: str, motion: Mapping[str, Optional[float]]) -> None:
+    """Say where a layer's drawn paths are not faithful (temporal preservation below ``FAITHFUL_MOTION``)."""
+    unfaithful = [name for name, value in motion.items() if value is not None and value < reducers.FAITHFUL_MOTION]
+    if unfaithful:
+        rank_zero_warn(
+            f"lightning-embeddings: the paths of layer {column!r} are not faithful into {', '.join(unfaithful)} "
+            f"(temporal preservation below {reducers.FAITHFUL_MOTION}: the samples that move far in the map are not "
+            "those that move far in their vectors). Trustworthiness says a snapshot's neighbours are right, not its "
+            "motion: read movement from EmbeddingRun(...).samples(), measured in the vectors."
+        )
+
+
 def _facts() -> dict[str, Any]:
     """A layer's facts per snapshot, filled by :func:`_measure`."""
-    return {"trustworthiness": {}, "left_out": {}, "missing": {}, "collapsed": []}
+    return {"trustworthiness": {}, "temporal_preservation": {}, "left_out": {}, "missing": {}, "collapsed": []}
 
 
-def _measure(facts: dict[str, Any], name: str, status: np.ndarray, vectors: np.ndarray, points: np.ndarray) -> None:
-    """Record one snapshot of a layer's map: its rows left out (non-finite, missing), and the trustworthiness of
-    ``points`` against the ``vectors`` they stand for, None where the vectors are collapsed."""
+@dataclass
+class _Sample:
+    """The rows of a snapshot a map is measured on: their keys, vectors and points."""
+
+    snapshot: Mapping[str, Any]
+    keys: np.ndarray
+    vectors: np.ndarray
+    points: np.ndarray
+
+
+def _measure(facts: dict[str, Any], status: np.ndarray, sample: _Sample, before: Optional[_Sample]) -> None:
+    """Record one snapshot of a layer's map: its rows left out (non-finite, missing); the trustworthiness of its
+    points against the vectors they stand for, None where the vectors are collapsed; for a ``fit`` snapshot after
+    another (``before``), the temporal preservation of the samples' motion between the two, None where unmeasurable."""
+    name = sample.snapshot["name"]
     for key, code in (("left_out", NON_FINITE), ("missing", MISSING)):
         if (status == code).any():
             facts[key][name] = int((status == code).sum())
-    flat = reducers.collapsed(vectors)
+    flat = reducers.collapsed(sample.vectors)
     if flat:
         facts["collapsed"].append(name)
-    facts["trustworthiness"][name] = None if flat else reducers.faithfulness(vectors, points)
+    facts["trustworthiness"][name] = None if flat else reducers.faithfulness(sample.vectors, sample.points)
+    if before is not None and sample.snapshot["stage"] == "fit":
+        _, a, b = np.intersect1d(before.keys, sample.keys, assume_unique=True, return_indices=True)
+        motion = np.nan  # no sample placed in both
+        if len(a):
+            motion = temporal_preservation(before.points[a], sample.points[b], before.vectors[a], sample.vectors[b])
+        facts["temporal_preservation"][name] = None if np.isnan(motion) else round(float(motion), 4)
 
 
 class Maps(Mapping[str, pd.DataFrame]):
@@ -158,7 +203,7 @@ class EmbeddingRun:
         run = EmbeddingRun("lightning_logs/version_0/embeddings")
         run.layers, run.epochs                      # ['conv2', 'head.1'], [0, 1, 2, 3, 4]
         ids, X = run.vectors("head.1", epoch=4)     # (N,) int64, (N, D) float32
-        run.projections("head.1")                   # sample_id, stage, epoch, step, dataloader_idx, x, y, label...
+        run.projections("head.1")                   # sample_id, split, stage, epoch, step, dataloader_idx, x, y, label...
         run.reduce(reducer="pca")                   # fit again, no retraining
     """
 
@@ -208,11 +253,13 @@ class EmbeddingRun:
         step: Optional[int] = None,
         stage: str = "fit",
         dataloader_idx: Optional[int] = None,
+        split: Optional[Literal["val", "test", "train"]] = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One layer's vectors in one snapshot, ordered by ``(dataloader_idx, sample_id)``.
 
         The snapshot is the ``stage``'s last one at ``epoch`` (at ``step``, where an epoch has several), or its
-        last one overall when ``epoch`` is None.
+        last one overall when ``epoch`` is None. Its rows of ``split``: by default those of the loop that ran
+        (``"val"``, ``"test"`` for ``trainer.test``); ``"train"`` for the training set (``record_train``).
 
         A sample recorded without a vector in this layer (a layer that ``validation_step`` calls on some batches
         only) has a row of NaN.
@@ -221,7 +268,8 @@ class EmbeddingRun:
             ``(sample_ids, vectors)``: an ``(N,)`` int64 array and an ``(N, D)`` float32 array.
         """
         column = self.layer(layer)["column"]
-        rows = self._rows(self._snapshot(stage, epoch, step), dataloader_idx)
+        snapshot = self._snapshot(stage, epoch, step)
+        rows = self._rows(snapshot, dataloader_idx, split or _eval_split(snapshot))
         return rows.keys.column("sample_id").to_numpy(), self._read(rows, column, rows.stored)
 
     def table(
@@ -244,10 +292,10 @@ class EmbeddingRun:
             for column in columns:
                 table = table.append_column(column, vectors_array(self._read(rows, column, rows.stored)))
             tables.append(table)
-        return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=[*KEYS, *columns])
+        return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=[SPLIT, *KEYS, *columns])
 
     def projections(self, layer: LayerSpec) -> pd.DataFrame:
-        """One layer's map: ``sample_id, stage, epoch, step, dataloader_idx, x, y[, z]``, with ``label`` and
+        """One layer's map: ``sample_id, split, stage, epoch, step, dataloader_idx, x, y[, z]``, with ``label`` and
         ``prediction`` when known; one row per sample and snapshot."""
         path = projection_file(self.path, self.layer(layer)["column"])
         if not path.is_file():
@@ -259,6 +307,104 @@ class EmbeddingRun:
             return pd.read_parquet(path)
         except (OSError, pa.ArrowException) as err:
             raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
+
+    def samples(self, layer: LayerSpec, split: Literal["val", "train"] = "val") -> pd.DataFrame:
+        """Which samples to look at: one row per sample of ``split``, over the ``fit`` snapshots, measured in the
+        layer's own vectors (never in the map), sorted by ``suspicion`` (higher: more likely a label error).
+
+        Columns: ``sample_id, dataloader_idx, label, suspicion``, then the dynamics of
+        :func:`~lightning_embeddings.dynamics.sample_dynamics`: k-NN label agreement (cosine, 10 neighbours) per
+        snapshot's mean and last, movement between snapshots, the epoch it settled; with predictions: how often
+        correct, the epoch it was learned, forgetting events; with logits: confidence, variability and margin (AUM).
+        Read from ``samples.parquet`` (written at the end of fit and by :meth:`reduce`), else computed, one snapshot
+        in memory at a time. ``split="train"`` needs ``EmbeddingCollector(record_train=True)``.
+
+        Raises:
+            ValueError: ``split`` was not recorded, or the run has no labels or no ``fit`` snapshot.
+
+        Example::
+
+            suspects = EmbeddingRun(path).samples("head.1", split="train").head(20)
+            suspects[["sample_id", "label", "suspicion", "knn_agreement", "forgetting_events"]]
+        """
+        column = self.layer(layer)["column"]
+        path = self.path / SAMPLES
+        if path.is_file():
+            try:
+                table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)])
+            except (OSError, pa.ArrowException) as err:
+                raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
+            if table.num_rows:
+                return table.drop_columns(["layer", SPLIT]).to_pandas()
+        return self._sample_dynamics(column, split)
+
+    def write_samples(self) -> Optional[Path]:
+        """Write ``samples.parquet``: :meth:`samples` of every layer and recorded split (``layer`` and ``split``
+        columns first); None, and no file, where the run has no labelled ``fit`` snapshot."""
+        path = self.path / SAMPLES
+        with RunLock(self.path):
+            if not self._write_samples(staged(path)):
+                return None
+            os.replace(staged(path), path)
+        return path
+
+    def _write_samples(self, target: Path) -> bool:
+        fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
+        if not fit:
+            return False
+        last = self._rows(fit[-1])
+        if "label" not in last.keys.column_names:
+            return False
+        splits = [split for split in ("val", "train") if split in set(last.keys.column(SPLIT).to_pylist())]
+        frames = [self._sample_dynamics(column, split).assign(layer=column, split=split)
+                  for column in self.layers for split in splits]
+        table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+        first = ["layer", SPLIT]
+        pq.write_table(table.select([*first, *(c for c in table.column_names if c not in first)]), target)
+        return True
+
+    def _sample_dynamics(self, column: str, split: str) -> pd.DataFrame:
+        """:meth:`samples` computed from ``vectors/``: the samples of ``split`` in the last ``fit`` snapshot, over
+        every ``fit`` snapshot (a sample missing from one has a NaN row there)."""
+        fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
+        if not fit:
+            raise ValueError(f"{self.path} has no snapshot of fit: samples() follows the samples across fit.")
+        last = self._rows(fit[-1], split=split)
+        if not len(last):
+            hint = " (record it with EmbeddingCollector(record_train=True))" if split == "train" else ""
+            raise ValueError(f"{self.path} holds no {split!r} rows{hint}; recorded splits: "
+                             f"{sorted(set(self._rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
+        if "label" not in last.keys.column_names or last.keys.column("label").null_count == len(last):
+            raise ValueError(f"{self.path} has no labels: samples() ranks samples by their labels' agreement with "
+                             "their neighbours (pass label_key= to the collector where the batch names them otherwise).")
+        keys, logits = _keys(last.keys), self.manifest.get("logits")
+
+        def views() -> Iterator[SnapshotView]:
+            for snapshot in fit:
+                rows = self._rows(snapshot, split=split)
+                found = np.searchsorted(_keys(rows.keys), keys)  # both sorted by key
+                found = np.minimum(found, max(len(rows) - 1, 0))
+                here = (_keys(rows.keys)[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
+                vectors = np.full((len(keys), self.layer(column)["dim"]), np.nan, dtype=np.float32)
+                vectors[here] = self._read(rows, column, rows.stored[found[here]])
+                predictions = None
+                if "prediction" in rows.keys.column_names:
+                    stored = pd.Series(rows.keys.column("prediction").to_numpy(zero_copy_only=False)[found])
+                    predictions = stored.where(pd.Series(here)).to_numpy()  # NaN/None where the sample is missing
+                scores = None
+                if logits is not None:
+                    width = pq.read_schema(rows.files[0]).field(logits).type.list_size
+                    scores = np.full((len(keys), width), np.nan, dtype=np.float32)
+                    scores[here] = self._read(rows, logits, rows.stored[found[here]])
+                yield SnapshotView(snapshot["epoch"], vectors, predictions, scores)
+
+        labels = last.keys.column("label").to_numpy(zero_copy_only=False)
+        frame = sample_dynamics(labels, views())
+        facts = last.keys.select([c for c in ("sample_id", "dataloader_idx", "label") if c in last.keys.column_names])
+        frame = pd.concat([facts.to_pandas(), frame.drop(columns=["suspicion"]), frame[["suspicion"]]], axis=1)
+        frame = frame[["sample_id", "dataloader_idx", "label", "suspicion",
+                       *(c for c in frame.columns if c not in ("sample_id", "dataloader_idx", "label", "suspicion"))]]
+        return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
     def reduce(
         self,
@@ -364,13 +510,16 @@ class EmbeddingRun:
                     record["layers"][column] = layer
                     made[target] = "skipped" not in layer
                     _warn_unfaithful(column, layer.get("trustworthiness") or {}, align, self.path)
+                    _warn_unfaithful_paths(column, layer.get("temporal_preservation") or {})
                 maps = {}  # every layer's map after this reduce, where it is now
                 for column in self.layers:
                     path = projection_file(self.path, column)
                     if made.get(path, path.is_file()):
                         maps[column] = staged(path) if path in made else path
-                long_file = self.path / LONG_PROJECTIONS
+                long_file, samples_file = self.path / LONG_PROJECTIONS, self.path / SAMPLES
                 made[long_file] = self._write_long_projections(maps, staged(long_file))
+                made[samples_file] = False
+                made[samples_file] = self._write_samples(staged(samples_file))
                 manifest = {**self.manifest, "reducer": record}
                 write_manifest(self.path, manifest, staged(self.path / MANIFEST))
                 made[self.path / MANIFEST] = True
@@ -465,13 +614,16 @@ class EmbeddingRun:
 
         def tables() -> Iterator[pa.Table]:
             bar = tqdm(snapshots, desc=f"placing {column}", unit="snapshot", delay=2, disable=not progress, leave=False)
+            before = None
             for snapshot in bar:
                 rows = self._rows(snapshot)
                 measured = reducers.choose_rows(np.zeros(len(rows)), reducers.FAITHFUL_ROWS, seed)
                 vectors, points, status = self._read(rows, column, rows.stored[measured], transform)
                 placed = status == PLACED
                 measured, vectors = measured[placed[measured]], vectors[placed[measured]]
-                _measure(facts, snapshot["name"], status, vectors, points[np.cumsum(placed)[measured] - 1])
+                sample = _Sample(snapshot, _keys(rows.keys)[measured], vectors, points[np.cumsum(placed)[measured] - 1])
+                _measure(facts, status, sample, before)
+                before = sample if snapshot["stage"] == "fit" else before
                 yield _with_points(rows.keys.filter(pa.array(placed)), points)
 
         write_tables(path, tables(), self._map_schema(snapshots, n_components))
@@ -502,22 +654,29 @@ class EmbeddingRun:
             return _skipped(column, f"{why}, and align='aligned' fits a map on every snapshot: use align='joint'")
         rank_zero_info(f"lightning-embeddings: fitting AlignedUMAP on layer {column!r}: {len(snapshots)} snapshots "
                        f"of up to {max(map(len, vectors))} samples x {vectors[0].shape[1]} dims")
-        ids = [k.column("dataloader_idx").to_numpy().astype(np.int64) << 40 | k.column("sample_id").to_numpy()
-               for k in keys]
+        ids = [_keys(k) for k in keys]
         points, estimator = reducers.aligned_maps(vectors, ids, n_components, seed, **reducer_kwargs)
         write_tables(path, map(_with_points, keys, points), self._map_schema(snapshots, n_components))
         facts = _facts()
-        for snapshot, v, xyz, (_, status) in zip(snapshots, vectors, points, read):
+        before = None
+        for snapshot, v, xyz, (_, status), sample_ids in zip(snapshots, vectors, points, read, ids):
             measured = reducers.choose_rows(np.zeros(len(v)), reducers.FAITHFUL_ROWS, seed)
-            _measure(facts, snapshot["name"], status, v[measured], xyz[measured])
+            sample = _Sample(snapshot, sample_ids[measured], v[measured], xyz[measured])
+            _measure(facts, status, sample, before)
+            before = sample if snapshot["stage"] == "fit" else before
         return self._report(column, {"samples": sum(map(len, vectors)), **reducers.describe(estimator), **facts})
 
     def _report(self, column: str, layer: dict[str, Any]) -> dict[str, Any]:
         """Say how faithful a layer's new map is and which rows it left out; return its record, without empty
         counts."""
-        trust = layer["trustworthiness"]
-        said = ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in trust.items())
-        rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: {said}")
+        def said(values: Mapping[str, Optional[float]]) -> str:
+            return ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in values.items())
+
+        rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: "
+                       f"{said(layer['trustworthiness'])}")
+        if layer["temporal_preservation"]:
+            rank_zero_info(f"lightning-embeddings: temporal preservation of layer {column!r}'s paths (Spearman, motion "
+                           f"in the map vs in the vectors) into each snapshot: {said(layer['temporal_preservation'])}")
         counts = [f"{words}: {', '.join(f'{name}: {n}' for name, n in layer[key].items())}"
                   for key, words in (("left_out", "with a non-finite value (NaN or inf)"),
                                      ("missing", "without a vector (the layer was not called for them)"))
@@ -584,11 +743,12 @@ class EmbeddingRun:
         return True
 
     def _map_schema(self, snapshots: Sequence[dict[str, Any]], n_components: int) -> pa.Schema:
-        """A layer's projections file: ``sample_id, stage, epoch, step, dataloader_idx, x, y[, z]``, then the
+        """A layer's projections file: ``sample_id, split, stage, epoch, step, dataloader_idx, x, y[, z]``, then the
         sample facts any of ``snapshots`` holds."""
         stored = pa.unify_schemas([pq.read_schema(path) for snapshot in snapshots for path in self._files(snapshot)])
         axes = [pa.field(axis, pa.float32()) for axis in "xyz"[:n_components]]
-        return pa.schema([*(stored.field(c) for c in MAP_KEYS), *axes,
+        keys = [pa.field(SPLIT, pa.string()) if c == SPLIT else stored.field(c) for c in MAP_KEYS]
+        return pa.schema([*keys, *axes,
                           *(stored.field(c) for c in SAMPLE_FACTS if c in stored.names)])
 
     def _snapshot(self, stage: str, epoch: Optional[int], step: Optional[int]) -> dict[str, Any]:
@@ -635,26 +795,32 @@ class EmbeddingRun:
         self._checked[name] = files
         return files
 
-    def _rows(self, snapshot: dict[str, Any], dataloader_idx: Optional[int] = None) -> _Rows:
+    def _rows(self, snapshot: dict[str, Any], dataloader_idx: Optional[int] = None,
+              split: Optional[str] = None) -> _Rows:
         """One snapshot's samples of all ranks (keys and facts, not vectors), DDP's padding duplicates dropped,
-        ordered by ``(dataloader_idx, sample_id)``."""
+        ordered by ``(split, dataloader_idx, sample_id)``, the training rows last; of one split when given."""
         files = self._files(snapshot)
         tables = []
         for path in files:
             names = pq.read_schema(path).names
             try:
-                tables.append(pq.read_table(path, columns=[c for c in (*KEYS, *SAMPLE_FACTS) if c in names]))
+                table = pq.read_table(path, columns=[c for c in (SPLIT, *KEYS, *SAMPLE_FACTS) if c in names])
             except (OSError, pa.ArrowException) as err:
                 raise RunError(f"{path} is damaged: {err}") from err
+            if SPLIT not in names:  # written before record_train: every row is the stage's evaluated split
+                table = table.add_column(0, SPLIT, pa.array([_eval_split(snapshot)] * table.num_rows, pa.string()))
+            tables.append(table.cast(table.schema.set(0, pa.field(SPLIT, pa.string()))))
         table = pa.concat_tables(tables, promote_options="default")
-        stored = np.arange(table.num_rows)
+        keys = sample_keys(table.column("sample_id").to_numpy(), table.column("dataloader_idx").to_numpy(),
+                           table.column(SPLIT).to_numpy(zero_copy_only=False))
+        chosen = np.ones(table.num_rows, dtype=bool)
         if dataloader_idx is not None:
-            stored = np.flatnonzero(table.column("dataloader_idx").to_numpy() == dataloader_idx)
-        loader, ids = table.column("dataloader_idx").to_numpy()[stored], table.column("sample_id").to_numpy()[stored]
-        order = np.lexsort((ids, loader))
-        keep = np.ones(len(order), dtype=bool)
-        keep[1:] = (np.diff(loader[order]) != 0) | (np.diff(ids[order]) != 0)
-        stored = stored[order[keep]]
+            chosen &= table.column("dataloader_idx").to_numpy() == dataloader_idx
+        if split is not None:
+            chosen &= table.column(SPLIT).to_numpy(zero_copy_only=False) == split
+        stored = np.flatnonzero(chosen)
+        _, first = np.unique(keys[stored], return_index=True)  # sorted by key; a padding duplicate dropped
+        stored = stored[first]
         return _Rows(files, table.take(stored), stored)
 
     def _read(
@@ -673,7 +839,7 @@ class EmbeddingRun:
         """
         wanted_order = np.argsort(positions, kind="stable")
         wanted = positions[wanted_order]
-        out = np.empty((len(positions), self.layer(column)["dim"]), dtype=np.float32)
+        out = np.empty((len(positions), pq.read_schema(rows.files[0]).field(column).type.list_size), dtype=np.float32)
         points, status = [], []
         start = 0
         for path in rows.files:

@@ -62,6 +62,23 @@ def snapshot_files(dirpath: Path, name: str) -> list[Path]:
     return [path for _, path in sorted(ranked)]
 
 
+def sample_keys(sample_id: np.ndarray, dataloader_idx: Optional[np.ndarray] = None,
+                split: Optional[np.ndarray] = None) -> np.ndarray:
+    """One int64 naming each row's sample across snapshots: its split (training rows apart), dataloader and id.
+
+    Example::
+
+        >>> sample_keys(np.array([7, 7]), np.array([0, 1])).tolist()
+        [7, 1099511627783]
+    """
+    keys = np.asarray(sample_id, dtype=np.int64).copy()
+    if dataloader_idx is not None:
+        keys |= np.asarray(dataloader_idx, dtype=np.int64) << 40
+    if split is not None:
+        keys |= (np.asarray(split) == "train").astype(np.int64) << 48
+    return keys
+
+
 def file_stem(column: str) -> str:
     """A layer's column as a file name that stays in its folder: percent-encoded but for letters, digits and
     ``_.-~``, a leading ``.`` too, so no ``/``, ``..`` or hidden name can occur; ``urllib.parse.unquote`` gives the

@@ -61,7 +61,7 @@ def test_align_arguments_are_checked():
 def test_long_projections_file_holds_every_layer(fit_digits):
     _, collector = fit_digits()
     frame = pd.read_parquet(collector.dirpath / "projections.parquet")
-    assert list(frame.columns) == ["layer", "sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label",
+    assert list(frame.columns) == ["layer", "sample_id", "split", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label",
                                    "prediction", "correct"]
     assert frame.groupby("layer").size().to_dict() == {"features.1": 2 * 449, "head.1": 2 * 449}
     assert (frame["correct"] == (frame["label"] == frame["prediction"])).all()

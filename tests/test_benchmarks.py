@@ -15,15 +15,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-IN_PROCESS = {"overhead.py"}
+IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py", "explore_suspicion.py"}
 
 
 @pytest.mark.parametrize(
     "script, args, printed",
     [
         ("overhead.py", ["--val-samples", "64", "--repeats", "1", "--batch-size", "32", "--no-profile"], "ratio"),
+        ("record_train.py", ["--train-samples", "64", "--val-samples", "64", "--repeats", "1", "--batch-size", "32"],
+         "the pass over the training set"),
+        ("label_noise.py", ["--noise", "0.3", "--seeds", "1", "--epochs", "2", "--models", "mlp", "--folds", "2"],
+         "cleanlab, 2-fold cross-validated"),
+        ("knn_index.py", ["--quick"], "dynamics.neighbours"),
+        ("explore_suspicion.py", ["--quick"], "suspicion (shipped)"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
         ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
         ("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"], "reduction: pca, 500 x 8 x 2 epochs"),
@@ -35,11 +42,12 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, ar
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])
         lightning_logger = logging.getLogger("lightning.pytorch")
-        level = lightning_logger.level
+        level, threads = lightning_logger.level, torch.get_num_threads()
         try:
             runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
         finally:
             lightning_logger.setLevel(level)  # the script quiets Lightning's info messages
+            torch.set_num_threads(threads)  # and may use one thread
         assert printed in capsys.readouterr().out
         return
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,

@@ -18,7 +18,7 @@ from lightning_embeddings import EmbeddingRun
 from lightning_embeddings.cli import main, parse_value
 
 N_VAL = 449
-COMMANDS = ("layers", "info", "reduce", "plot", "export")
+COMMANDS = ("layers", "info", "reduce", "samples", "plot", "export")
 ERROR = re.compile(r"^lightning-embeddings: error: \S.*\n$")  # one line, nothing else
 
 
@@ -217,6 +217,32 @@ def test_reduce_fit_samples_caps_the_fit_and_all_lifts_the_cap(run_copy, capsys)
     assert status == 2 and "'0' is not a number of rows >= 1 or 'all'" in err
 
 
+@pytest.fixture(scope="module")
+def run_with_train(tmp_path_factory) -> EmbeddingRun:
+    """One epoch with the training set recorded too (record_train), 200 samples of each split."""
+    _, collector = fit_collector(tmp_path_factory.mktemp("cli-train"), layers=["head.1"], record_train=True,
+                                 max_samples=200, trainer_kwargs={"max_epochs": 2, "limit_train_batches": 2})
+    return EmbeddingRun(collector.dirpath)
+
+
+def test_samples_prints_the_ranked_table_and_json(run_with_train, capsys):
+    expected = run_with_train.samples("head.1", split="train").head(5)
+    status, out, _ = cli(capsys, "samples", run_with_train.path, "--split", "train", "--top", "5")  # its only layer
+    assert status == 0
+    lines = out.splitlines()
+    assert "train samples of layer 'head.1' most likely mislabelled" in lines[0]
+    header = re.split(r"\s{2,}", lines[1].strip())
+    assert header[:5] == ["rank", "sample_id", "label", "suspicion", "knn_agreement"]
+    ranked = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
+    assert [int(cells[1]) for cells in ranked] == expected["sample_id"].tolist()
+    assert [float(cells[3]) for cells in ranked] == pytest.approx(expected["suspicion"].tolist(), abs=5e-4)
+    status, out, _ = cli(capsys, "samples", run_with_train.path, "--layer", "head.1", "--split", "train", "--top",
+                         "5", "--json")
+    records = json.loads(out)
+    assert [r["sample_id"] for r in records] == expected["sample_id"].tolist()
+    assert records[0]["suspicion"] == pytest.approx(expected["suspicion"].iloc[0])
+
+
 def test_parse_value():
     assert [parse_value(v) for v in ["30", "-2", "0.5", "1e-3", "TRUE", "false", "None", "cosine"]] == [
         30, -2, 0.5, 0.001, True, False, None, "cosine"
@@ -273,6 +299,8 @@ def test_export_to_tensorboard_default_and_given_logdir(run_copy, capsys, tmp_pa
         (["reduce", "{run}", "--reducer", "pca", "--align", "aligned"], 1, "needs reducer='umap'"),
         (["export", "{run}", "--to", "tensorboard", "--layers", "7"], 1, "layer 7 was not recorded"),
         (["plot", "{run}", "--layers", "nope"], 1, "layer 'nope' was not recorded"),
+        (["samples", "{run}", "--layer", "head.1", "--split", "train"], 1, r"no 'train' rows .*record_train=True"),
+        (["samples", "{run}"], 2, "give --layer: the run has layers features.1, head.1"),
         (["layers", "no_such_module:Net"], 1, "cannot import 'no_such_module'.*PYTHONPATH"),
         (["layers", "digits:Nope"], 1, "digits has no 'Nope': it defines DigitsCNN"),
     ],

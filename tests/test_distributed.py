@@ -27,6 +27,7 @@ from lightning_embeddings import EmbeddingRun
 
 TESTS = Path(__file__).resolve().parent
 N_VAL = 449  # the digits validation set: odd, so DistributedSampler pads rank 1 with a duplicate of sample 0
+N_TRAIN = 1347  # the training set cut to an odd size for record_train (the whole set: 1348)
 RANKS = 2
 TIMEOUT_S = 120  # per launch; a healthy run takes well under a minute
 
@@ -56,9 +57,18 @@ SCRIPT = textwrap.dedent(
         reducer = getattr(importlib.import_module(reducer["module"]), reducer["class"])(**reducer["kwargs"])
     collector = EmbeddingCollector(
         layers=cfg["layers"], reshape={k: v for k, v in {3: "avg_pool_2_2", "head.1": "flatten"}.items() if k in cfg["layers"]},
-        reducer=reducer, plots=False,
+        reducer=reducer, plots=False, record_train=cfg["record_train"],
         dirpath=out / "embeddings",
     )
+
+
+    class Data(DigitsDataModule):
+        """Digits, with the training set cut to an odd size when asked (DistributedSampler then pads it)."""
+
+        def setup(self, stage):
+            super().setup(stage)
+            if cfg["train_samples"] is not None:
+                self.train_set = torch.utils.data.Subset(self.train_set, range(cfg["train_samples"]))
 
 
     class ShortTimeout(pl.Callback):
@@ -79,7 +89,7 @@ SCRIPT = textwrap.dedent(
         default_root_dir=out, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[ShortTimeout(), collector],
     )
-    trainer.fit(model, DigitsDataModule())
+    trainer.fit(model, Data())
     fit_returned = time.time()
     rank = trainer.global_rank
     projections = sorted(p.name for p in (collector.dirpath / "projections").glob("*.parquet"))
@@ -148,7 +158,7 @@ def _write_script(tmp_path: Path, **cfg) -> tuple[Path, Path]:
     out = tmp_path / "out"
     out.mkdir()
     cfg = {"out": str(out), "layers": [3, "head.1"], "reducer": "pca", "ddp_timeout_s": None,
-           "limit_train_batches": 6, **cfg}
+           "limit_train_batches": 6, "record_train": False, "train_samples": None, **cfg}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
@@ -273,7 +283,7 @@ def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_pa
     (tmp_path / "slow_reducer.py").write_text(SLOW_REDUCER)
     fit_log = tmp_path / "fits.jsonl"
     script, out = _write_script(
-        tmp_path, layers=["head.1"], ddp_timeout_s=3, limit_train_batches=4,
+        tmp_path, layers=["head.1"], ddp_timeout_s=3, limit_train_batches=4, record_train=True, train_samples=N_TRAIN,
         reducer={"module": "slow_reducer", "class": "SlowPCA", "kwargs": {"seconds": 5.0, "log": str(fit_log)}},
     )
     code, log = _launch_with_lightning(tmp_path, script)
@@ -283,7 +293,7 @@ def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_pa
     assert {d["status"] for d in done} == {"finished"}
     fits = [json.loads(line) for line in fit_log.read_text().splitlines()]
     # fitted once, by one rank, on the last epoch (align="last", the default), without DDP's padding duplicates
-    assert len(fits) == 1 and fits[0]["rows"] == N_VAL
+    assert len(fits) == 1 and fits[0]["rows"] == N_VAL + N_TRAIN
     assert fits[0]["ended"] - fits[0]["started"] >= 5.0
     # rank 1 came out of fit only after rank 0's reduction had ended, and found the map there
     assert done[1]["fit_returned"] >= fits[0]["ended"]
@@ -292,4 +302,15 @@ def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_pa
     assert run.epochs == [0, 1]
     assert run.manifest["reducer"]["layers"]["head.1"]["class"] == "slow_reducer.SlowPCA"
     maps = run.projections("head.1")
-    assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL}
+    assert maps.groupby(["split", "epoch"]).size().to_dict() == {("train", 0): N_TRAIN, ("train", 1): N_TRAIN,
+                                                                  ("val", 0): N_VAL, ("val", 1): N_VAL}
+    # record_train under DDP: each rank its share of the training set in a fixed order, every sample exactly once
+    raw = pd.read_parquet(out / "embeddings" / "vectors", columns=["split", "epoch", "sample_id", "label"])
+    train = raw[raw.split == "train"]
+    for epoch in (0, 1):
+        assert sorted(train[train.epoch == epoch]["sample_id"]) == list(range(N_TRAIN))
+    datamodule = DigitsDataModule()
+    datamodule.setup("fit")
+    labels = datamodule.train_set.tensors[1].numpy()
+    assert (train["label"].to_numpy() == labels[train["sample_id"].to_numpy()]).all()
+    assert len(run.samples("head.1", split="train")) == N_TRAIN

@@ -1,12 +1,27 @@
-"""The pure analysis of trajectories (``lightning_embeddings.dynamics``), on a hand-made projections frame whose
-answers are known."""
+"""The pure analysis of trajectories (``lightning_embeddings.dynamics``) on hand-made data whose answers are known:
+a projections frame for the map's functions, bundles of directions for those in each layer's own vector space."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
-from lightning_embeddings.dynamics import class_medians, distance_to_final, misclassified, movers
+from lightning_embeddings.dynamics import (
+    SnapshotView,
+    class_medians,
+    distance_to_final,
+    knn_accuracy,
+    knn_agreement,
+    misclassified,
+    movers,
+    neighbours,
+    sample_dynamics,
+    temporal_preservation,
+)
 
 
 def hand_made() -> pd.DataFrame:
@@ -74,3 +89,179 @@ def test_distance_to_final_falls_to_zero():
     np.testing.assert_allclose(overall, [5.0, 1.0, 0.0])
     unlabelled = distance_to_final(hand_made().drop(columns=["label"]))
     assert unlabelled["label"].isna().all() and len(unlabelled) == 3
+
+
+# In each layer's own vector space.
+
+ANGLES = {0: 0.0, 1: 60.0, 2: 120.0}  # three classes, each a tight bundle of directions
+
+
+def bundle(label: int, members: int = 4) -> list[list[float]]:
+    """``members`` unit vectors within 1.5 degrees of the class's direction."""
+    return [[math.cos(math.radians(ANGLES[label] + 0.5 * i)), math.sin(math.radians(ANGLES[label] + 0.5 * i))]
+            for i in range(members)]
+
+
+def three_classes(x_at: int) -> np.ndarray:
+    """Rows 0-3 class 0, 4-7 class 1, 8-11 class 2, then row 12 (labelled 0 in ``LABELS``) inside class ``x_at``'s
+    bundle; vectors scaled by row so that cosine, not length, must decide."""
+    rows = bundle(0) + bundle(1) + bundle(2) + [bundle(x_at, 6)[5]]
+    return np.asarray(rows) * np.arange(1, 14)[:, None]
+
+
+LABELS = np.array([0] * 4 + [1] * 4 + [2] * 4 + [0])
+
+
+def brute_neighbours(x: np.ndarray, k: int) -> list[set[int]]:
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    return [set(np.argsort(-row, kind="stable")[:k]) for row in similar]
+
+
+def test_neighbours_are_the_nearest_others_by_cosine_and_skip_bad_rows():
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    found = neighbours(x, 5)
+    assert found.shape == (40, 5) and found.dtype == np.int64
+    assert [set(row) for row in found] == brute_neighbours(x, 5)
+    assert not (found == np.arange(40)[:, None]).any()
+    x[3], x[7], x[11, 2] = np.nan, 0.0, np.inf
+    found = neighbours(x, 5)
+    assert (found[[3, 7, 11]] == -1).all()
+    assert not np.isin([3, 7, 11], found).any()
+    keep = np.setdiff1d(np.arange(40), [3, 7, 11])
+    assert [set(row) for row in found[keep]] == [set(keep[list(s)]) for s in brute_neighbours(x[keep], 5)]
+    # fewer other valid rows than k: padded with -1
+    small = neighbours(np.array([[1.0, 0.0], [0.0, 1.0], [np.nan, 1.0]]), 3)
+    np.testing.assert_array_equal(small, [[1, -1, -1], [0, -1, -1], [-1, -1, -1]])
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        neighbours(x, 0)
+
+
+def test_knn_agreement_counts_labelled_neighbours_sharing_the_label():
+    x = three_classes(1)  # row 12 labelled 0 inside class 1
+    agreement = knn_agreement(x, LABELS, k=3)
+    assert agreement[12] == 0.0
+    np.testing.assert_allclose(agreement[[0, 8]], [1.0, 1.0])
+    # strings and missing labels: no label, no agreement; unlabelled neighbours do not count
+    named = np.array(["zero"] * 4 + ["one"] * 4 + ["two"] * 4 + [None], dtype=object)
+    named[1] = None
+    agreement = knn_agreement(x, named, k=3)
+    assert np.isnan(agreement[[1, 12]]).all()
+    assert agreement[0] == 1.0  # neighbours 1 (no label), 2, 3: 2 of 2 labelled ones agree
+    with pytest.raises(ValueError, match="labels has 3 entries for 13 rows"):
+        knn_agreement(x, LABELS[:3])
+
+
+def test_knn_accuracy_matches_a_brute_force_vote():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 300)
+    x = rng.standard_normal((300, 16)) + 1.5 * np.eye(16)[labels]
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similar = unit @ unit.T
+    np.fill_diagonal(similar, -np.inf)
+    nearest = np.argsort(-similar, axis=1)[:, :7]
+    votes = np.array([np.bincount(labels[row], minlength=4).argmax() for row in nearest])
+    expected = (votes == labels).mean()
+    got = knn_accuracy(torch.from_numpy(x).float(), torch.from_numpy(labels), k=7)
+    assert 0.4 < expected < 1.0  # neither trivial nor perfect, so the comparison means something
+    assert got.item() == pytest.approx(expected)
+    assert knn_accuracy(torch.ones(1, 3), torch.zeros(1, dtype=torch.int64)).isnan()
+
+
+def test_a_sample_whose_neighbours_change_class():
+    views = [SnapshotView(epoch, three_classes(at)) for epoch, at in ((2, 0), (4, 1), (6, 1))]
+    frame = sample_dynamics(LABELS, views, k=3)
+    assert len(frame) == 13
+    x = frame.iloc[12]
+    assert x.knn_agreement == pytest.approx(1 / 3) and x.knn_agreement_last == 0.0
+    assert x.settled_epoch == 4  # majority label 0, then 1 from epoch 4 on
+    assert x.movement == pytest.approx((1 - math.cos(math.radians(60))) / 2)  # 2.5 -> 62.5 degrees, then still
+    still = frame.iloc[9]  # a class-2 row: never moves, its neighbours never change
+    assert still.movement == pytest.approx(0.0, abs=1e-6) and still.settled_epoch == 2
+    assert still.knn_agreement == 1.0
+    assert {"correct", "confidence", "aum"}.isdisjoint(frame.columns)  # neither predictions nor logits
+
+
+def test_a_missing_vector_is_skipped_not_counted():
+    gone = three_classes(1)
+    gone[12] = np.nan
+    views = [SnapshotView(0, three_classes(1)), SnapshotView(1, gone), SnapshotView(2, three_classes(1))]
+    frame = sample_dynamics(LABELS, views, k=3)
+    assert frame.knn_agreement[12] == 0.0  # the mean over the two snapshots it has
+    assert np.isnan(frame.movement[12])  # no consecutive pair with both vectors
+    assert frame.settled_epoch[12] == 2  # no neighbours at epoch 1, then class 1's
+    with pytest.raises(ValueError, match="epoch 5 has 12 rows for 13 labels"):
+        sample_dynamics(LABELS, [SnapshotView(5, gone[:12])])
+
+
+def test_learned_and_forgotten():
+    x = three_classes(0)
+    predictions = np.tile(LABELS, (3, 1))  # snapshots at epochs 3, 5, 7; right unless set below (rows 0-3: label 0)
+    predictions[:, 0] = [0, 1, 0]  # right, wrong, right: forgotten once, learned at the last flip
+    predictions[:, 1] = [2, 2, 0]  # learned late, never forgotten
+    predictions[:, 2] = [0, 0, 2]  # forgotten at the end: not learned
+    frame = sample_dynamics(LABELS, [SnapshotView(e, x, p) for e, p in zip((3, 5, 7), predictions)], k=3)
+    assert frame.loc[0, ["forgetting_events", "learned_epoch"]].tolist() == [1, 7]
+    assert frame.loc[1, ["forgetting_events", "learned_epoch"]].tolist() == [0, 7]
+    assert frame.forgetting_events[2] == 1 and np.isnan(frame.learned_epoch[2])
+    np.testing.assert_allclose(frame.correct[[0, 1, 2, 5]], [2 / 3, 1 / 3, 2 / 3, 1.0])
+    assert frame.learned_epoch[5] == 3 and frame.forgetting_events[5] == 0
+    assert frame.forgetting_events.dtype == np.int64
+
+
+def test_cartography_and_aum_from_hand_logits():
+    x = three_classes(0)
+    logits = np.zeros((2, 13, 3))
+    logits[1, 0] = [math.log(2), 0, 0]  # row 0 (label 0): p 1/3 then 1/2, margin 0 then log 2
+    logits[:, 4] = [[3, 1, 0], [0, 1, 3]]  # row 4 (label 1): p(1) = e/(e^3+e+1) both times, margin -2
+    frame = sample_dynamics(LABELS, [SnapshotView(e, x, None, logits[e]) for e in (0, 1)], k=3)
+    assert frame.confidence[0] == pytest.approx(5 / 12) and frame.variability[0] == pytest.approx(1 / 12)
+    assert frame.aum[0] == pytest.approx(math.log(2) / 2)
+    p = math.e / (math.e**3 + math.e + 1)
+    assert frame.confidence[4] == pytest.approx(p) and frame.variability[4] == pytest.approx(0.0)
+    assert frame.aum[4] == pytest.approx(-2.0)
+    assert "correct" not in frame.columns
+    # labels that cannot index the logits (strings, or out of range): no cartography
+    named = sample_dynamics(LABELS.astype(str), [SnapshotView(0, x, None, logits[0])], k=3)
+    assert "confidence" not in named.columns and "aum" not in named.columns
+    assert "confidence" not in sample_dynamics(LABELS + 1, [SnapshotView(0, x, None, logits[0])], k=3).columns
+    missing = LABELS.astype(float)
+    missing[0] = np.nan
+    partly = sample_dynamics(missing, [SnapshotView(0, x, None, logits[0])], k=3)
+    assert np.isnan(partly.confidence[0]) and partly.confidence[1] == pytest.approx(1 / 3)
+
+
+def test_suspicion_ranks_a_planted_mislabel_first():
+    labels = LABELS.copy()
+    labels[6] = 2  # a class-1 row labelled 2
+    views = [SnapshotView(e, three_classes(0) * (e + 1)) for e in range(3)]
+    frame = sample_dynamics(labels, views, k=3)
+    assert frame.suspicion.between(0, 1).all()
+    assert frame.suspicion.idxmax() == 6
+    assert frame.suspicion[6] == 1.0 and (frame.suspicion.drop(6) < 0.5).all()
+    empty = sample_dynamics(labels, [], k=3)
+    assert len(empty) == 13 and empty.suspicion.isna().all()
+
+
+def test_temporal_preservation_ranks_map_moves_against_vector_moves():
+    rng = np.random.default_rng(2)
+    vectors_a = rng.standard_normal((30, 8))
+    steps = rng.permutation(30) + 1.0
+    direction = rng.standard_normal((30, 8))
+    vectors_b = vectors_a + steps[:, None] * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    map_a = rng.standard_normal((30, 2))
+    turn = rng.standard_normal((30, 2))
+    turn /= np.linalg.norm(turn, axis=1, keepdims=True)
+    assert temporal_preservation(map_a, map_a + 0.1 * steps[:, None] * turn, vectors_a, vectors_b) == pytest.approx(1)
+    reversed_steps = steps.max() + 1 - steps
+    assert temporal_preservation(map_a, map_a + reversed_steps[:, None] * turn, vectors_a, vectors_b) == (
+        pytest.approx(-1))
+    # non-finite rows are left out
+    map_b = map_a + steps[:, None] * turn
+    map_b[0, 1], vectors_b[1, 3] = np.nan, np.inf
+    assert temporal_preservation(map_a, map_b, vectors_a, vectors_b) == pytest.approx(1)
+    assert math.isnan(temporal_preservation(map_a[:2], map_b[:2], vectors_a[:2], vectors_b[:2]))
+    assert math.isnan(temporal_preservation(map_a, map_a + 1.0, vectors_a, vectors_b))  # every map move equal
+    with pytest.raises(ValueError, match="same rows"):
+        temporal_preservation(map_a, map_b[:5], vectors_a, vectors_b)

@@ -65,3 +65,15 @@ def test_forming_example_compares_the_alignments(tmp_path, run_example, capsys):
     assert trust["digits", "joint", "umap"][0] > trust["digits", "last", "umap"][0]  # the honesty problem, measured
     assert len(list((tmp_path / "pictures").glob("*.png"))) == 16
     assert len(EmbeddingRun(tmp_path / "digits").vectors("head.1", epoch=0)[0]) == 100
+
+
+def test_label_errors_example_finds_the_flipped_labels(tmp_path, run_example, capsys):
+    # at a reduced size: 3 epochs, PCA (by default 20 epochs, UMAP)
+    run_example("label_errors.py", "--max-epochs", "3", "--reducer", "pca", "--root-dir", str(tmp_path))
+    out = capsys.readouterr().out
+    assert "the 10 training samples most likely mislabelled (270 of 1348 labels were flipped)" in out
+    top = [line.split() for line in out.split("mislabelled")[1].splitlines()[2:12]]
+    assert sum(row[-1] == "True" for row in top) >= 9  # the top of the ranking is flipped labels
+    precision = float(out.split("(precision@k)")[0].split()[-1])
+    assert precision > 0.8  # 0.2 by chance
+    assert "head.1-datamap.png" in out

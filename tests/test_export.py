@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import fit_collector
-from lightning_embeddings import EmbeddingRun
+from conftest import DigitsCNN, fit_collector
+from lightning_embeddings import EmbeddingRun, export
 from lightning_embeddings.export import PROJECTOR_CONFIG, export_tensorboard, projector_paths
+from lightning_embeddings.store import RunError
 
 N_VAL = 449
 LAYERS = ["features.1", "head.1"]
@@ -84,8 +85,10 @@ def test_projections_of_all_snapshots_stacked_in_order_padded_to_three_columns(r
     assert tensor.shape == (3 * N_VAL, 3)
     assert not tensor[:, 2].any(), "a 2-D map's third column is zeros"
     assert list(metadata.columns) == [
-        "label", "prediction", "epoch", "step", "stage", "sample_id", "dataloader_idx", "__seq_next__"
+        "label", "prediction", "suspicion", "epoch", "step", "stage", "split", "sample_id", "dataloader_idx",
+        "__seq_next__",
     ]
+    assert set(metadata["split"]) == {"val"}
     assert metadata["epoch"].astype(int).tolist() == [0] * N_VAL + [1] * N_VAL + [2] * N_VAL
     assert metadata["step"].astype(int).tolist() == [s["step"] for s in run.snapshots for _ in range(N_VAL)]
     assert set(metadata["stage"]) == {"fit"}
@@ -95,6 +98,9 @@ def test_projections_of_all_snapshots_stacked_in_order_padded_to_three_columns(r
     assert metadata["sample_id"].astype(int).tolist() == maps["sample_id"].tolist()
     assert metadata["label"].astype(int).tolist() == maps["label"].tolist()
     assert metadata["prediction"].astype(int).tolist() == maps["prediction"].tolist()
+    # each sample's suspicion from samples(), on each of its rows
+    suspicion = run.samples("head.1").set_index("sample_id")["suspicion"]
+    np.testing.assert_allclose(metadata["suspicion"].astype(float), suspicion.loc[maps["sample_id"]].to_numpy())
 
 
 def test_seq_next_links_each_sample_through_every_snapshot_in_order(run, exported):
@@ -120,8 +126,10 @@ def test_last_snapshot_vectors_all_rows_with_labels(run, exported):
     ids, X = run.vectors("head.1")  # the last snapshot of fit
     assert tensor.shape == X.shape == (N_VAL, 64)
     np.testing.assert_array_equal(tensor, X)
-    assert list(metadata.columns) == ["label", "prediction", "sample_id", "dataloader_idx"]
+    assert list(metadata.columns) == ["label", "prediction", "suspicion", "split", "sample_id", "dataloader_idx"]
     assert metadata["sample_id"].astype(int).tolist() == ids.tolist()
+    suspicion = run.samples("head.1").set_index("sample_id")["suspicion"]
+    np.testing.assert_allclose(metadata["suspicion"].astype(float), suspicion.loc[ids].to_numpy())
     labels = run.projections("head.1").query(f"epoch == {run.epochs[-1]}").sort_values("sample_id")["label"]
     assert metadata["label"].astype(int).tolist() == labels.tolist()
 
@@ -205,6 +213,52 @@ def test_paths_join_samples_within_a_stage_and_skip_missing_snapshots():
     assert tensor.shape == (6, 3) and tensor[:, 2].tolist() == [0.0] * 6
     assert tensor[:, 0].tolist() == [3.0, 2.0, 4.0, 5.0, 1.0, 0.0]
     assert "label" not in metadata, "no label column where labels are unknown"
+    assert metadata["suspicion"].isna().all(), "no samples(): the column is there, its cells empty"
+
+
+class LogitsCNN(DigitsCNN):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return {**super().validation_step(batch, batch_idx, dataloader_idx), "logits": self(batch[0])}
+
+
+def test_record_train_rows_have_their_split_paths_and_suspicion(tmp_path):
+    _, collector = fit_collector(tmp_path, model=LogitsCNN(), layers=["head.1"], record_train=True, max_samples=60,
+                                 trainer_kwargs={"max_epochs": 2, "limit_train_batches": 2})
+    run = EmbeddingRun(collector.dirpath)
+    logdir = export_tensorboard(run, tmp_path / "tb", progress=False)
+    entries = {entry["tensor_name"].rsplit(":", 1)[0]: entry for entry in read_config(logdir)}
+    _, metadata = read_embedding(logdir, entries["head.1/projections"])
+    assert metadata["split"].tolist() == (["val"] * 60 + ["train"] * 60) * 2  # per snapshot: evaluated split first
+    following = [int(v) if v else None for v in metadata["__seq_next__"]]
+    assert [following[i] for i in (0, 59, 60, 119)] == [120, 179, 180, 239]  # train and val samples never joined
+    assert following[120:] == [None] * 120
+    for split in ("val", "train"):  # samples() of each split, on that split's rows: val 7 and train 7 are others
+        rows = metadata[metadata["split"] == split]
+        expected = run.samples("head.1", split=split).set_index("sample_id")["suspicion"]
+        np.testing.assert_allclose(rows["suspicion"].astype(float), expected.loc[rows["sample_id"].astype(int)])
+    first = metadata.iloc[:120].groupby("split")["suspicion"]  # samples of the same id in either split: others
+    assert not np.allclose(first.get_group("val").astype(float), first.get_group("train").astype(float))
+    _, vectors = read_embedding(logdir, entries["head.1/vectors"])
+    assert sorted(vectors["split"].unique()) == ["train", "val"] and (vectors["suspicion"] != "").all()
+    samples = export.recorded_samples(run, "head.1")
+    assert list(samples.groupby("split", sort=False).size().items()) == [("val", 60), ("train", 60)]
+
+
+def test_suspicion_empty_where_samples_has_none_and_a_damaged_file_said(run, copy_of, tmp_path, monkeypatch):
+    copy = copy_of(run)
+
+    def unlabelled(self, layer, split="val"):
+        raise ValueError("no labels")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EmbeddingRun, "samples", unlabelled)
+        logdir = export_tensorboard(copy, tmp_path / "tb", layers=["head.1"], progress=False)
+    for entry in read_config(logdir):
+        _, metadata = read_embedding(logdir, entry)
+        assert (metadata["suspicion"] == "").all() and metadata["label"].ne("").all()
+    (copy.path / "samples.parquet").write_bytes(b"not parquet")
+    with pytest.raises(RunError, match="samples.parquet is not a readable Parquet file"):
+        export_tensorboard(copy, tmp_path / "tb2", progress=False)
 
 
 # ---------------------------------------------------------------------------------------- with TensorBoard itself

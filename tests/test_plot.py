@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 
-from conftest import fit_collector  # noqa: E402
+from conftest import DigitsCNN, fit_collector  # noqa: E402
 
 from lightning_embeddings import EmbeddingRun, dynamics, plot  # noqa: E402
 from lightning_embeddings.plot import (  # noqa: E402
@@ -45,6 +45,22 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tests work on copies (:func:`fresh`)."""
     _, collector = fit_collector(tmp_path_factory.mktemp("digits"), trainer_kwargs={"max_epochs": 3})
     return Path(collector.dirpath)
+
+
+class LogitsCNN(DigitsCNN):
+    """The digits CNN whose validation_step also returns its logits: samples() gets confidence and variability."""
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return {**super().validation_step(batch, batch_idx, dataloader_idx), "logits": self(batch[0])}
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingRun:
+    """A short real fit with ``record_train=True`` and logits (layer ``head.1``, 2 epochs of 4 batches): every
+    training sample recorded beside the 449 validation samples. Tests draw elsewhere (``path=``) or read only."""
+    _, collector = fit_collector(tmp_path_factory.mktemp("train"), model=LogitsCNN(), layers=["head.1"],
+                                 record_train=True, trainer_kwargs={"max_epochs": 2, "limit_train_batches": 4})
+    return EmbeddingRun(collector.dirpath)
 
 
 @pytest.fixture
@@ -117,6 +133,19 @@ def test_panel_title_warns_in_plain_words_below_0_8():
     assert "points shown" not in panel_title(snapshot, 0.9, shown=449, total=449).text
 
 
+def test_panel_title_gives_temporal_preservation_and_flags_it_below_0_5():
+    snapshot = {"stage": "fit", "epoch": 1, "step": 44}
+    title = panel_title(snapshot, 0.91, motion=0.62)
+    assert title.text.splitlines() == ["epoch 1 · step 44", "trustworthiness 0.91", "temporal preservation 0.62"]
+    assert title.warning is None
+    assert panel_title(snapshot, 0.91, motion=0.50).warning is None
+    assert panel_title(snapshot, 0.91, motion=0.31).warning == "paths not faithful: not the motion in the vectors"
+    both = panel_title(snapshot, 0.62, motion=0.31).warning.splitlines()
+    assert both == ["not faithful: points placed by the final map", "paths not faithful: not the motion in the vectors"]
+    assert "temporal" not in panel_title(snapshot, 0.91, motion=float("nan")).text
+    assert panel_title(snapshot, 0.91, motion=0.31, motion_threshold=0.2).warning is None
+
+
 def test_palette_is_tab10_then_tab20_then_continuous():
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
@@ -148,7 +177,14 @@ def test_a_missing_html_extra_is_named(monkeypatch, fresh):
 # ---------------------------------------------------------------------------------------------- PNGs
 
 
+def faithful_paths(manifest):
+    """Every layer's paths faithful (the digits run's may not be: its motion is measured, not chosen)."""
+    for facts in manifest["reducer"]["layers"].values():
+        facts["temporal_preservation"] = {name: 0.9 for name in facts.get("temporal_preservation", {})}
+
+
 def test_plot_run_writes_two_readable_pngs_per_layer(fresh):
+    edit_manifest(fresh, faithful_paths)
     run = EmbeddingRun(fresh)
     written = plot_run(run)
     names = [p.name for p in written]
@@ -169,6 +205,7 @@ def test_plot_run_writes_two_readable_pngs_per_layer(fresh):
 
 def test_unfaithful_panels_are_framed_in_red_and_trustworthiness_may_be_absent(fresh):
     def unfaithful(manifest):
+        faithful_paths(manifest)
         trust = manifest["reducer"]["layers"]["head.1"]["trustworthiness"]
         first = next(iter(trust))
         trust[first] = 0.5
@@ -180,6 +217,83 @@ def test_unfaithful_panels_are_framed_in_red_and_trustworthiness_may_be_absent(f
     assert red > 500, red  # a 2-px red frame around one panel, and its red title
     assert near(read_png(fresh / "plots" / "features.1-snapshots.png"), RED) < 50
     assert len(written) == 4
+
+
+def test_unfaithful_paths_are_framed_in_red_like_unfaithful_maps(fresh):
+    def paths(manifest):
+        faithful_paths(manifest)
+        facts = manifest["reducer"]["layers"]["head.1"]
+        facts["trustworthiness"] = {name: 0.95 for name in facts["trustworthiness"]}
+        last = list(facts["temporal_preservation"])[-1]
+        facts["temporal_preservation"][last] = 0.2
+
+    edit_manifest(fresh, paths)
+    plot_run(fresh, layers=["head.1"])
+    assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) > 500  # the last panel's frame and title
+    assert near(read_png(fresh / "plots" / "head.1-overview.png"), RED) > 100  # its title, in red
+
+
+def panel_points(ax) -> int:
+    """The points of a panel's scatter of samples (its first collection)."""
+    return len(ax.collections[0].get_offsets())
+
+
+def suspect_marks(ax) -> list[tuple[str, tuple[float, float]]]:
+    return [(t.get_text(), tuple(map(float, t.xy))) for t in ax.texts if t.get_gid() == "suspect"]
+
+
+def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspects(train_run, digits_run):
+    projections = train_run.projections("head.1")
+    assert set(projections["split"]) == {"train", "val"}  # the run holds the training rows: 3x the points
+    info = plot._load(train_run, "head.1")
+    assert set(info.frame["split"]) == {"val"} and info.total == N_VAL
+    figure = plot._snapshots_figure(info)
+    panels = [ax for ax in figure.axes if ax.get_visible() and ax.collections]
+    plain = [ax for ax in plot._snapshots_figure(plot._load(EmbeddingRun(digits_run), "head.1")).axes
+             if ax.get_visible() and ax.collections]
+    assert [panel_points(ax) for ax in panels] == [N_VAL] * 2  # the same points as a run without record_train
+    assert {panel_points(ax) for ax in plain} == {N_VAL}
+
+    # the 10 first rows of samples(): marked with their ids where they are in the last fit snapshot, and no other
+    top = train_run.samples("head.1").head(10)
+    last = projections[(projections["split"] == "val") & (projections["step"] == projections["step"].max())]
+    where = last.set_index("sample_id").loc[top["sample_id"], ["x", "y"]].to_numpy(float)
+    expected = [(str(i), tuple(xy)) for i, xy in zip(top["sample_id"], where)]
+    assert suspect_marks(panels[0]) == []
+    marks = suspect_marks(panels[-1])
+    assert [name for name, _ in marks] == [name for name, _ in expected]
+    np.testing.assert_allclose([xy for _, xy in marks], [xy for _, xy in expected], rtol=1e-6)
+    assert "most likely mislabelled (suspicion)" in panels[-1].get_legend().get_texts()[0].get_text()
+    overview = plot._overview_figure(info).axes[0]
+    assert panel_points(overview) == N_VAL
+    assert [name for name, _ in suspect_marks(overview)] == [str(i) for i in top["sample_id"]]
+    assert any("most likely mislabelled (suspicion)" in t.get_text() for t in overview.get_legend().get_texts())
+
+
+def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
+    written = plot_run(train_run, path=tmp_path / "pictures")
+    assert [p.name for p in written] == ["head.1-snapshots.png", "head.1-overview.png", "head.1-datamap.png"]
+    assert distinct_colours(read_png(written[-1])) > 100
+    assert [p.name for p in plot_run(fresh, layers=["head.1"])] == [  # the digits CNN returns no logits: no data map
+        "head.1-snapshots.png", "head.1-overview.png"]
+
+    info = plot._load(train_run, "head.1")
+    split, rows = plot._datamap_samples(info)
+    train = train_run.samples("head.1", split="train")
+    assert split == "train" and len(rows) == len(train) == 1348  # the training split where recorded
+    ax = plot._datamap_figure(info, split, rows).axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), train[["variability", "confidence"]].to_numpy())
+    np.testing.assert_allclose(ax.collections[0].get_array(), train["correct"].to_numpy())
+    assert [name for name, _ in suspect_marks(ax)] == [str(i) for i in train["sample_id"].head(10)]
+    assert "data map of the training split" in ax.get_title()
+
+    # a layer's data map is one of its pictures: a new map of the layer removes it with the others
+    assert plot.layer_pictures(tmp_path, "head.1")[-1].name == "head.1-datamap.png"
+    copy = EmbeddingRun(shutil.copytree(train_run.path, tmp_path / "copy", ignore=shutil.ignore_patterns("plots")))
+    (copy.path / "plots").mkdir()
+    (copy.path / "plots" / "head.1-datamap.png").write_bytes(b"a data map of the old map's run")
+    copy.reduce(reducer="pca", progress=False)
+    assert not (copy.path / "plots" / "head.1-datamap.png").exists()
 
 
 def test_plot_run_skips_a_layer_without_a_map(fresh):
@@ -231,6 +345,28 @@ def test_html_is_one_offline_page_with_plotly_inlined_once(fresh):
     for snapshot in run.snapshots:
         assert f'"name":"{snapshot["name"]}"' in figure  # one frame per snapshot
     assert "Subsampled" not in page
+
+
+def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(train_run, tmp_path):
+    pytest.importorskip("plotly", reason="the page needs the 'html' extra")
+    go, _ = plot._plotly()
+    samples = train_run.samples("head.1")
+    figure = plot._figure(go, plot._load(train_run, "head.1"))
+    template = figure.frames[-1].data[0].hovertemplate
+    fields = re.findall(r"(\w+) %\{customdata\[(\d+)\]\}", template)
+    index = {name: int(i) for name, i in fields}
+    assert {"suspicion", "knn_agreement", "forgetting_events", "confidence", "learned_epoch"} <= set(index)
+    for frame in figure.frames:
+        assert sum(len(trace.ids) for trace in frame.data) == N_VAL  # the validation samples, not the training rows
+    points = {(trace.ids[i]): row for trace in figure.frames[-1].data for i, row in enumerate(trace.customdata)}
+    for _, sample in samples.iloc[[0, 1, len(samples) // 2, -1]].iterrows():
+        hover = points[str(int(sample["sample_id"]))]
+        assert hover[index["suspicion"]] == f"{sample['suspicion']:.3f}"
+        assert hover[index["knn_agreement"]] == f"{sample['knn_agreement']:.3f}"
+        assert hover[index["forgetting_events"]] == str(int(sample["forgetting_events"]))
+        assert hover[index["confidence"]] == f"{sample['confidence']:.3f}"
+    page = write_html(train_run, path=tmp_path).read_text()
+    assert "suspicion %{customdata[" in page.replace("\\u003cbr\\u003e", "<br>")
 
 
 def test_html_says_when_it_subsamples(fresh, monkeypatch):
@@ -388,7 +524,7 @@ DRIVER = """
     const node = gd.querySelector(".g-gtitle .gtitle");
     if (!node) return {text: null, warningFill: null};
     const lines = node.querySelectorAll("tspan.line");
-    const warning = Array.from(node.querySelectorAll("tspan")).filter((t) => t.textContent.startsWith("not faithful"));
+    const warning = Array.from(node.querySelectorAll("tspan")).filter((t) => t.textContent.includes("not faithful"));
     return {text: lines.length ? Array.from(lines, (l) => l.textContent).join("\\n") : node.textContent,
             warningFill: warning.length ? getComputedStyle(warning[warning.length - 1]).fill : null};
   };
@@ -428,9 +564,11 @@ def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_
     names = [s["name"] for s in run.snapshots]
     assert len(names) == 3
     trust = dict(zip(names, [0.93, 0.5, 0.87]))  # the middle snapshot is not faithful
+    motion = dict(zip(names[1:], [0.95, 0.3]))  # nor are the paths into the last
 
     def forced(manifest):
         manifest["reducer"]["layers"]["head.1"]["trustworthiness"] = trust
+        manifest["reducer"]["layers"]["head.1"]["temporal_preservation"] = motion
 
     edit_manifest(fresh, forced)
     page = write_html(fresh, layers=["head.1"])
@@ -446,6 +584,9 @@ def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_
         assert state["current"] == f"snapshot: {label}", state
         lines = state["text"].splitlines()
         assert lines[0].startswith(label + " ") and f"trustworthiness {trust[names[expected]]:.2f}" in lines[0], state
-        unfaithful = trust[names[expected]] < 0.8
+        moved = motion.get(names[expected])
+        assert (f"temporal preservation {moved:.2f}" in lines[0]) if moved else ("temporal" not in lines[0]), state
+        unfaithful = trust[names[expected]] < 0.8 or (moved or 1.0) < 0.5
         assert any("not faithful" in line for line in lines[1:]) == unfaithful, state
+        assert any("paths not faithful" in line for line in lines[1:]) == ((moved or 1.0) < 0.5), state
         assert state["warningFill"] == ("rgb(192, 0, 0)" if unfaithful else None), state  # red: plot.WARNING

@@ -322,7 +322,7 @@ def test_reduce_after_the_fact_pca_then_pacmap_3d(unreduced_run, tmp_path):
         assert (run.path / "projections" / f"{layer}.parquet").is_file()
         projections = EmbeddingRun(run.path).projections(layer)
         pd.testing.assert_frame_equal(projections, maps[layer], check_dtype=False)
-        assert list(projections.columns) == ["sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
+        assert list(projections.columns) == ["sample_id", "split", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
         assert projections.groupby("epoch").size().to_dict() == {0: 150, 1: 150, 2: 150}
         assert record["layers"][layer]["class"].endswith(".PCA")
         _, X_last = run.vectors(layer, 2)
@@ -497,7 +497,7 @@ def test_maps_are_read_when_looked_up_and_the_long_file_holds_layers_of_any_dime
     pd.testing.assert_frame_equal(maps["features.1"], run.projections("features.1"))
     run.reduce(reducer="pca", n_components=2, layers=["head.1"], progress=False)
     long = pd.read_parquet(run.path / "projections.parquet")
-    assert list(long.columns) == ["layer", "sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "z",
+    assert list(long.columns) == ["layer", "sample_id", "split", "stage", "epoch", "step", "dataloader_idx", "x", "y", "z",
                                   "label", "prediction", "correct"]
     assert long.groupby("layer").size().to_dict() == {"features.1": 450, "head.1": 450}
     assert long[long["layer"] == "features.1"]["z"].notna().all() and long[long["layer"] == "head.1"]["z"].isna().all()

@@ -50,7 +50,7 @@ def test_vectors_dir_reads_as_one_dataset_everywhere(run):
 
 def test_projections_cover_every_epoch_with_labels(run):
     maps = run.projections("head.1")
-    assert list(maps.columns) == ["sample_id", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
+    assert list(maps.columns) == ["sample_id", "split", "stage", "epoch", "step", "dataloader_idx", "x", "y", "label", "prediction"]
     assert maps.groupby("epoch").size().tolist() == [449] * 3
     assert maps[["x", "y"]].notna().all().all()
     assert run.manifest["reducer"]["layers"]["head.1"]["class"] == "sklearn.decomposition._pca.PCA"
@@ -58,7 +58,7 @@ def test_projections_cover_every_epoch_with_labels(run):
 
 def test_table_holds_keys_facts_and_one_array_column_per_layer(run):
     frame = run.table(epochs=[0, 2], layers=["head.1"])
-    assert list(frame.columns) == ["stage", "epoch", "step", "dataloader_idx", "sample_id", "label", "prediction", "head.1"]
+    assert list(frame.columns) == ["split", "stage", "epoch", "step", "dataloader_idx", "sample_id", "label", "prediction", "head.1"]
     assert frame["epoch"].unique().tolist() == [0, 2]
 
 

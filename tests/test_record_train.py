@@ -1,0 +1,165 @@
+"""``record_train=True``: every training sample recorded at each recorded validation, in a fixed order, beside the
+validation rows (``split``), without changing what the user logs; logits recorded; the live k-NN accuracy logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import torch
+from conftest import DigitsCNN, DigitsDataModule, fit_collector, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_embeddings import EmbeddingCollector, EmbeddingRun
+
+N_TRAIN, N_VAL = 1348, 449  # digits with val_fraction 0.25
+
+
+def read_vectors(dirpath: Path) -> pd.DataFrame:
+    return ds.dataset(dirpath / "vectors", format="parquet").to_table(
+        columns=["sample_id", "split", "stage", "epoch", "step", "label", "prediction"]).to_pandas()
+
+
+class LoggingCNN(DigitsCNN):
+    """Logs the way users do: a loss through ``self.log``, plus a torchmetrics metric it computes and resets itself
+    at the end of the epoch (state a pass over other data would change), and ``val_loss`` per epoch kept here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manual_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.seen: list[float] = []
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", torch.nn.functional.cross_entropy(logits, y))
+        self.manual_acc.update(logits, y)
+        return {"logits": logits}
+
+    def on_validation_epoch_start(self) -> None:
+        self.manual_acc.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.seen.append(float(self.manual_acc.compute()))
+        self.manual_acc.reset()
+
+
+def fit_logging(root: Path, record_train: bool) -> tuple[pl.Trainer, LoggingCNN, EmbeddingCollector]:
+    pl.seed_everything(0, verbose=False)
+    model = LoggingCNN()
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=record_train)
+    trainer = make_trainer(root, [collector], max_epochs=2, limit_train_batches=4)
+    trainer.fit(model, DigitsDataModule())
+    return trainer, model, collector
+
+
+def test_every_training_sample_once_per_snapshot_with_its_label_and_split(tmp_path):
+    trainer, model, collector = fit_logging(tmp_path / "with", record_train=True)
+    rows = read_vectors(collector.dirpath)
+    assert set(rows["split"]) == {"train", "val"}
+    datamodule = DigitsDataModule()
+    datamodule.setup("fit")
+    train_labels = np.array([int(datamodule.train_set[i][1]) for i in range(N_TRAIN)])
+    for epoch in (0, 1):
+        train = rows[(rows.epoch == epoch) & (rows.split == "train")].sort_values("sample_id")
+        assert train["sample_id"].tolist() == list(range(N_TRAIN))  # each once, in dataset order, no shuffling
+        np.testing.assert_array_equal(train["label"].to_numpy(), train_labels)
+        assert train["prediction"].notna().all()  # from validation_step's logits
+        val = rows[(rows.epoch == epoch) & (rows.split == "val")]
+        assert sorted(val["sample_id"]) == list(range(N_VAL))
+    assert (rows["stage"] == "fit").all()
+    run = EmbeddingRun(collector.dirpath)
+    assert run.manifest["logits"] == "logits"
+    table = ds.dataset(collector.dirpath / "vectors", format="parquet").to_table(columns=["logits"])
+    assert table.schema.field("logits").type.list_size == 10
+    # the model is back in training mode, and the user's own logged values are those of a run without the pass
+    assert model.training
+    plain_trainer, plain_model, _ = fit_logging(tmp_path / "without", record_train=False)
+    assert model.seen == pytest.approx(plain_model.seen)
+    assert trainer.callback_metrics["val_loss"] == pytest.approx(float(plain_trainer.callback_metrics["val_loss"]))
+    assert list(trainer.callback_metrics) == list(plain_trainer.callback_metrics)  # the same keys, knn_accuracy too
+
+
+def test_knn_accuracy_logged_per_layer_each_recorded_validation(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    pl.seed_everything(0, verbose=False)
+    collector = EmbeddingCollector(layers=[3, "head.1"], reducer="pca", plots=False, every_n_epochs=2)
+    trainer = make_trainer(tmp_path, [collector], max_epochs=3, limit_train_batches=4,
+                           logger=CSVLogger(tmp_path, name="csv"))
+    trainer.fit(DigitsCNN(), DigitsDataModule())
+    metrics = pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    for column in ("features.1", "head.1"):
+        key = f"embeddings/{column}/knn_accuracy"
+        logged = metrics[["epoch", key]].dropna()
+        assert logged["epoch"].tolist() == [0, 2]  # the recorded validations only
+        assert ((logged[key] > 0.1) & (logged[key] <= 1.0)).all()  # above chance (10 classes) after a few steps
+
+
+def test_max_samples_bounds_the_training_rows_too(fit_digits):
+    _, collector = fit_digits(layers=["head.1"], record_train=True, max_samples=100, trainer_kwargs={"max_epochs": 1})
+    rows = read_vectors(collector.dirpath)
+    assert sorted(rows[rows.split == "train"]["sample_id"]) == list(range(100))
+    assert sorted(rows[rows.split == "val"]["sample_id"]) == list(range(100))
+
+
+def test_resumed_fit_keeps_recording_the_training_set(tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    pl.seed_everything(0, verbose=False)
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True, max_samples=64)
+    trainer = make_trainer(tmp_path, [collector, checkpoints], max_epochs=1, limit_train_batches=2,
+                           enable_checkpointing=True)
+    trainer.fit(DigitsCNN(), DigitsDataModule())
+    again = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True, max_samples=64)
+    trainer = make_trainer(tmp_path, [again, ModelCheckpoint(dirpath=tmp_path / "ckpt")], max_epochs=3,
+                           limit_train_batches=2, enable_checkpointing=True)
+    trainer.fit(DigitsCNN(), DigitsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert again.dirpath == collector.dirpath
+    rows = read_vectors(again.dirpath)
+    counts = rows.groupby(["epoch", "split"]).size().unstack()
+    assert counts.index.tolist() == [0, 1, 2]
+    assert (counts["train"] == 64).all() and (counts["val"] == 64).all()
+
+
+def test_logits_named_as_a_recorded_layer(fit_digits):
+    _, collector = fit_digits(layers=[3, "head.3"], logits="head.3", record_train=True, max_samples=50,
+                              trainer_kwargs={"max_epochs": 1})
+    assert EmbeddingRun(collector.dirpath).manifest["logits"] == "head.3"
+    table = ds.dataset(collector.dirpath / "vectors", format="parquet").to_table()
+    assert "logits" not in table.column_names
+
+
+def test_logits_must_be_a_recorded_layer():
+    with pytest.raises(ValueError, match=r"logits='head.3' must be one of layers=\[3\]"):
+        EmbeddingCollector(layers=[3], logits="head.3")
+
+
+def test_validation_step_that_fails_on_training_batches_says_why(tmp_path):
+    class ValOnly(DigitsCNN):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            if len(batch[0]) == 7:  # the training loader's batch size: this step cannot take training batches
+                raise RuntimeError("validation_step got a training batch")
+            return super().validation_step(batch, batch_idx, dataloader_idx)
+
+    class SevenPerBatch(DigitsDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self.train_set, batch_size=7, shuffle=True)
+
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True)
+    trainer = make_trainer(tmp_path, [collector], max_epochs=1, limit_train_batches=2)
+    with pytest.raises(RuntimeError, match="validation_step got a training batch") as caught:
+        trainer.fit(ValOnly(), SevenPerBatch())
+    assert "record_train=True) ran validation_step on training batch 0" in "".join(caught.value.__notes__)
+    assert not list((collector.dirpath or tmp_path).rglob("*.parquet"))  # the unfinished snapshot is discarded
+
+
+def test_fast_dev_run_with_record_train(tmp_path):
+    trainer, collector = fit_collector(tmp_path, layers=["head.1"], record_train=True,
+                                       trainer_kwargs={"fast_dev_run": True})
+    rows = read_vectors(collector.dirpath)
+    assert (rows["split"] == "train").sum() == 64  # one batch of the training set, as of the validation set
