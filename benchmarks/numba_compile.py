@@ -15,7 +15,7 @@ umap-learn's 117 (``layouts.rdist``; not ``fuzzy_simplicial_set``'s helpers nor 
 pynndescent's 335 (most of its random-projection trees, distances and heaps; not ``nn_descent`` itself nor the
 search functions ``NNDescent`` makes at run time).
 
-    python benchmarks/numba_compile.py [--rows 5000] [--dim 64] [--reducers umap pacmap]
+    python benchmarks/numba_compile.py [--rows 5000] [--dim 64] [--reducers umap pacmap] [--conditions ...]
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--reducers", choices=REDUCERS, nargs="+", default=list(REDUCERS))
+    parser.add_argument("--conditions", choices=CONDITIONS, nargs="+", default=list(CONDITIONS),
+                        help="which cache conditions to measure (a warm cache is one a cold-cache run filled before)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         for reducer in args.reducers:
             costs[reducer] = {}
             cache_dir = Path(tmp) / reducer
-            for condition in CONDITIONS:
+            for condition in args.conditions:
                 imported, first, second = measure(reducer, args.rows, args.dim, cache_dir, condition != "no cache")
                 costs[reducer][condition] = first - second
                 files = sum(1 for _ in cache_dir.rglob("*.nbi")) if cache_dir.exists() else 0

@@ -17,6 +17,7 @@ import memory
 import overhead
 import record_train
 import reduction
+import samples
 import writer
 
 REDUCED = {
@@ -25,9 +26,11 @@ REDUCED = {
     "writer": ["--rows", "50000", "--dim", "256"],
     "memory": ["--sizes", "10000", "50000", "--dims", "512"],
     "reduction": ["--cases", "pca:10000", "pacmap:10000", "pca:100000", "--epochs", "5"],
+    "samples": ["--rows", "10000", "--epochs", "10", "--dim", "256"],
     "numba_compile": ["--reducers", "pacmap"],
 }
-FULL = {"overhead": [], "record_train": [], "writer": [], "memory": [], "reduction": [], "numba_compile": []}
+FULL = {"overhead": [], "record_train": [], "writer": [], "memory": [], "reduction": [], "samples": [],
+        "numba_compile": []}
 
 
 def main() -> None:
@@ -37,8 +40,7 @@ def main() -> None:
     sizes = FULL if args.full else REDUCED
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, module in (("overhead", overhead), ("record_train", record_train), ("writer", writer), ("memory", memory),
-                         ("reduction", reduction),
-                         ("numba_compile", numba_compile)):
+                         ("reduction", reduction), ("samples", samples), ("numba_compile", numba_compile)):
         print(f"== {name} {' '.join(sizes[name])}", flush=True)
         module.main(sizes[name])
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -41,7 +41,7 @@ from lightning_embeddings.lock import HOLDER_FILE, LOCK_FILE, RunLock, RunLocked
 from lightning_embeddings.loggers import export_to_loggers
 from lightning_embeddings.plot import PLOTS, plot_run
 from lightning_embeddings.reshape import Strategy, resolve_strategy
-from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
+from lightning_embeddings.run import LONG_PROJECTIONS, SAMPLES, EmbeddingRun
 
 STAGES = ("fit", "validate", "test")
 KNN_SAMPLES = 2048  # validation rows per layer behind the live k-NN accuracy
@@ -294,7 +294,7 @@ class EmbeddingCollector(Callback):
                 "overwrite=True to replace it, or resume its fit with ckpt_path=..."
             )
         if trainer.is_global_zero:
-            for old in [self.dirpath / store.MANIFEST, self.dirpath / LONG_PROJECTIONS,
+            for old in [self.dirpath / store.MANIFEST, self.dirpath / LONG_PROJECTIONS, self.dirpath / SAMPLES,
                         *(self.dirpath / store.VECTORS).glob("*.parquet"),
                         *(self.dirpath / store.PROJECTIONS).glob("*.parquet"), *(self.dirpath / PLOTS).glob("*")]:
                 old.unlink(missing_ok=True)
@@ -648,6 +648,10 @@ class EmbeddingCollector(Callback):
                 f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
                 f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"
             )
+            if (self.dirpath / SAMPLES).is_file():
+                split = " --split train" if self.record_train else ""
+                rank_zero_info(f"lightning-embeddings: the samples most likely mislabelled, per layer: "
+                               f"lightning-embeddings samples {self.dirpath} --layer {run.layers[-1]}{split}")
         if self._rank_zero_wait is not None:
             torch.distributed.barrier(group=self._rank_zero_wait)
 

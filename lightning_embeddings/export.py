@@ -37,15 +37,13 @@ import pandas as pd
 
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import usable
-from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.run import SAMPLE_SPLITS, SPLIT, EmbeddingRun
 from lightning_embeddings.lock import RunLock
 from lightning_embeddings.store import RunError, file_stem, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
 EVENT_FILE_SUFFIX = "lightning-embeddings"
-SPLIT = "split"
-SAMPLE_SPLITS = ("val", "train")  # the splits EmbeddingRun.samples follows across fit
 SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
 _TSV_FLOAT = "%.9g"  # 9 significant digits: every float32 reads back exactly
 

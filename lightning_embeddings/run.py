@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Sized, Union
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from lightning_embeddings.store import (
 
 KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")  # in every snapshot file; SPLIT since record_train
 SPLIT = "split"
+SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 MAP_KEYS = ("sample_id", SPLIT, "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
 LONG_PROJECTIONS = "projections.parquet"
 SAMPLES = "samples.parquet"
@@ -107,10 +108,17 @@ def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: s
         "aligned": "more neighbours (n_neighbors) or another reducer may help",
     }[align]
     rank_zero_warn(
-        f"lightning-embeddings: the map of layer {column!r} is not faithful at {', '.join(unfaithful)} "
+        f"lightning-embeddings: the map of layer {column!r} is not faithful at {_named(unfaithful, trust)} "
         f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not neighbours in "
         f"the vectors. {advice}."
     )
+
+
+def _named(names: Sequence[str], among: Sized) -> str:
+    """Snapshot names for a message: all of a few, else the first two, the last, and how many of how many."""
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)} of {len(among)})"
 
 
 def _warn_unfaithful_paths(column: str, motion: Mapping[str, Optional[float]]) -> None:
@@ -118,7 +126,7 @@ def _warn_unfaithful_paths(column: str, motion: Mapping[str, Optional[float]]) -
     unfaithful = [name for name, value in motion.items() if value is not None and value < reducers.FAITHFUL_MOTION]
     if unfaithful:
         rank_zero_warn(
-            f"lightning-embeddings: the paths of layer {column!r} are not faithful into {', '.join(unfaithful)} "
+            f"lightning-embeddings: the paths of layer {column!r} are not faithful into {_named(unfaithful, motion)} "
             f"(temporal preservation below {reducers.FAITHFUL_MOTION}: the samples that move far in the map are not "
             "those that move far in their vectors). Trustworthiness says a snapshot's neighbours are right, not its "
             "motion: read movement from EmbeddingRun(...).samples(), measured in the vectors."
@@ -355,7 +363,7 @@ class EmbeddingRun:
         last = self._rows(fit[-1])
         if "label" not in last.keys.column_names:
             return False
-        splits = [split for split in ("val", "train") if split in set(last.keys.column(SPLIT).to_pylist())]
+        splits = [split for split in SAMPLE_SPLITS if split in set(last.keys.column(SPLIT).to_pylist())]
         frames = [self._sample_dynamics(column, split).assign(layer=column, split=split)
                   for column in self.layers for split in splits]
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
@@ -385,17 +393,12 @@ class EmbeddingRun:
                 found = np.searchsorted(_keys(rows.keys), keys)  # both sorted by key
                 found = np.minimum(found, max(len(rows) - 1, 0))
                 here = (_keys(rows.keys)[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
-                vectors = np.full((len(keys), self.layer(column)["dim"]), np.nan, dtype=np.float32)
-                vectors[here] = self._read(rows, column, rows.stored[found[here]])
+                vectors = self._aligned(rows, column, found, here)
                 predictions = None
                 if "prediction" in rows.keys.column_names:
                     stored = pd.Series(rows.keys.column("prediction").to_numpy(zero_copy_only=False)[found])
                     predictions = stored.where(pd.Series(here)).to_numpy()  # NaN/None where the sample is missing
-                scores = None
-                if logits is not None:
-                    width = pq.read_schema(rows.files[0]).field(logits).type.list_size
-                    scores = np.full((len(keys), width), np.nan, dtype=np.float32)
-                    scores[here] = self._read(rows, logits, rows.stored[found[here]])
+                scores = None if logits is None else self._aligned(rows, logits, found, here)
                 yield SnapshotView(snapshot["epoch"], vectors, predictions, scores)
 
         labels = last.keys.column("label").to_numpy(zero_copy_only=False)
@@ -405,6 +408,15 @@ class EmbeddingRun:
         frame = frame[["sample_id", "dataloader_idx", "label", "suspicion",
                        *(c for c in frame.columns if c not in ("sample_id", "dataloader_idx", "label", "suspicion"))]]
         return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+
+    def _aligned(self, rows: _Rows, column: str, found: np.ndarray, here: np.ndarray) -> np.ndarray:
+        """``column``'s vectors of the stored rows at ``found``, a row of NaN where ``here`` is False."""
+        if here.all():
+            return self._read(rows, column, rows.stored[found])
+        width = pq.read_schema(rows.files[0]).field(column).type.list_size
+        vectors = np.full((len(found), width), np.nan, dtype=np.float32)
+        vectors[here] = self._read(rows, column, rows.stored[found[here]])
+        return vectors
 
     def reduce(
         self,

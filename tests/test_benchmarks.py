@@ -29,12 +29,14 @@ IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py"
          "the pass over the training set"),
         ("label_noise.py", ["--noise", "0.3", "--seeds", "1", "--epochs", "2", "--models", "mlp", "--folds", "2"],
          "cleanlab, 2-fold cross-validated"),
+        ("samples.py", ["--rows", "500", "--epochs", "2", "--dim", "8", "--cold"], "peak RSS growth"),
         ("knn_index.py", ["--quick"], "dynamics.neighbours"),
         ("explore_suspicion.py", ["--quick"], "suspicion (shipped)"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
         ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
         ("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"], "reduction: pca, 500 x 8 x 2 epochs"),
-        ("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap"], "pacmap, warm cache"),
+        ("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap", "--conditions", "cold cache",
+                              "warm cache"], "pacmap, warm cache"),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, args, printed):

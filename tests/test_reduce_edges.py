@@ -355,3 +355,44 @@ def test_a_layer_called_on_some_batches_gets_a_map_of_the_samples_it_saw_at_the_
     assert [int(np.isnan(run.vectors("aux", epoch=e)[1]).all(axis=1).sum()) for e in (0, 1)] == [unseen, unseen]
     assert run.manifest["reducer"]["layers"]["aux"]["missing"] == {s["name"]: unseen for s in run.snapshots}
     assert len(run.projections("aux")) == 2 * (N - unseen) and len(run.projections("head.1")) == 2 * N
+
+
+# ---------------------------------------------------------------------------- are the drawn paths true? (issue 11)
+
+
+class FirstTwo:
+    """A map that is the vectors' first two dims: it draws a motion along them exactly, and none along the others."""
+
+    def fit(self, X: np.ndarray) -> "FirstTwo":
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X)[:, :2]
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_temporal_preservation_per_step_is_stored_printed_and_warned(run, caplog, hidden):
+    """Between the two snapshots sample i moves i + 1 along dim 0 (the map sees it); with ``hidden``, also
+    10 * (N - i) along dim 2 (the map does not), so the motion in the vectors ranks the other way round."""
+    _, before = run.vectors("head.1", epoch=0)
+    step = np.arange(N, dtype=np.float32) + 1
+
+    def moved(vectors: np.ndarray) -> None:
+        vectors[:] = before
+        vectors[:, 0] += step
+        if hidden:
+            vectors[:, 2] += 10 * (N + 1 - step)
+
+    ids = _patch(run, 1, "head.1", moved)
+    assert ids.tolist() == list(range(N))
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run.reduce(reducer=FirstTwo(), layers=["head.1"], progress=False)
+    motion = run.manifest["reducer"]["layers"]["head.1"]["temporal_preservation"]
+    assert list(motion) == [run.snapshots[1]["name"]]  # one pair of consecutive fit snapshots
+    assert motion[run.snapshots[1]["name"]] == pytest.approx(-1.0 if hidden else 1.0)
+    assert "temporal preservation of layer 'head.1''s paths" in caplog.text
+    warned = _messages(record, "paths of layer 'head.1' are not faithful")
+    assert len(warned) == (1 if hidden else 0)
+    if hidden:
+        assert f"not faithful into {run.snapshots[1]['name']} (temporal preservation below 0.5" in warned[0]
