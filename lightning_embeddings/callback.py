@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -478,8 +479,13 @@ class EmbeddingCollector(Callback):
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``validation_step`` over the training set in a fixed order, eval mode, no gradients, as ``split="train"``
         rows of the open snapshot; the random state is left as it was, so training goes on as without the pass."""
-        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank)
-                   for dl in batches.loaders(trainer.train_dataloader)]
+        given = batches.loaders(trainer.train_dataloader)
+        if not all(isinstance(dl, DataLoader) for dl in given):
+            self._warnings.warn("EmbeddingCollector(record_train=True) records the training set through its DataLoader, "
+                                f"but the trainer's training data is {[type(dl).__name__ for dl in given]}: no "
+                                "training rows are recorded.")
+            return
+        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank) for dl in given]
         self._start_split("train", loaders)
         extra = {"dataloader_idx": 0} if len(batches.loaders(trainer.val_dataloaders)) > 1 else {}
         with isolate_rng(), _silenced(pl_module), torch.no_grad(), trainer.precision_plugin.val_step_context():

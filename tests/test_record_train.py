@@ -163,3 +163,24 @@ def test_fast_dev_run_with_record_train(tmp_path):
                                        trainer_kwargs={"fast_dev_run": True})
     rows = read_vectors(collector.dirpath)
     assert (rows["split"] == "train").sum() == 64  # one batch of the training set, as of the validation set
+
+
+def test_training_data_that_is_not_a_dataloader_is_said_not_recorded(fit_digits):
+    class Batches:
+        """An iterable of training batches, not a DataLoader."""
+
+        def __init__(self, dataset):
+            self.batches = [(x.unsqueeze(0), y.unsqueeze(0)) for x, y in list(dataset)[:8]]
+
+        def __iter__(self):
+            return iter(self.batches)
+
+    class Plain(DigitsDataModule):
+        def train_dataloader(self):
+            return Batches(self.train_set)
+
+    with pytest.warns(UserWarning, match=r"record_train=True\) records the training set through its DataLoader"):
+        _, collector = fit_digits(layers=["head.1"], record_train=True, datamodule=Plain(),
+                                  trainer_kwargs={"max_epochs": 1})
+    rows = read_vectors(collector.dirpath)
+    assert set(rows["split"]) == {"val"} and len(rows) == N_VAL
