@@ -759,7 +759,9 @@ def _samples(args: argparse.Namespace) -> None:
 
 def _cell(value: Any) -> str:
     """A table cell: floats to 3 decimals, missing values as '-'."""
-    if value is None or (isinstance(value, float) and value != value):
+    import pandas as pd
+
+    if pd.isna(value):
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 

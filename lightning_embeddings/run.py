@@ -407,6 +407,8 @@ class EmbeddingRun:
         frame = pd.concat([facts.to_pandas(), frame.drop(columns=["suspicion"]), frame[["suspicion"]]], axis=1)
         frame = frame[["sample_id", "dataloader_idx", "label", "suspicion",
                        *(c for c in frame.columns if c not in ("sample_id", "dataloader_idx", "label", "suspicion"))]]
+        epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
+        frame[epochs] = frame[epochs].astype("Int64")
         return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
     def _aligned(self, rows: _Rows, column: str, found: np.ndarray, here: np.ndarray) -> np.ndarray:
