@@ -115,8 +115,8 @@ class EmbeddingCollector(Callback):
 
     Predictions are recorded when ``validation_step`` returns a dict with ``"preds"`` (one value per sample), logits
     when it returns ``"logits"`` (one row per sample). At every recorded validation each layer's leave-one-out k-NN
-    accuracy on at most 2048 labelled validation samples is logged as ``embeddings/<layer>/knn_accuracy``: which layer
-    separates the classes, and when.
+    accuracy on at most 2048 labelled validation samples (rank 0's under DDP) is logged as
+    ``embeddings/<layer>/knn_accuracy``: which layer separates the classes, and when.
 
     Before the first training step the sanity check's batches run through the hooks and reshapes (nothing is
     written), so a layer off the validation path, a bad ``output_key`` or reshape fails there. The run directory is
@@ -748,12 +748,13 @@ class EmbeddingCollector(Callback):
         """Keep the first ``KNN_SAMPLES`` labelled validation rows of each layer for its live k-NN accuracy."""
         for capture, v in zip(self._captures, vectors):
             kept = self._neighbourhood.get(capture.layer.column)
-            room = KNN_SAMPLES - sum(len(labels) for _, labels in kept or ())
+            room = KNN_SAMPLES - sum(len(held) for _, held in kept or ())
             if v is not None and kept is not None and room > 0:
                 kept.append((v[:room].copy(), labels[:room]))
 
     def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
-        """Log each layer's leave-one-out k-NN accuracy on the rows kept (mean over ranks under DDP)."""
+        """Log each layer's leave-one-out k-NN accuracy on the rows kept; under DDP rank 0's (no collective: a rank
+        with too few labelled rows cannot leave the others waiting)."""
         kept, self._neighbourhood = self._neighbourhood, {}
         for column, parts in kept.items():
             if not parts:
@@ -764,7 +765,7 @@ class EmbeddingCollector(Callback):
             if known.sum() <= K_NEIGHBOURS:
                 continue
             accuracy = knn_accuracy(vectors[known], torch.from_numpy(labels[known]))
-            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy.item(), sync_dist=True)
+            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy.item(), rank_zero_only=True)
 
     def _predictions(self, outputs: Any, size: int) -> Optional[np.ndarray]:
         if not isinstance(outputs, Mapping) or "preds" not in outputs:
