@@ -45,6 +45,7 @@ from lightning_embeddings.dynamics import (
     class_medians,
     distance_to_final,
     fit_rows,
+    keyed,
     misclassified,
     movers,
 )
@@ -190,18 +191,6 @@ def _interpolate(stops: Sequence[str], t: float) -> str:
 # --------------------------------------------------------------------------- what is drawn: pure functions
 
 
-def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a ``_key`` column naming each sample across snapshots
-    (:func:`~lightning_embeddings.store.sample_keys` of its split, dataloader and id)."""
-    frame = frame.copy()
-    if "dataloader_idx" not in frame:
-        frame["dataloader_idx"] = 0
-    split = frame[SPLIT].to_numpy(object) if SPLIT in frame else None
-    loader = frame["dataloader_idx"].to_numpy(np.int64)
-    frame["_key"] = sample_keys(frame["sample_id"].to_numpy(np.int64), loader, split)
-    return frame
-
-
 def _evaluated(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the evaluated split (``val``, ``test``): the training rows of ``record_train`` left out."""
     return frame[(frame[SPLIT] != "train").to_numpy()] if SPLIT in frame else frame
@@ -232,7 +221,7 @@ def stratified_sample(
 
         keys, total = stratified_sample(run.projections("head.1"), limit=5000)
     """
-    rows = _keyed(frame)
+    rows = keyed(frame)
     labels = rows.drop_duplicates("_key", keep="last").set_index("_key")
     total = len(labels)
     snapshot = ["stage", "step", "epoch", *([SPLIT] if SPLIT in rows else [])]
@@ -357,7 +346,7 @@ def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
 
 def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     column = run.layer(layer)["column"]
-    frame = _keyed(_evaluated(run.projections(layer)))
+    frame = keyed(_evaluated(run.projections(layer)))
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
     trust = dict(facts.get("trustworthiness") or {})

@@ -390,9 +390,9 @@ class EmbeddingRun:
         def views() -> Iterator[SnapshotView]:
             for snapshot in fit:
                 rows = self._rows(snapshot, split=split)
-                found = np.searchsorted(_keys(rows.keys), keys)  # both sorted by key
-                found = np.minimum(found, max(len(rows) - 1, 0))
-                here = (_keys(rows.keys)[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
+                theirs = _keys(rows.keys)  # sorted, as ``keys``
+                found = np.minimum(np.searchsorted(theirs, keys), max(len(rows) - 1, 0))
+                here = (theirs[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
                 vectors = self._aligned(rows, column, found, here)
                 predictions = None
                 if "prediction" in rows.keys.column_names:
