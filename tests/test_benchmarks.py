@@ -17,6 +17,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SLOW = pytest.mark.slow  # fresh processes that import torch (and compile numba): CI runs them, pytest -m slow
 IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py", "explore_suspicion.py", "memory.py",
               "reduction.py", "samples.py"}
 
@@ -29,13 +30,16 @@ IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py"
          "the pass over the training set"),
         ("label_noise.py", ["--noise", "0.3", "--seeds", "1", "--epochs", "2", "--models", "mlp", "--folds", "2"],
          "cleanlab, 2-fold cross-validated"),
-        ("samples.py", ["--rows", "500", "--epochs", "2", "--dim", "8", "--cold"], "peak RSS growth"),
+        pytest.param("samples.py", ["--rows", "500", "--epochs", "2", "--dim", "8", "--cold"], "peak RSS growth",
+                     marks=SLOW),
         ("knn_index.py", ["--quick"], "dynamics.neighbours"),
         ("explore_suspicion.py", ["--quick"], "suspicion (shipped)"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
-        ("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch"),
-        ("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"], "reduction: pca, 500 x 8 x 2 epochs"),
-        ("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap", "--conditions", "cold cache"], "pacmap, cold cache"),
+        pytest.param("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch", marks=SLOW),
+        pytest.param("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"],
+                     "reduction: pca, 500 x 8 x 2 epochs", marks=SLOW),
+        pytest.param("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap", "--conditions",
+                                          "cold cache"], "pacmap, cold cache", marks=SLOW),
     ],
 )
 def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, args, printed):

@@ -20,6 +20,8 @@ import yaml
 
 from lightning_embeddings import EmbeddingRun
 
+pytestmark = pytest.mark.slow  # LightningCLI runs in their own processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLI = EXAMPLES / "digits_cli.py"
 TIMEOUT_S = 300

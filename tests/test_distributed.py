@@ -20,10 +20,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import torch
 from conftest import EXAMPLES, DigitsCNN, DigitsDataModule
 
 from lightning_embeddings import EmbeddingRun
+
+pytestmark = pytest.mark.slow  # DDP ranks in their own processes
 
 TESTS = Path(__file__).resolve().parent
 N_VAL = 449  # the digits validation set: odd, so DistributedSampler pads rank 1 with a duplicate of sample 0

@@ -377,6 +377,7 @@ def test_stray_partial_files_are_cleaned_by_the_next_fit(tmp_path):
 # -------------------------------------------------------------------------------------------------- ddp_spawn
 
 
+@pytest.mark.slow  # two spawned ranks
 def test_dirpath_is_known_in_the_main_process_after_ddp_spawn(tmp_path):
     script = tmp_path / "spawn_run.py"
     script.write_text(textwrap.dedent(
