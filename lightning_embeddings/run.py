@@ -86,6 +86,11 @@ def _keys(table: pa.Table) -> np.ndarray:
                        table.column(SPLIT).to_numpy(zero_copy_only=False))
 
 
+def _labelled(rows: "_Rows") -> bool:
+    """Whether any of the rows has a label (``samples()`` ranks by labels)."""
+    return "label" in rows.keys.column_names and rows.keys.column("label").null_count < len(rows)
+
+
 def _skipped(column: str, reason: str) -> dict[str, Any]:
     """Say that a layer gets no map, and why; its manifest record."""
     rank_zero_warn(f"lightning-embeddings: layer {column!r} is not reduced: {reason}.")
@@ -357,13 +362,11 @@ class EmbeddingRun:
         return path
 
     def _write_samples(self, target: Path) -> bool:
+        """:meth:`write_samples` into ``target``: every layer and every split with labels; False when none has."""
         fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
-        if not fit:
+        splits = [split for split in SAMPLE_SPLITS if fit and _labelled(self._rows(fit[-1], split=split))]
+        if not splits:
             return False
-        last = self._rows(fit[-1])
-        if "label" not in last.keys.column_names:
-            return False
-        splits = [split for split in SAMPLE_SPLITS if split in set(last.keys.column(SPLIT).to_pylist())]
         frames = [self._sample_dynamics(column, split).assign(layer=column, split=split)
                   for column in self.layers for split in splits]
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
@@ -382,7 +385,7 @@ class EmbeddingRun:
             hint = " (record it with EmbeddingCollector(record_train=True))" if split == "train" else ""
             raise ValueError(f"{self.path} holds no {split!r} rows{hint}; recorded splits: "
                              f"{sorted(set(self._rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
-        if "label" not in last.keys.column_names or last.keys.column("label").null_count == len(last):
+        if not _labelled(last):
             raise ValueError(f"{self.path} has no labels: samples() ranks samples by their labels' agreement with "
                              "their neighbours (pass label_key= to the collector where the batch names them otherwise).")
         keys, logits = _keys(last.keys), self.manifest.get("logits")
@@ -403,10 +406,9 @@ class EmbeddingRun:
 
         labels = last.keys.column("label").to_numpy(zero_copy_only=False)
         frame = sample_dynamics(labels, views())
-        facts = last.keys.select([c for c in ("sample_id", "dataloader_idx", "label") if c in last.keys.column_names])
-        frame = pd.concat([facts.to_pandas(), frame.drop(columns=["suspicion"]), frame[["suspicion"]]], axis=1)
-        frame = frame[["sample_id", "dataloader_idx", "label", "suspicion",
-                       *(c for c in frame.columns if c not in ("sample_id", "dataloader_idx", "label", "suspicion"))]]
+        first = ["sample_id", "dataloader_idx", "label", "suspicion"]
+        frame = pd.concat([last.keys.select(first[:3]).to_pandas(), frame], axis=1)
+        frame = frame[[*first, *(c for c in frame.columns if c not in first)]]
         epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
         frame[epochs] = frame[epochs].astype("Int64")
         return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
@@ -415,8 +417,7 @@ class EmbeddingRun:
         """``column``'s vectors of the stored rows at ``found``, a row of NaN where ``here`` is False."""
         if here.all():
             return self._read(rows, column, rows.stored[found])
-        width = pq.read_schema(rows.files[0]).field(column).type.list_size
-        vectors = np.full((len(found), width), np.nan, dtype=np.float32)
+        vectors = np.full((len(found), self._width(rows, column)), np.nan, dtype=np.float32)
         vectors[here] = self._read(rows, column, rows.stored[found[here]])
         return vectors
 
@@ -532,7 +533,7 @@ class EmbeddingRun:
                         maps[column] = staged(path) if path in made else path
                 long_file, samples_file = self.path / LONG_PROJECTIONS, self.path / SAMPLES
                 made[long_file] = self._write_long_projections(maps, staged(long_file))
-                made[samples_file] = False
+                made[samples_file] = False  # known before it is written: a failure removes its staged file
                 made[samples_file] = self._write_samples(staged(samples_file))
                 manifest = {**self.manifest, "reducer": record}
                 write_manifest(self.path, manifest, staged(self.path / MANIFEST))
@@ -825,8 +826,7 @@ class EmbeddingRun:
                 table = table.add_column(0, SPLIT, pa.array([_eval_split(snapshot)] * table.num_rows, pa.string()))
             tables.append(table.cast(table.schema.set(0, pa.field(SPLIT, pa.string()))))
         table = pa.concat_tables(tables, promote_options="default")
-        keys = sample_keys(table.column("sample_id").to_numpy(), table.column("dataloader_idx").to_numpy(),
-                           table.column(SPLIT).to_numpy(zero_copy_only=False))
+        keys = _keys(table)
         chosen = np.ones(table.num_rows, dtype=bool)
         if dataloader_idx is not None:
             chosen &= table.column("dataloader_idx").to_numpy() == dataloader_idx
@@ -836,6 +836,12 @@ class EmbeddingRun:
         _, first = np.unique(keys[stored], return_index=True)  # sorted by key; a padding duplicate dropped
         stored = stored[first]
         return _Rows(files, table.take(stored), stored)
+
+    def _width(self, rows: _Rows, column: str) -> int:
+        """A vector column's width: a layer's recorded dim, else (``logits``) its files'."""
+        if column in self.layers:
+            return self.layer(column)["dim"]
+        return pq.read_schema(rows.files[0]).field(column).type.list_size
 
     def _read(
         self,
@@ -853,7 +859,7 @@ class EmbeddingRun:
         """
         wanted_order = np.argsort(positions, kind="stable")
         wanted = positions[wanted_order]
-        out = np.empty((len(positions), pq.read_schema(rows.files[0]).field(column).type.list_size), dtype=np.float32)
+        out = np.empty((len(positions), self._width(rows, column)), dtype=np.float32)
         points, status = [], []
         start = 0
         for path in rows.files:

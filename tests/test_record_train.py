@@ -184,3 +184,39 @@ def test_training_data_that_is_not_a_dataloader_is_said_not_recorded(fit_digits)
                                   trainer_kwargs={"max_epochs": 1})
     rows = read_vectors(collector.dirpath)
     assert set(rows["split"]) == {"val"} and len(rows) == N_VAL
+
+
+def test_training_batches_without_labels_leave_the_training_split_out_of_samples(fit_digits):
+    """A training loader of dict batches whose label key the collector does not know: the training rows have no
+    label, the fit ends, samples.parquet ranks the validation split only, and samples(split="train") says why."""
+
+    class Dicts(torch.utils.data.Dataset):
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __len__(self):
+            return len(self.dataset)
+
+        def __getitem__(self, i):
+            x, y = self.dataset[i]
+            return {"image": x, "digit": y}
+
+    class DictTraining(DigitsCNN):
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self(batch["image"]), batch["digit"])
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            x = batch["image"] if isinstance(batch, dict) else batch[0]
+            return {"preds": self(x).argmax(-1)}
+
+    class DictData(DigitsDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(Dicts(self.train_set), batch_size=64, shuffle=True)
+
+    _, collector = fit_digits(model=DictTraining(), datamodule=DictData(), layers=["head.1"], record_train=True,
+                              max_samples=100, trainer_kwargs={"max_epochs": 1})
+    run = EmbeddingRun(collector.dirpath)
+    assert pd.read_parquet(run.path / "samples.parquet")["split"].unique().tolist() == ["val"]
+    assert len(run.samples("head.1")) == 100
+    with pytest.raises(ValueError, match="has no labels"):
+        run.samples("head.1", split="train")
