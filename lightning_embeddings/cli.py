@@ -645,20 +645,12 @@ def _info(args: argparse.Namespace) -> None:
             if record.get(key):
                 counts = ", ".join(f"{n} at {name}" for name, n in record[key].items())
                 print(f"  {column}: rows {words} left out of the map: {counts}")
+    names = [snapshot["name"] for snapshot in facts["snapshots"]]
     trust = {column: record["trustworthiness"] for column, record in records.items() if record.get("trustworthiness")}
     if trust:
-        columns = list(trust)
-        low = False
-        rows = []
-        for snapshot in facts["snapshots"]:
-            cells = []
-            for column in columns:
-                value = trust[column].get(snapshot["name"])
-                low |= value is not None and value < FAITHFUL
-                cells.append("-" if value is None else f"{value:.2f}" + (" !" if value < FAITHFUL else ""))
-            rows.append([snapshot["name"], *cells])
+        table, low = _snapshot_table(trust, names, FAITHFUL)
         print("\ntrustworthiness per snapshot (10 neighbours; 1 is faithful):")
-        print(_indent(_format_table(["snapshot", *columns], rows, right=set(range(1, len(columns) + 1)))))
+        print(table)
         if low:
             print(f"  ! below {FAITHFUL}: there, neighbours in the picture are often not neighbours in the vectors; "
                   f"try: lightning-embeddings reduce RUN_DIR --align "
@@ -666,16 +658,31 @@ def _info(args: argparse.Namespace) -> None:
     motion = {column: record["temporal_preservation"] for column, record in records.items()
               if record.get("temporal_preservation")}
     if motion:
-        columns = list(motion)
-        rows = [[name, *("-" if motion[c].get(name) is None else f"{motion[c][name]:.2f}"
-                         + (" !" if motion[c][name] < FAITHFUL_MOTION else "") for c in columns)]
-                for name in dict.fromkeys(n for values in motion.values() for n in values)]
+        table, low = _snapshot_table(motion, [n for n in names if any(n in values for values in motion.values())],
+                                     FAITHFUL_MOTION)
         print("\ntemporal preservation of the paths into each snapshot (Spearman of motion in the map vs in the "
               "vectors; 1 is faithful):")
-        print(_indent(_format_table(["snapshot", *columns], rows, right=set(range(1, len(columns) + 1)))))
-        if any("!" in cell for row in rows for cell in row[1:]):
+        print(table)
+        if low:
             print(f"  ! below {FAITHFUL_MOTION}: the drawn paths misrank how far samples moved; read movement from "
                   f"{PROG} samples RUN_DIR --layer LAYER (measured in the vectors)")
+
+
+def _snapshot_table(
+    values: dict[str, dict[str, Optional[float]]], names: list[str], threshold: float
+) -> tuple[str, bool]:
+    """A per-snapshot measure as a table, a row per snapshot in ``names`` and a column per layer, values below
+    ``threshold`` marked ``!``; and whether any is."""
+    rows, low = [], False
+    for name in names:
+        cells = []
+        for column in values:
+            value = values[column].get(name)
+            below = value is not None and value < threshold
+            low |= below
+            cells.append("-" if value is None else f"{value:.2f}" + (" !" if below else ""))
+        rows.append([name, *cells])
+    return _indent(_format_table(["snapshot", *values], rows, right=set(range(1, len(values) + 1)))), low
 
 
 # --------------------------------------------------------------------------------------------------------- reduce

@@ -154,6 +154,13 @@ def test_info_shows_layers_snapshots_samples_reducer_and_trustworthiness(run, ca
     first = run.snapshots[0]["name"]
     row = next(line for line in out.splitlines() if line.strip().startswith(first) and "." in line)
     assert row.split()[2] == f"{trust[first]:.2f}"  # snapshot, features.1, head.1 (then "!" when below 0.8)
+    motion = run.manifest["reducer"]["layers"]["head.1"]["temporal_preservation"]
+    second = run.snapshots[1]["name"]
+    paths = out.split("temporal preservation of the paths into each snapshot")[1].splitlines()
+    row = next(line for line in paths if line.strip().startswith(second))
+    cells = re.split(r"\s{2,}", row.strip())  # snapshot, features.1, head.1; " !" after a value below 0.5
+    assert cells[2].split()[0] == f"{motion[second]:.2f}"  # only the pairs: the first snapshot has no row
+    assert not any(line.strip().startswith(first) for line in paths)
 
 
 def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
