@@ -86,7 +86,9 @@ class EmbeddingCollector(Callback):
             :meth:`EmbeddingRun.samples` ranks the training samples by how likely their label is wrong.
         logits: the recorded layer whose vectors are the class logits (``"head.2"``); by default logits are what
             ``validation_step`` returns under ``"logits"``, when it does. They give each sample's confidence,
-            variability and margin in :meth:`EmbeddingRun.samples`.
+            variability and margin in :meth:`EmbeddingRun.samples`, and its prediction (their argmax) where
+            ``validation_step`` returns no ``"preds"`` (with a logits layer on a GPU, each step then waits for its
+            vectors' copy to the host: return ``"preds"`` to keep it asynchronous).
         reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
             ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
@@ -534,10 +536,14 @@ class EmbeddingCollector(Callback):
             if v is None:
                 self._missing[capture.layer.column] += take
         labels = batches.batch_labels(batch, size, self.label_key)
-        logits = self._logits(outputs, size)
+        logits, predictions = self._logits(outputs, size), self._predictions(outputs, size)
+        keep = self._split != "train" and labels is not None and self._knn_room()
+        ready = next((c.copied for c in self._captures if c.copied is not None), None)
+        if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
+            ready.synchronize()  # this thread reads the vectors (kept for knn_accuracy, argmax of a logits layer)
+            ready = None
         if logits is None and self.logits is not None:
             logits = next(v for c, v in zip(self._captures, vectors) if c.layer.spec == self.logits)
-        predictions = self._predictions(outputs, size)
         if predictions is None and logits is not None:
             predictions = logits.argmax(1)
         columns: dict[str, Any] = {
@@ -553,9 +559,8 @@ class EmbeddingCollector(Callback):
             **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
         }
         columns = {name: value[:take] for name, value in columns.items() if value is not None}
-        if self._split != "train" and labels is not None:
+        if keep:
             self._keep_for_knn([v if v is None else v[:take] for v in vectors], labels[:take])
-        ready = next((c.copied for c in self._captures if c.copied is not None), None)
         self._write(trainer, columns, ready)
         self._seen[dataloader_idx] = seen + take
 
@@ -744,13 +749,17 @@ class EmbeddingCollector(Callback):
             return None
         return logits.detach().float().cpu().numpy()
 
+    def _knn_room(self, column: Optional[str] = None) -> int:
+        """How many more rows ``knn_accuracy`` keeps of a layer (of the layer with most room when None)."""
+        room = {c: KNN_SAMPLES - sum(len(held) for _, held in kept) for c, kept in self._neighbourhood.items()}
+        return max(room.values(), default=0) if column is None else room.get(column, 0)
+
     def _keep_for_knn(self, vectors: list[Optional[np.ndarray]], labels: np.ndarray) -> None:
         """Keep the first ``KNN_SAMPLES`` labelled validation rows of each layer for its live k-NN accuracy."""
         for capture, v in zip(self._captures, vectors):
-            kept = self._neighbourhood.get(capture.layer.column)
-            room = KNN_SAMPLES - sum(len(held) for _, held in kept or ())
-            if v is not None and kept is not None and room > 0:
-                kept.append((v[:room].copy(), labels[:room]))
+            room = self._knn_room(capture.layer.column)
+            if v is not None and room > 0:
+                self._neighbourhood[capture.layer.column].append((v[:room].copy(), labels[:room]))
 
     def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
         """Log each layer's leave-one-out k-NN accuracy on the rows kept; under DDP rank 0's (no collective: a rank
