@@ -167,6 +167,7 @@ def test_knn_accuracy_matches_a_brute_force_vote():
     assert 0.4 < expected < 1.0  # neither trivial nor perfect, so the comparison means something
     assert got.item() == pytest.approx(expected)
     assert knn_accuracy(torch.ones(1, 3), torch.zeros(1, dtype=torch.int64)).isnan()
+    assert knn_accuracy(torch.zeros(5, 3), torch.tensor([0, 1, 0, 1, 0])).item() == 0.0  # no neighbours: wrong
 
 
 def test_a_sample_whose_neighbours_change_class():
