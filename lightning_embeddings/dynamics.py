@@ -279,7 +279,7 @@ def knn_accuracy(vectors: torch.Tensor, labels: torch.Tensor, k: int = K_NEIGHBO
     accuracy. A row without neighbours (a zero or non-finite vector) counts as wrong.
 
     A few thousand rows cost a fraction of a second (exact search; benchmarks/README.md: 2 layers of 2,048 rows,
-    55 ms). How well a layer separates the classes, logged live per layer.
+    63 ms). How well a layer separates the classes, logged live per layer.
 
     Args:
         vectors: ``(n, D)`` float tensor.
