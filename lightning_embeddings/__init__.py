@@ -7,7 +7,7 @@ A second process writing a run directory that another one writes gets ``RunLocke
 
 from typing import Any
 
-__all__ = ["EmbeddingCollector", "EmbeddingRun", "RunError", "RunLockedError"]
+__all__ = ["EmbeddingCollector", "EmbeddingRun", "ParametricMap", "RunError", "RunLockedError"]
 __version__ = "0.1.0"
 
 
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from lightning_embeddings.run import EmbeddingRun
 
         return EmbeddingRun
+    if name == "ParametricMap":
+        from lightning_embeddings.parametric import ParametricMap
+
+        return ParametricMap
     if name == "RunError":
         from lightning_embeddings.store import RunError
 

@@ -21,7 +21,7 @@ In each layer's own vector space (cosine distance, never the map): arrays in, ar
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Literal, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -157,34 +157,44 @@ def distance_to_final(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _unit_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of the rows whose vector is finite and not zero, those rows scaled to unit length, float32)."""
+def _search_rows(vectors: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the rows a search can take, those rows as float32): for ``"cosine"`` the finite, non-zero rows
+    scaled to unit length; for ``"euclidean"`` the finite rows."""
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array (rows, dim), got shape {x.shape}.")
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    if metric == "euclidean":
+        valid = np.flatnonzero(np.isfinite(norms))
+        return valid, x[valid]
     valid = np.flatnonzero(np.isfinite(norms) & (norms > 0))
     return valid, x[valid] / norms[valid, None].astype(np.float32)
 
 
-def _exact(unit: np.ndarray, k: int) -> np.ndarray:
-    """Each unit row's ``k + 1`` most similar rows, itself among them: chunked matrix products."""
-    base = torch.from_numpy(unit)
-    chunk = max(1, CHUNK_VALUES // len(unit))
-    found = [torch.topk(base[i:i + chunk] @ base.T, k + 1, dim=1).indices for i in range(0, len(unit), chunk)]
+def _exact(rows: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Each row's ``k + 1`` nearest rows, itself among them: chunked matrix products (for unit rows the largest
+    dot product; for Euclidean distance the largest ``2 x.y - |y|^2``)."""
+    base = torch.from_numpy(rows)
+    penalty = (base * base).sum(1) if metric == "euclidean" else torch.zeros(len(rows))
+    scale = 2.0 if metric == "euclidean" else 1.0
+    chunk = max(1, CHUNK_VALUES // len(rows))
+    found = [torch.topk(scale * (base[i:i + chunk] @ base.T) - penalty, k + 1, dim=1).indices
+             for i in range(0, len(rows), chunk)]
     return torch.cat(found).numpy()
 
 
-def _approximate(unit: np.ndarray, k: int) -> np.ndarray:
-    """Each unit row's nearest rows in pynndescent's graph of ``2k + 1`` (recall@10 0.99 where ``k + 1`` gives
+def _approximate(rows: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Each row's nearest rows in pynndescent's graph of ``2k + 1`` (recall@10 0.99 where ``k + 1`` gives
     0.89 at 100,000 x 512)."""
     from pynndescent import NNDescent  # numba-compiled on first use: only for snapshots too large to search exactly
 
-    return NNDescent(unit, metric="cosine", n_neighbors=2 * k + 1, random_state=0).neighbor_graph[0]
+    return NNDescent(rows, metric=metric, n_neighbors=2 * k + 1, random_state=0).neighbor_graph[0]
 
 
-def neighbours(vectors: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
-    """The ``k`` nearest other rows of each row by cosine distance.
+def neighbours(
+    vectors: np.ndarray, k: int = K_NEIGHBOURS, metric: Literal["cosine", "euclidean"] = "cosine"
+) -> np.ndarray:
+    """The ``k`` nearest other rows of each row by cosine (or Euclidean) distance.
 
     Exact (chunked matrix products) up to ``EXACT_WORK``: rows^2 x (dim + 256), 10,000 rows at 512-d; above it,
     pynndescent's nearest-neighbour graph, whose cost grows about linearly with the rows (100,000 x 512: about 4 s
@@ -193,13 +203,15 @@ def neighbours(vectors: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
     Args:
         vectors: ``(n, D)`` array.
         k: neighbours per row.
+        metric: ``"cosine"`` (the dynamics' distance) or ``"euclidean"`` (UMAP's, for the parametric map's graphs).
 
     Returns:
-        ``(n, k)`` int64 row indices, nearest first. Rows whose vector has a non-finite value or is zero get a row
-        of -1 and are nobody's neighbour; with fewer than ``k`` other valid rows, the rest of a row is -1.
+        ``(n, k)`` int64 row indices, nearest first. Rows whose vector has a non-finite value (or, for cosine, is
+        zero) get a row of -1 and are nobody's neighbour; with fewer than ``k`` other valid rows, the rest of a row
+        is -1.
 
     Raises:
-        ValueError: ``vectors`` is not 2-D or ``k`` is below 1.
+        ValueError: ``vectors`` is not 2-D, ``k`` is below 1 or ``metric`` is unknown.
 
     Example::
 
@@ -208,13 +220,15 @@ def neighbours(vectors: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}.")
-    valid, unit = _unit_rows(vectors)
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
+    valid, rows = _search_rows(vectors, metric)
     out = np.full((len(vectors), k), -1, dtype=np.int64)
     width = min(k, len(valid) - 1)
     if width < 1:
         return out
-    search = _exact if len(valid) ** 2 * (unit.shape[1] + 256) <= EXACT_WORK else _approximate
-    found = search(unit, width)
+    search = _exact if len(valid) ** 2 * (rows.shape[1] + 256) <= EXACT_WORK else _approximate
+    found = search(rows, width, metric)
     itself = found == np.arange(len(valid))[:, None]
     found = np.take_along_axis(found, np.argsort(itself, axis=1, kind="stable"), axis=1)[:, :width]
     out[valid, :width] = np.where(found >= 0, valid[found], -1)

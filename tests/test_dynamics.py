@@ -138,6 +138,23 @@ def test_neighbours_are_the_nearest_others_by_cosine_and_skip_bad_rows():
         neighbours(x, 0)
 
 
+def test_neighbours_by_euclidean_distance_keep_zero_rows_and_match_brute_force():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((60, 5)) * rng.uniform(0.1, 10, (60, 1))).astype(np.float32)  # lengths matter here
+    x[4] = 0.0  # a zero row is a point like any other in Euclidean space
+    x[9, 1] = np.nan
+    found = neighbours(x, 4, metric="euclidean")
+    keep = np.setdiff1d(np.arange(60), [9])
+    distances = np.linalg.norm(x[keep, None] - x[None, keep], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    brute = [set(keep[np.argsort(row, kind="stable")[:4]]) for row in distances]
+    assert [set(row) for row in found[keep]] == brute
+    assert (found[9] == -1).all() and 4 in found
+    assert [set(row) for row in found[keep]] != [set(row) for row in neighbours(x, 4)[keep]]  # not cosine's
+    with pytest.raises(ValueError, match="metric must be 'cosine' or 'euclidean'"):
+        neighbours(x, 3, metric="manhattan")
+
+
 def test_knn_agreement_counts_labelled_neighbours_sharing_the_label():
     x = three_classes(1)  # row 12 labelled 0 inside class 1
     agreement = knn_agreement(x, LABELS, k=3)
