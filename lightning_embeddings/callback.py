@@ -89,15 +89,18 @@ class EmbeddingCollector(Callback):
             variability and margin in :meth:`EmbeddingRun.samples`, and its prediction (their argmax) where
             ``validation_step`` returns no ``"preds"`` (with a logits layer on a GPU, each step then waits for its
             vectors' copy to the host: return ``"preds"`` to keep it asynchronous).
-        reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``None`` (no map), or an object with scikit-learn's
-            ``fit``/``transform`` (a fresh copy is fitted per layer).
+        reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``"parametric"`` (:class:`ParametricMap`: one encoder
+            trained on every snapshot, so drawn motion ranks like motion in the vectors), ``None`` (no map), or an
+            object with scikit-learn's ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
-        reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``.
+        reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}`` or, for
+            ``"parametric"``, ``{"steps": 300}``; names and values are checked here, before training.
         align: how snapshots share one map: ``"last"`` (fit on the last snapshot of fit, place every snapshot
             through ``transform``, as 3LC does), ``"joint"`` (fit on all snapshots of fit together, then place each:
             early snapshots keep their own structure), ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's
             trustworthiness is measured and stored, with a warning naming ``"joint"`` where ``"last"`` draws a
-            snapshot unfaithfully; see :meth:`EmbeddingRun.reduce` and docs/align.md.
+            snapshot unfaithfully; see :meth:`EmbeddingRun.reduce` and docs/align.md. ``"parametric"`` always
+            learns from every snapshot of fit (``"aligned"`` does not apply to it).
         fit_samples: fit each map on at most this many rows (a random sample keeping each snapshot's and each
             label's share; ``None``: all), then place every row through ``transform`` in batches, so memory stays
             bounded however many samples and epochs were recorded.

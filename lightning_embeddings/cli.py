@@ -631,6 +631,8 @@ def _info(args: argparse.Namespace) -> None:
     align = reducer.get("align", "last")
     where = {"last": f"fitted on {fitted.get('name')}", "joint": f"fitted on every fit snapshot up to {fitted.get('name')}",
              "aligned": "one map per snapshot"}[align] if fitted else ""
+    if fitted and (name == "parametric" or name.endswith(".ParametricMap")):
+        where = f"trained on every fit snapshot up to {fitted.get('name')} and the motion between them"
     kwargs = f", {reducer['kwargs']}" if reducer.get("kwargs") else ""
     print(f"\nreducer: {name}, {reducer.get('n_components')}-D, seed {reducer.get('seed')}, align {align!r}{kwargs}"
           + (f"; {where}" if where else ""))

@@ -76,10 +76,9 @@ class _Rows:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         row_of = np.full(present.shape, -1, dtype=np.int64)
         row_of[present] = np.arange(len(usable))
-        pairs = [(row_of[t, both], row_of[t + 1, both], np.full(both.sum(), t))
-                 for t, both in enumerate(present[:-1] & present[1:])]
-        a, b, step = (np.concatenate(part) if pairs else np.zeros(0, np.int64) for part in zip(*pairs or [((), (), ())]))
-        moved = np.linalg.norm(self.z[b] - self.z[a], axis=1) if len(a) else np.zeros(0, np.float32)
+        step, sample = np.nonzero(present[:-1] & present[1:])
+        a, b = row_of[step, sample], row_of[step + 1, sample]
+        moved = np.linalg.norm(self.z[b] - self.z[a], axis=1)
         keep = moved > 0
         self.a, self.b, self.step, self.moved = a[keep], b[keep], step[keep].astype(np.int64), moved[keep]
 
@@ -242,13 +241,13 @@ class ParametricMap(BaseEstimator):
         self.hidden_layer_sizes, self.edges_per_step, self.negatives = hidden_layer_sizes, edges_per_step, negatives
         self.batch_size, self.device, self.threads, self.random_state = batch_size, device, threads, random_state
 
-    def fit(self, snapshots: Union[np.ndarray, Sequence[np.ndarray]], y: Any = None) -> "ParametricMap":
+    def fit(self, X: Union[np.ndarray, Sequence[np.ndarray]], y: Any = None) -> "ParametricMap":
         """Train the encoder on the snapshots of one layer.
 
         Args:
-            snapshots: a ``(T, N, D)`` array, or ``T`` arrays ``(N, D)``: the same ``N`` samples in the same order
-                in every snapshot, oldest first. A row with a non-finite value (a sample missing from a snapshot)
-                is left out of that snapshot's graph and of the motion pairs it is part of.
+            X: the snapshots, a ``(T, N, D)`` array, or ``T`` arrays ``(N, D)``: the same ``N`` samples in the
+                same order in every snapshot, oldest first. A row with a non-finite value (a sample missing from a
+                snapshot) is left out of that snapshot's graph and of the motion pairs it is part of.
             y: ignored (scikit-learn's signature).
 
         Returns:
@@ -260,7 +259,7 @@ class ParametricMap(BaseEstimator):
         """
         from umap.umap_ import find_ab_params  # imported before the thread count is set: importing umap resets it
 
-        data = _as_snapshots(snapshots)
+        data = _as_snapshots(X)
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().entropy % 2**31)
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with _threads(self.threads):
@@ -296,9 +295,9 @@ class ParametricMap(BaseEstimator):
                      for s in range(0, len(rows), self.batch_size)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, self.n_components), np.float32)
 
-    def fit_transform(self, snapshots: Union[np.ndarray, Sequence[np.ndarray]], y: Any = None) -> np.ndarray:
-        """:meth:`fit`, then every snapshot placed: ``(T, N, n_components)`` float32."""
-        data = _as_snapshots(snapshots)
+    def fit_transform(self, X: Union[np.ndarray, Sequence[np.ndarray]], y: Any = None) -> np.ndarray:
+        """:meth:`fit` on the snapshots ``X``, then every snapshot placed: ``(T, N, n_components)`` float32."""
+        data = _as_snapshots(X)
         self.fit(data)
         return self.transform(data.reshape(-1, data.shape[2])).reshape(*data.shape[:2], self.n_components)
 

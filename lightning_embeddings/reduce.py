@@ -13,8 +13,8 @@ from typing import Any, Literal, Optional, Protocol, Sequence, Union, runtime_ch
 
 import numpy as np
 
-ReducerName = Literal["umap", "pacmap", "pca"]
-REDUCER_NAMES: tuple[str, ...] = ("umap", "pacmap", "pca")
+ReducerName = Literal["umap", "pacmap", "pca", "parametric"]
+REDUCER_NAMES: tuple[str, ...] = ("umap", "pacmap", "pca", "parametric")
 Align = Literal["last", "joint", "aligned"]
 ALIGNS: tuple[str, ...] = ("last", "joint", "aligned")
 FIT_SAMPLES = 20_000  # by default a map is fitted on at most this many rows
@@ -111,6 +111,10 @@ def make_reducer(
         from sklearn.decomposition import PCA
 
         return PCA(n_components=n_components, random_state=seed, **kwargs)
+    if reducer == "parametric":
+        from lightning_embeddings.parametric import ParametricMap
+
+        return ParametricMap(n_components=n_components, random_state=seed, **kwargs)
     if reducer == "umap":
         import umap
 
@@ -125,6 +129,18 @@ def make_reducer(
         kwargs["n_neighbors"] = min(requested or 10, n_samples - 1)
     kwargs.setdefault("verbose", False)
     return pacmap.PaCMAP(n_components=n_components, random_state=seed, save_tree=True, **kwargs)
+
+
+def fits_snapshots(reducer: Union[str, ReducerLike]) -> bool:
+    """Whether a reducer is fitted on the aligned snapshots of a layer, ``(T, N, D)`` (``ParametricMap``: it learns
+    from every snapshot's neighbours and from the samples' motion between them), not on rows.
+
+    Example::
+
+        >>> fits_snapshots("parametric"), fits_snapshots("umap")
+        (True, False)
+    """
+    return reducer == "parametric" or bool(getattr(reducer, "fits_snapshots", False))
 
 
 def _fresh_copy(estimator: ReducerLike) -> ReducerLike:

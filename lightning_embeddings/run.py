@@ -86,6 +86,13 @@ def _keys(table: pa.Table) -> np.ndarray:
                        table.column(SPLIT).to_numpy(zero_copy_only=False))
 
 
+def _found(rows: "_Rows", keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of the sorted ``keys`` is among ``rows`` (sorted by key too), and whether it is there at all."""
+    theirs = _keys(rows.keys)
+    found = np.minimum(np.searchsorted(theirs, keys), max(len(rows) - 1, 0))
+    return found, (theirs[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
+
+
 def _labelled(rows: "_Rows") -> bool:
     """Whether any of the rows has a label (``samples()`` ranks by labels)."""
     return "label" in rows.keys.column_names and rows.keys.column("label").null_count < len(rows)
@@ -393,9 +400,7 @@ class EmbeddingRun:
         def views() -> Iterator[SnapshotView]:
             for snapshot in fit:
                 rows = self._rows(snapshot, split=split)
-                theirs = _keys(rows.keys)  # sorted, as ``keys``
-                found = np.minimum(np.searchsorted(theirs, keys), max(len(rows) - 1, 0))
-                here = (theirs[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
+                found, here = _found(rows, keys)
                 vectors = self._aligned(rows, column, found, here)
                 predictions = None
                 if "prediction" in rows.keys.column_names:
@@ -444,6 +449,11 @@ class EmbeddingRun:
           through ``transform``: each keeps its own structure in one shared space.
         - ``"aligned"``: ``umap.AlignedUMAP``, one map per snapshot tied by each sample's identity (UMAP only;
           it fits every sample of every snapshot, so each snapshot may hold at most ``fit_samples``).
+
+        ``reducer="parametric"`` (:class:`~lightning_embeddings.ParametricMap`) is trained on the whole trajectories
+        of at most ``fit_samples`` samples across every snapshot of ``fit`` (``align`` "last" or "joint" alike),
+        on each snapshot's neighbours and on the samples' motion between snapshots, so drawn paths rank like the
+        motion in the vectors (temporal preservation, measured per step); every row is then placed by its encoder.
 
         ``fit_samples`` caps the rows a map is fitted on (None: all): a random sample that keeps each snapshot's
         and each label's share. Every row is then placed by ``transform``, 65,536 rows at a time, one snapshot
@@ -517,7 +527,8 @@ class EmbeddingRun:
                                                       **reducer_kwargs)
                         else:
                             layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
-                                                     [fitted_on] if align == "joint" else [[s] for s in fitted_on[::-1]],
+                                                     [fitted_on] if align == "joint" or reducers.fits_snapshots(reducer)
+                                                     else [[s] for s in fitted_on[::-1]],
                                                      snapshots,
                                                      fit_samples, progress, reducer_kwargs)
                     except Exception as error:
@@ -567,12 +578,13 @@ class EmbeddingRun:
     ) -> dict[str, Any]:
         """Fit one layer's map on the first of ``fit_choices`` (each a list of snapshots) with a finite vector, and
         place every snapshot in it, written to ``path``; return the layer's manifest record."""
+        sample = self._trajectories if reducers.fits_snapshots(reducer) else self._fit_sample
         for fit_snapshots in fit_choices:
-            fit_on, collapsed = self._fit_sample(column, fit_snapshots, fit_samples, seed)
-            if len(fit_on):
+            fit_on, collapsed = sample(column, fit_snapshots, fit_samples, seed)
+            if fit_on.shape[-2]:  # rows, or the samples of (snapshots, samples, dim)
                 break
         fallback = {}
-        if len(fit_on) and fit_snapshots is not fit_choices[0]:  # align="last" and the last snapshot is all NaN/inf
+        if fit_on.shape[-2] and fit_snapshots is not fit_choices[0]:  # align="last" and the last snapshot is all NaN/inf
             fallback = {"fitted_on": fit_snapshots[-1]["name"]}
             rank_zero_warn(
                 f"lightning-embeddings: layer {column!r} has no finite vector in {fit_choices[0][-1]['name']} (did "
@@ -581,18 +593,20 @@ class EmbeddingRun:
         if collapsed:
             return _skipped(column, "its vectors are constant (collapsed: a dead ReLU or a constant output) in every "
                                     "snapshot the map is fitted on")
-        if len(fit_on) < reducers.min_samples(n_components):
-            return _skipped(column, f"{len(fit_on)} samples with finite vectors to fit on; a map needs at least "
+        samples = fit_on.shape[-2]
+        if samples < reducers.min_samples(n_components):
+            return _skipped(column, f"{samples} samples with finite vectors to fit on; a map needs at least "
                                     f"{reducers.min_samples(n_components)}")
         name = reducer if isinstance(reducer, str) else type(reducer).__name__
+        across = f" across {len(fit_on)} snapshots" if fit_on.ndim == 3 else ""
         rank_zero_info(
-            f"lightning-embeddings: fitting {name} on layer {column!r}: {len(fit_on)} samples x {fit_on.shape[1]} "
-            f"dims, placing {len(snapshots)} snapshots"
+            f"lightning-embeddings: fitting {name} on layer {column!r}: {samples} samples x {fit_on.shape[-1]} "
+            f"dims{across}, placing {len(snapshots)} snapshots"
         )
-        estimator = reducers.make_reducer(reducer, n_components, seed, len(fit_on), **reducer_kwargs)
+        estimator = reducers.make_reducer(reducer, n_components, seed, samples, **reducer_kwargs)
         estimator.fit(fit_on)
         facts = self._project(column, path, snapshots, estimator.transform, n_components, seed, progress)
-        return self._report(column, {"samples": len(fit_on), **fallback, **reducers.describe(estimator), **facts})
+        return self._report(column, {"samples": samples, **fallback, **reducers.describe(estimator), **facts})
 
     def _fit_sample(
         self, column: str, snapshots: Sequence[dict[str, Any]], fit_samples: Optional[int], seed: Optional[int]
@@ -610,6 +624,22 @@ class EmbeddingRun:
             parts.append(vectors[reducers.usable(vectors)])
         shares = [part for part in parts if len(part)]
         return np.concatenate(parts), bool(shares) and all(map(reducers.collapsed, shares))
+
+    def _trajectories(
+        self, column: str, snapshots: Sequence[dict[str, Any]], fit_samples: Optional[int], seed: Optional[int]
+    ) -> tuple[np.ndarray, bool]:
+        """What a reducer that :func:`~lightning_embeddings.reduce.fits_snapshots` is fitted on: at most
+        ``fit_samples`` whole trajectories, ``(len(snapshots), samples, dim)``, each label keeping its share of the
+        last snapshot's samples, a row of NaN where a sample has no usable vector in a snapshot, samples with none
+        in any left out; and whether every snapshot's usable rows are collapsed (all vectors equal)."""
+        last = self._rows(snapshots[-1])
+        keys = _keys(last.keys)[reducers.choose_rows(last.groups(), fit_samples, seed)]
+        stacked = np.stack([self._aligned(rows, column, *_found(rows, keys))
+                            for rows in map(self._rows, snapshots)])
+        usable = reducers.usable(stacked.reshape(-1, stacked.shape[-1])).reshape(stacked.shape[:2])
+        stacked[~usable] = np.nan
+        shares = [x[ok] for x, ok in zip(stacked, usable) if ok.any()]
+        return stacked[:, usable.any(axis=0)], bool(shares) and all(map(reducers.collapsed, shares))
 
     def _project(
         self,

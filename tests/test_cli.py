@@ -224,6 +224,40 @@ def _(workdir: Path) -> list[str]:
     return ["fit", "--config", str(write_config(workdir, body))]
 
 
+PARAMETRIC = """\
+callbacks:
+  - class_path: lightning_embeddings.EmbeddingCollector
+    init_args:
+      layers: [head.1]
+      reducer: parametric
+      reducer_kwargs: {steps: 40, hidden_layer_sizes: [32, 32]}
+"""
+
+
+@spec("run_parametric")
+def _(workdir: Path) -> list[str]:
+    return ["fit", "--config", str(write_config(workdir, PARAMETRIC, max_epochs=2))]
+
+
+@spec("run_parametric_class")
+def _(workdir: Path) -> list[str]:
+    body = """\
+    callbacks:
+      - class_path: lightning_embeddings.EmbeddingCollector
+        init_args:
+          layers: [head.1]
+          reducer:
+            class_path: lightning_embeddings.ParametricMap
+            init_args: {steps: 30, motion_weight: 2.0}
+    """
+    return ["fit", "--config", str(write_config(workdir, body, max_epochs=2))]
+
+
+@spec("run_bad_parametric")
+def _(workdir: Path) -> list[str]:
+    return ["fit", "--config", str(write_config(workdir, PARAMETRIC.replace("steps: 40", "steps: 0")))]
+
+
 ROUND_TRIP = """\
 callbacks:
   - class_path: lightning_embeddings.EmbeddingCollector
@@ -282,6 +316,9 @@ run_yaml = _run_fixture("run_yaml")
 run_command_line = _run_fixture("run_command_line")
 run_reducer_class = _run_fixture("run_reducer_class")
 run_print_config = _run_fixture("run_print_config")
+run_parametric = _run_fixture("run_parametric")
+run_parametric_class = _run_fixture("run_parametric_class")
+run_bad_parametric = _run_fixture("run_bad_parametric")
 run_bad_reshape = _run_fixture("run_bad_reshape")
 run_bad_layer = _run_fixture("run_bad_layer")
 
@@ -360,9 +397,25 @@ def test_reducer_class_path_from_yaml(run_reducer_class):
     )
 
 
+def test_parametric_map_from_yaml_by_name_and_by_class_path(run_parametric, run_parametric_class):
+    for cli_run, params in ((run_parametric, {"steps": 40, "hidden_layer_sizes": "[32, 32]"}),
+                            (run_parametric_class, {"steps": 30, "motion_weight": 2.0})):
+        run = cli_run.ok().run()
+        layer = run.manifest["reducer"]["layers"]["head.1"]
+        assert layer["class"] == "lightning_embeddings.parametric.ParametricMap"
+        assert {key: layer["params"][key] for key in params} == params
+        assert len(layer["temporal_preservation"]) == 1  # one step between the two epochs' snapshots
+        assert run.projections("head.1").groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL}
+        assert "Unable to serialize" not in cli_run.saved_config() + cli_run.stderr
+    assert run_parametric.run().manifest["reducer"]["name"] == "parametric"
+    saved = yaml.safe_load(run_parametric_class.saved_config())["trainer"]["callbacks"][0]["init_args"]["reducer"]
+    assert saved["class_path"] == "lightning_embeddings.ParametricMap" and saved["init_args"]["steps"] == 30
+
+
 @pytest.mark.parametrize(
     ("name", "fragments"),
     [
+        ("run_bad_parametric", ["ParametricMap: steps must be an int >= 1, got 0"]),
         ("run_bad_reshape", ["Unknown reshape strategy 'avg_pol_2_2'", "token_mean", "avg_pool_N_N", "flatten"]),
         ("run_bad_layer", ["layer 'head.11' is not a module of DigitsCNN", "Nearest: 9: 'head.1' (Linear)"]),
     ],

@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent(
         reducer = getattr(importlib.import_module(reducer["module"]), reducer["class"])(**reducer["kwargs"])
     collector = EmbeddingCollector(
         layers=cfg["layers"], reshape={k: v for k, v in {3: "avg_pool_2_2", "head.1": "flatten"}.items() if k in cfg["layers"]},
-        reducer=reducer, plots=False, record_train=cfg["record_train"],
+        reducer=reducer, reducer_kwargs=cfg["reducer_kwargs"], plots=False, record_train=cfg["record_train"],
         dirpath=out / "embeddings",
     )
 
@@ -161,7 +161,7 @@ def _write_script(tmp_path: Path, **cfg) -> tuple[Path, Path]:
     out = tmp_path / "out"
     out.mkdir()
     cfg = {"out": str(out), "layers": [3, "head.1"], "reducer": "pca", "ddp_timeout_s": None,
-           "limit_train_batches": 6, "record_train": False, "train_samples": None, **cfg}
+           "limit_train_batches": 6, "record_train": False, "train_samples": None, "reducer_kwargs": {}, **cfg}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
@@ -317,3 +317,22 @@ def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_pa
     labels = datamodule.train_set.tensors[1].numpy()
     assert (train["label"].to_numpy() == labels[train["sample_id"].to_numpy()]).all()
     assert len(run.samples("head.1", split="train")) == N_TRAIN
+
+
+def test_ddp_parametric_map_is_made_once_on_rank_zero_from_every_rank_s_rows(tmp_path):
+    script, out = _write_script(tmp_path, layers=["head.1"], reducer="parametric", reducer_kwargs={"steps": 60})
+    results = _launch_each_rank(tmp_path, script)
+    for rank, (code, log) in enumerate(results):
+        assert code == 0, f"rank {rank} exited {code}:\n{log[-4000:]}"
+    done = _done(out)
+    assert [d["projections_when_fit_returned"] for d in done] == [["head.1.parquet"]] * 2
+    run = EmbeddingRun(out / "embeddings")
+    maps = run.projections("head.1")
+    assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL}  # both ranks' rows, the padding not twice
+    assert not maps.duplicated(["epoch", "sample_id"]).any() and np.isfinite(maps[["x", "y"]].to_numpy()).all()
+    layer = run.manifest["reducer"]["layers"]["head.1"]
+    assert run.manifest["reducer"]["name"] == "parametric" and layer["samples"] == N_VAL
+    assert layer["params"]["steps"] == 60 and len(layer["temporal_preservation"]) == 1
+    assert sum("fitting parametric" in log for _, log in results) == 1  # rank 0 alone made the map
+    assert "Traceback" not in results[0][1] + results[1][1]
+

@@ -1,13 +1,22 @@
 """ParametricMap on arrays: hand-made trajectories with a known answer, a frozen model, missing rows, seeding."""
 
+import shutil
+import warnings
+
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import DigitsDataModule, fit_collector
 from scipy.stats import spearmanr
 from sklearn.base import clone
 
-from lightning_embeddings import ParametricMap, parametric
+from lightning_embeddings import EmbeddingCollector, EmbeddingRun, ParametricMap, parametric
+from lightning_embeddings.cli import main
 from lightning_embeddings.dynamics import temporal_preservation
+from lightning_embeddings.store import column_vectors, snapshot_files, vectors_array
 
 
 def trajectories(n: int = 240, dim: int = 12, snapshots: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +161,98 @@ def test_fits_and_places_on_cuda_as_on_the_cpu():
     drawn = np.linalg.norm(points[1:] - points[:-1], axis=2)
     assert spearmanr(drawn[0], amount).statistic > 0.8
     assert ParametricMap().fit(snapshots[:, :50]).device_.type == "cuda"  # the default where CUDA is there
+
+
+# ------------------------------------------------------------------------------------------------------- in a run
+
+
+@pytest.fixture(scope="module")
+def unreduced(tmp_path_factory) -> EmbeddingRun:
+    """3 short epochs of the digits CNN (100 validation samples) and a ``trainer.test`` snapshot, reducer=None."""
+    trainer, collector = fit_collector(tmp_path_factory.mktemp("parametric"), reducer=None, max_samples=100,
+                                       stages=("fit", "test"),
+                                       trainer_kwargs={"max_epochs": 3, "limit_train_batches": 4})
+    datamodule = DigitsDataModule()
+    datamodule.test_dataloader = datamodule.val_dataloader
+    trainer.test(trainer.lightning_module, datamodule, verbose=False)
+    return EmbeddingRun(collector.dirpath)
+
+
+@pytest.fixture
+def run(unreduced, tmp_path) -> EmbeddingRun:
+    return EmbeddingRun(shutil.copytree(unreduced.path, tmp_path / "embeddings"))
+
+
+def test_a_run_reduced_with_the_parametric_map_places_every_snapshot_with_faithful_paths(run, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(ParametricMap, "fit", lambda self, x, y=None: fitted.append(x.shape) or FIT(self, x))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        maps = run.reduce(reducer="parametric", fit_samples=60, progress=False, steps=150)
+    assert fitted == [(3, 60, 16), (3, 60, 64)]  # whole trajectories of 60 samples in the 3 fit snapshots
+    stages = [s["stage"] for s in run.snapshots]
+    assert stages == ["fit", "fit", "fit", "test"]
+    for column in ("features.1", "head.1"):
+        frame = maps[column]
+        assert frame.groupby("stage").size().to_dict() == {"fit": 300, "test": 100}
+        assert np.isfinite(frame[["x", "y"]].to_numpy()).all()
+        layer = run.manifest["reducer"]["layers"][column]
+        assert layer["class"] == "lightning_embeddings.parametric.ParametricMap" and layer["samples"] == 60
+        assert layer["params"]["steps"] == 150 and layer["params"]["random_state"] == 0
+        assert min(layer["temporal_preservation"].values()) > 0.7  # above the warning line (0.5)
+    assert run.manifest["reducer"]["name"] == "parametric"
+    assert not [w for w in record if "paths of layer" in str(w.message)]  # no "not faithful" warning on the paths
+
+
+FIT = ParametricMap.fit
+
+
+def test_the_same_seed_gives_the_same_map_in_a_run(run, tmp_path):
+    other = EmbeddingRun(shutil.copytree(run.path, tmp_path / "other"))
+    first = run.reduce(reducer="parametric", layers=["head.1"], progress=False, steps=20)["head.1"]
+    again = other.reduce(reducer="parametric", layers=["head.1"], progress=False, steps=20)["head.1"]
+    pd.testing.assert_frame_equal(first, again)
+    reseeded = other.reduce(reducer="parametric", layers=["head.1"], seed=1, progress=False, steps=20)["head.1"]
+    assert not np.allclose(first[["x", "y"]], reseeded[["x", "y"]])
+
+
+def test_missing_and_non_finite_rows_are_left_out_as_with_every_reducer(run):
+    (path,) = snapshot_files(run.path, run.snapshots[1]["name"])
+    table = pq.read_table(path)
+    vectors = column_vectors(table.column("head.1").combine_chunks()).copy()
+    vectors[:5] = np.nan
+    null = np.zeros(len(vectors), dtype=bool)
+    null[10:13] = True
+    values = pa.FixedSizeListArray.from_arrays(vectors_array(vectors).values, vectors.shape[1], mask=pa.array(null))
+    pq.write_table(table.set_column(table.schema.get_field_index("head.1"), table.schema.field("head.1"), values), path)
+    with pytest.warns(UserWarning, match="left out of its map"):
+        maps = run.reduce(reducer="parametric", layers=["head.1"], progress=False, steps=30)
+    layer = run.manifest["reducer"]["layers"]["head.1"]
+    assert layer["left_out"] == {run.snapshots[1]["name"]: 5} and layer["missing"] == {run.snapshots[1]["name"]: 3}
+    sizes = maps["head.1"].groupby(["stage", "epoch"]).size().to_dict()
+    assert sizes == {("fit", 0): 100, ("fit", 1): 92, ("fit", 2): 100, ("test", 3): 100}
+
+
+def test_the_collector_checks_parametric_arguments_before_training_and_maps_at_the_end_of_fit(tmp_path):
+    with pytest.raises(ValueError, match="'stepz': did you mean 'steps'"):
+        EmbeddingCollector(layers=["head.1"], reducer="parametric", reducer_kwargs={"stepz": 10})
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+        EmbeddingCollector(layers=["head.1"], reducer="parametric", reducer_kwargs={"steps": 0})
+    with pytest.raises(ValueError, match="align='aligned' uses umap.AlignedUMAP"):
+        EmbeddingCollector(layers=["head.1"], reducer="parametric", align="aligned")
+    _, collector = fit_collector(tmp_path, layers=["head.1"], reducer="parametric", reducer_kwargs={"steps": 40},
+                                 max_samples=80, trainer_kwargs={"max_epochs": 2, "limit_train_batches": 2})
+    run = EmbeddingRun(collector.dirpath)
+    assert run.manifest["reducer"]["name"] == "parametric" and run.manifest["reducer"]["kwargs"] == {"steps": 40}
+    assert run.projections("head.1").groupby("epoch").size().to_dict() == {0: 80, 1: 80}
+
+
+def test_cli_reduce_with_the_parametric_map_and_info_say_what_it_learnt_from(run, capsys):
+    assert main(["reduce", str(run.path), "--reducer", "parametric", "--param", "steps=30", "--layers", "head.1"]) == 0
+    out = capsys.readouterr().out
+    assert "reduced with parametric, 2-D" in out
+    assert run.path.joinpath("projections", "head.1.parquet").is_file()
+    assert EmbeddingRun(run.path).manifest["reducer"]["kwargs"] == {"steps": 30}
+    assert main(["info", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "reducer: parametric, 2-D, seed 0" in out and "trained on every fit snapshot" in out
