@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.reduce import ALIGNS, FAITHFUL, FAITHFUL_MOTION, FIT_SAMPLES, REDUCER_NAMES
+from lightning_embeddings.reduce import (
+    ALIGNS,
+    FAITHFUL,
+    FAITHFUL_MOTION,
+    FIT_SAMPLES,
+    REDUCER_NAMES,
+    faithful_paths_advice,
+)
 
 PROG = "lightning-embeddings"
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
@@ -666,8 +673,9 @@ def _info(args: argparse.Namespace) -> None:
               "vectors; 1 is faithful):")
         print(table)
         if low:
-            print(f"  ! below {FAITHFUL_MOTION}: the drawn paths misrank how far samples moved; read movement from "
-                  f"{PROG} samples RUN_DIR --layer LAYER (measured in the vectors)")
+            print(f"  ! below {FAITHFUL_MOTION}: the drawn paths misrank how far samples moved. "
+                  f"{faithful_paths_advice(args.run_dir)}; movement measured in the vectors: {PROG} samples "
+                  f"{args.run_dir} --layer LAYER")
 
 
 def _snapshot_table(

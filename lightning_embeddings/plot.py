@@ -4,13 +4,16 @@ Per layer, under ``<run>/plots/``:
 
 - ``<layer>-snapshots.png``: one panel per snapshot (``fit`` first, then ``validate``/``test``) on shared axes,
   coloured by label, each panel titled with its epoch, step, trustworthiness and the temporal preservation of the
-  paths into it; a panel whose map is not faithful (trustworthiness below 0.8, or temporal preservation below 0.5)
-  is framed and titled in red with a warning in plain words. The last ``fit`` panel marks the samples most likely
-  mislabelled (the top of :meth:`~lightning_embeddings.EmbeddingRun.samples` by ``suspicion``) with their ids.
+  paths into it; a panel whose map is not faithful (trustworthiness below 0.8) is framed and titled in red with a
+  warning in plain words. Paths that are not faithful (temporal preservation below 0.5) are a property of the
+  map, not of a panel: the figure says so once, with the command that draws faithful ones. The last ``fit`` panel
+  marks the samples most likely mislabelled (the top of :meth:`~lightning_embeddings.EmbeddingRun.samples` by
+  ``suspicion``) with their ids.
 - ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples and the most
   likely mislabelled ones marked, the path of each class's median across ``fit``, the paths of the samples that
-  moved most and of some that ended misclassified, and beside it each class's median distance to its final
-  position over training. Never every sample's path: that is a hairball.
+  moved most and of some that ended misclassified (only where the map's paths are faithful: median temporal
+  preservation at least 0.5; else it says why none are drawn), and beside it each class's median distance to its
+  final position over training. Never every sample's path: that is a hairball.
 - ``<layer>-datamap.png`` (where logits were recorded): the data map of Dataset Cartography (Swayamdipta et al.
   2020), each sample's variability against its confidence in its label across ``fit``, coloured by how often it
   was predicted right, of the training split where recorded (``record_train``), else of the validation split.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import html as html_escape
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence, Union
@@ -51,7 +55,7 @@ from lightning_embeddings.dynamics import (
 )
 from lightning_embeddings.export import SPLIT, recorded_samples, sample_columns
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.reduce import FAITHFUL, FAITHFUL_MOTION
+from lightning_embeddings.reduce import FAITHFUL, FAITHFUL_MOTION, faithful_paths_advice, unfaithful_paths
 from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.store import file_stem, projection_file, sample_keys, snapshot_name
 
@@ -272,11 +276,10 @@ def panel_title(
     fitted: bool = False,
     align: Optional[str] = "last",
     threshold: float = FAITHFUL,
-    motion_threshold: float = FAITHFUL_MOTION,
 ) -> PanelTitle:
     """The title of one snapshot's panel: stage, epoch and step, the trustworthiness and the temporal preservation
     when known, how many points are shown when not all, and a warning in plain words when trustworthiness is below
-    ``threshold`` or temporal preservation below ``motion_threshold``.
+    ``threshold``. (Paths that are not faithful are the map's, said once per figure, not on each panel.)
 
     Args:
         snapshot: ``{"stage", "epoch", "step"}``.
@@ -289,14 +292,13 @@ def panel_title(
         align: how the run's snapshots share one map (``"last"``, ``"joint"``, ``"aligned"``), which decides the
             warning's words.
         threshold: below this trustworthiness the map is called not faithful.
-        motion_threshold: below this temporal preservation the paths into the snapshot are called not faithful.
 
     Example::
 
         panel_title({"stage": "fit", "epoch": 0, "step": 22}, 0.62)
         # PanelTitle(text='epoch 0 · step 22\\ntrustworthiness 0.62', warning='not faithful: points placed by the final map')
-        panel_title({"stage": "fit", "epoch": 1, "step": 44}, 0.91, motion=0.31).warning
-        # 'paths not faithful: not the motion in the vectors'
+        panel_title({"stage": "fit", "epoch": 1, "step": 44}, 0.91, motion=0.31).text
+        # 'epoch 1 · step 44\ntrustworthiness 0.91\ntemporal preservation 0.31'
     """
     lines = [snapshot_label(snapshot) + (" (map fitted here)" if fitted else "")]
     warnings = []
@@ -309,8 +311,6 @@ def panel_title(
                 warnings.append("not faithful: neighbours here are often not neighbours in the vectors")
     if _known(motion):
         lines.append(f"temporal preservation {motion:.2f}")
-        if motion < motion_threshold:
-            warnings.append("paths not faithful: not the motion in the vectors")
     if shown is not None and total is not None and shown < total:
         lines.append(f"{shown:,} of {total:,} points shown")
     return PanelTitle("\n".join(lines), "\n".join(warnings) or None)
@@ -338,6 +338,21 @@ class _Layer:
     three_d: bool
     keep: Optional[np.ndarray]  # keys drawn, None for all
     total: int  # distinct samples
+    path: Path  # the run directory, named in the advice
+
+    def paths_faithful(self) -> bool:
+        """Whether the map's paths may be drawn as motion: its median temporal preservation (where measured) is at
+        least ``FAITHFUL_MOTION``."""
+        known = [value for value in self.motion.values() if _known(value)]
+        return not known or float(np.median(known)) >= FAITHFUL_MOTION
+
+    def paths_note(self) -> Optional[str]:
+        """One sentence on the map's unfaithful paths and how to draw faithful ones; None where all are."""
+        names = unfaithful_paths(self.motion)
+        if not names:
+            return None
+        return (f"paths not faithful into {len(names)} of {len(self.motion)} snapshots (temporal preservation below "
+                f"{FAITHFUL_MOTION}): {faithful_paths_advice(self.path)}")
 
 
 def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
@@ -374,7 +389,7 @@ def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
         frame[dynamic] = values.to_numpy()
     return _Layer(
         column, frame, snapshots, trust, motion, samples, suspects, hover, fitted_on, record.get("align"), str(name),
-        label_palette(labels), "z" in frame, keep, total,
+        label_palette(labels), "z" in frame, keep, total, run.path,
     )
 
 
@@ -404,6 +419,11 @@ def _reducer_words(info: _Layer) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ PNGs
+
+
+def _wrapped(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, never breaking a word or a path at its hyphens."""
+    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 def _matplotlib() -> Any:
@@ -563,6 +583,9 @@ def _snapshots_figure(info: _Layer) -> Any:
         header += f"\n{n} of {count} snapshots shown, evenly spaced"
     if info.three_d:
         header += "\n3-D map: x and y drawn, z not shown"
+    note = info.paths_note()
+    if note:
+        header += "\n" + _wrapped(note, 45 * ncols)
     fig.suptitle(header, fontsize=11)
     _label_legend(fig, info, list(axes[:n]))
     return fig
@@ -619,7 +642,7 @@ def _overview_figure(info: _Layer) -> Any:
         handles.append(Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})"))
 
     many = len(steps) >= 2
-    if many:
+    if many and info.paths_faithful():
         medians = class_medians(info.frame) if info.palette.kind == "categorical" else class_medians(info.frame.iloc[:0])
         for label, path in medians.groupby("label", sort=True):
             xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
@@ -672,6 +695,9 @@ def _overview_figure(info: _Layer) -> Any:
         lines.append(f"{len(info.palette.classes)} classes: class paths drawn for at most {MAX_CLASSES}")
     if info.three_d:
         lines.append("3-D map: x and y drawn, z not shown")
+    if many and not info.paths_faithful():
+        lines.append(_wrapped(f"no paths drawn: this map's paths are not the motion in the vectors; "
+                              f"{info.paths_note()}", 110))
     if title.warning:
         lines.append(title.warning)
     ax.set_title("\n".join(lines), fontsize=10, color=WARNING if title.warning else "black")
@@ -679,8 +705,8 @@ def _overview_figure(info: _Layer) -> Any:
         ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
 
     _draw_distance_curve(curve_ax, info, steps)
-    fig.suptitle(f"{info.column}: {_reducer_words(info)}, {info.total:,} samples: where they end and how they got there",
-                 fontsize=12)
+    how = " and how they got there" if many and info.paths_faithful() else ""
+    fig.suptitle(f"{info.column}: {_reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
     if info.palette.kind == "continuous":
         _label_legend(fig, info, [ax, curve_ax])
     return fig
@@ -1115,12 +1141,10 @@ def write_html(
             notes.append(f"<span class='warning'>Not faithful (trustworthiness below {FAITHFUL}) at "
                          f"{html_escape.escape(', '.join(unfaithful))}: neighbours there are often not neighbours "
                          "in the vectors.</span>")
-        moving = [snapshot_label(s) for s in info.snapshots
-                  if _known(info.motion.get(s["name"])) and info.motion[s["name"]] < FAITHFUL_MOTION]
-        if moving:
-            notes.append(f"<span class='warning'>Paths not faithful (temporal preservation below {FAITHFUL_MOTION}) "
-                         f"into {html_escape.escape(', '.join(moving))}: the samples that move far in the picture "
-                         "there are not those that move far in their vectors; read movement from samples().</span>")
+        paths_note = info.paths_note()
+        if paths_note:
+            notes.append(f"<span class='warning'>{html_escape.escape(paths_note[0].upper() + paths_note[1:])}. The "
+                         "samples that move far in the picture are not those that move far in their vectors.</span>")
         if info.hover:
             notes.append(f"Hover shows each sample's {', '.join(info.hover)} (EmbeddingRun.samples()).")
         figure = _figure(go, info)

@@ -9,6 +9,8 @@ from ``embedding_``, which is why ``embedding_`` is not used.)
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Mapping
 from typing import Any, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
@@ -22,6 +24,24 @@ TRANSFORM_ROWS = 65_536  # rows passed to ``transform`` at once
 FAITHFUL = 0.8  # below this trustworthiness a snapshot's map is called not faithful
 FAITHFUL_MOTION = 0.5  # below this temporal preservation (Spearman) a map's paths are called not faithful
 FAITHFUL_ROWS = 2_000  # trustworthiness is measured on at most this many samples of a snapshot
+
+
+def unfaithful_paths(motion: Mapping[str, Optional[float]]) -> list[str]:
+    """The snapshots whose incoming paths are not faithful: temporal preservation below ``FAITHFUL_MOTION``.
+
+    Example::
+
+        >>> unfaithful_paths({"epoch_0001-step_0000044": 0.12, "epoch_0002-step_0000066": 0.93})
+        ['epoch_0001-step_0000044']
+    """
+    return [name for name, value in motion.items() if value is not None and value < FAITHFUL_MOTION]
+
+
+def faithful_paths_advice(path: Union[str, "os.PathLike[str]"]) -> str:
+    """How to draw paths that are faithful, in the words every warning, picture and the CLI use: the parametric
+    map, named as an argument and as the command that redraws the run at ``path`` without retraining."""
+    return (f"reducer='parametric' is trained on the samples' motion and draws it faithfully; without retraining: "
+            f"lightning-embeddings reduce {path} --reducer parametric")
 
 
 @runtime_checkable

@@ -133,15 +133,18 @@ def _named(names: Sequence[str], among: Sized) -> str:
     return f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)} of {len(among)})"
 
 
-def _warn_unfaithful_paths(column: str, motion: Mapping[str, Optional[float]]) -> None:
-    """Say where a layer's drawn paths are not faithful (temporal preservation below ``FAITHFUL_MOTION``)."""
-    unfaithful = [name for name, value in motion.items() if value is not None and value < reducers.FAITHFUL_MOTION]
-    if unfaithful:
+def _warn_unfaithful_paths(motion: Mapping[str, Mapping[str, Optional[float]]], path: Path) -> None:
+    """Say once, for every layer whose drawn paths are not faithful somewhere (temporal preservation below
+    ``FAITHFUL_MOTION``), where, and how to draw faithful ones. ``motion``: layer column -> its figures."""
+    unfaithful = {column: reducers.unfaithful_paths(values) for column, values in motion.items()}
+    said = "; ".join(f"layer {column!r} into {_named(names, motion[column])}"
+                     for column, names in unfaithful.items() if names)
+    if said:
         rank_zero_warn(
-            f"lightning-embeddings: the paths of layer {column!r} are not faithful into {_named(unfaithful, motion)} "
-            f"(temporal preservation below {reducers.FAITHFUL_MOTION}: the samples that move far in the map are not "
-            "those that move far in their vectors). Trustworthiness says a snapshot's neighbours are right, not its "
-            "motion: read movement from EmbeddingRun(...).samples(), measured in the vectors."
+            f"lightning-embeddings: the drawn paths are not faithful (temporal preservation below "
+            f"{reducers.FAITHFUL_MOTION}: the samples that move far in the map are not those that move far in their "
+            f"vectors) for {said}. {reducers.faithful_paths_advice(path)}. Movement measured in the vectors: "
+            "EmbeddingRun(...).samples()."
         )
 
 
@@ -536,7 +539,8 @@ class EmbeddingRun:
                     record["layers"][column] = layer
                     made[target] = "skipped" not in layer
                     _warn_unfaithful(column, layer.get("trustworthiness") or {}, align, self.path)
-                    _warn_unfaithful_paths(column, layer.get("temporal_preservation") or {})
+                _warn_unfaithful_paths({column: record["layers"][column].get("temporal_preservation") or {}
+                                        for column in columns}, self.path)
                 maps = {}  # every layer's map after this reduce, where it is now
                 for column in self.layers:
                     path = projection_file(self.path, column)

@@ -19,7 +19,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SLOW = pytest.mark.slow  # fresh processes that import torch (and compile numba): CI runs them, pytest -m slow
 IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py", "explore_suspicion.py", "memory.py",
-              "reduction.py", "samples.py"}
+              "reduction.py", "samples.py", "paths.py"}
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,8 @@ IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py"
         pytest.param("samples.py", ["--rows", "500", "--epochs", "2", "--dim", "8", "--cold"], "peak RSS growth",
                      marks=SLOW),
         ("knn_index.py", ["--quick"], "dynamics.neighbours"),
+        pytest.param("paths.py", ["--epochs", "2", "--runs", "label_errors", "--maps", "pca", "parametric",
+                                  "--parametric-steps", "20"], "label_errors head.1     train parametric", marks=SLOW),
         ("explore_suspicion.py", ["--quick"], "suspicion (shipped)"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
         pytest.param("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch", marks=SLOW),

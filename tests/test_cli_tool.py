@@ -167,11 +167,15 @@ def test_info_marks_unfaithful_snapshots_and_skipped_layers(run_copy, capsys):
     manifest = json.loads((run_copy.path / "manifest.json").read_text())
     first = run_copy.snapshots[0]["name"]
     manifest["reducer"]["layers"]["head.1"]["trustworthiness"][first] = 0.51
+    second = run_copy.snapshots[1]["name"]
+    manifest["reducer"]["layers"]["head.1"]["temporal_preservation"][second] = 0.12
     manifest["reducer"]["layers"]["features.1"] = {"skipped": "3 samples per snapshot; a map needs at least 4"}
     (run_copy.path / "manifest.json").write_text(json.dumps(manifest))
     status, out, _ = cli(capsys, "info", run_copy.path)
     assert status == 0
-    assert re.search(rf"{first}\s+0\.51 !", out)
+    assert re.search(rf"{first}\s+0\.51 !", out) and re.search(rf"{second}\s+0\.12 !", out)
+    assert "below 0.5: the drawn paths misrank how far samples moved. reducer='parametric'" in out
+    assert f"lightning-embeddings reduce {run_copy.path} --reducer parametric" in out
     assert "below 0.8" in out and "--align joint" in out  # the run is fitted on the last snapshot
     assert "features.1: not reduced: 3 samples per snapshot" in out
 

@@ -201,7 +201,7 @@ def test_a_run_reduced_with_the_parametric_map_places_every_snapshot_with_faithf
         assert layer["params"]["steps"] == 150 and layer["params"]["random_state"] == 0
         assert min(layer["temporal_preservation"].values()) > 0.7  # above the warning line (0.5)
     assert run.manifest["reducer"]["name"] == "parametric"
-    assert not [w for w in record if "paths of layer" in str(w.message)]  # no "not faithful" warning on the paths
+    assert not [w for w in record if "drawn paths are not faithful" in str(w.message)]
 
 
 FIT = ParametricMap.fit

@@ -133,17 +133,15 @@ def test_panel_title_warns_in_plain_words_below_0_8():
     assert "points shown" not in panel_title(snapshot, 0.9, shown=449, total=449).text
 
 
-def test_panel_title_gives_temporal_preservation_and_flags_it_below_0_5():
+def test_panel_title_gives_temporal_preservation_and_leaves_unfaithful_paths_to_the_figure():
     snapshot = {"stage": "fit", "epoch": 1, "step": 44}
     title = panel_title(snapshot, 0.91, motion=0.62)
     assert title.text.splitlines() == ["epoch 1 · step 44", "trustworthiness 0.91", "temporal preservation 0.62"]
     assert title.warning is None
-    assert panel_title(snapshot, 0.91, motion=0.50).warning is None
-    assert panel_title(snapshot, 0.91, motion=0.31).warning == "paths not faithful: not the motion in the vectors"
-    both = panel_title(snapshot, 0.62, motion=0.31).warning.splitlines()
-    assert both == ["not faithful: points placed by the final map", "paths not faithful: not the motion in the vectors"]
+    low = panel_title(snapshot, 0.91, motion=0.31)  # the map's paths, said once per figure: no red panel
+    assert low.warning is None and low.text.splitlines()[-1] == "temporal preservation 0.31"
+    assert panel_title(snapshot, 0.62, motion=0.31).warning == "not faithful: points placed by the final map"
     assert "temporal" not in panel_title(snapshot, 0.91, motion=float("nan")).text
-    assert panel_title(snapshot, 0.91, motion=0.31, motion_threshold=0.2).warning is None
 
 
 def test_palette_is_tab10_then_tab20_then_continuous():
@@ -219,18 +217,30 @@ def test_unfaithful_panels_are_framed_in_red_and_trustworthiness_may_be_absent(f
     assert len(written) == 4
 
 
-def test_unfaithful_paths_are_framed_in_red_like_unfaithful_maps(fresh):
+@pytest.mark.parametrize("motion", [0.2, 0.95])
+def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fresh, motion):
     def paths(manifest):
-        faithful_paths(manifest)
         facts = manifest["reducer"]["layers"]["head.1"]
         facts["trustworthiness"] = {name: 0.95 for name in facts["trustworthiness"]}
-        last = list(facts["temporal_preservation"])[-1]
-        facts["temporal_preservation"][last] = 0.2
+        facts["temporal_preservation"] = {name: motion for name in facts["temporal_preservation"]}
 
     edit_manifest(fresh, paths)
     plot_run(fresh, layers=["head.1"])
-    assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) > 500  # the last panel's frame and title
-    assert near(read_png(fresh / "plots" / "head.1-overview.png"), RED) > 100  # its title, in red
+    assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) < 50  # no panel in red for its paths
+    info = plot._load(EmbeddingRun(fresh), "head.1")
+    header = plot._snapshots_figure(info)._suptitle.get_text()
+    fix = f"lightning-embeddings reduce {fresh} --reducer parametric"
+    assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
+    overview = plot._overview_figure(info)
+    ax, said = overview.axes[0], overview._suptitle.get_text()
+    paths_drawn = len(ax.lines)  # class medians, movers, misclassified: one line each
+    if motion < 0.5:
+        assert paths_drawn == 0 and said.endswith("samples: where they end")
+        assert "no paths drawn: this map's paths are not the motion in the vectors" in ax.get_title()
+        assert fix in ax.get_title().replace("\n", " ")
+    else:
+        assert paths_drawn >= 10 and said.endswith("where they end and how they got there")
+        assert "no paths drawn" not in ax.get_title()
 
 
 def panel_points(ax) -> int:
@@ -586,7 +596,6 @@ def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_
         assert lines[0].startswith(label + " ") and f"trustworthiness {trust[names[expected]]:.2f}" in lines[0], state
         moved = motion.get(names[expected])
         assert (f"temporal preservation {moved:.2f}" in lines[0]) if moved else ("temporal" not in lines[0]), state
-        unfaithful = trust[names[expected]] < 0.8 or (moved or 1.0) < 0.5
+        unfaithful = trust[names[expected]] < 0.8  # paths are the map's: said once above the figure, not per frame
         assert any("not faithful" in line for line in lines[1:]) == unfaithful, state
-        assert any("paths not faithful" in line for line in lines[1:]) == ((moved or 1.0) < 0.5), state
         assert state["warningFill"] == ("rgb(192, 0, 0)" if unfaithful else None), state  # red: plot.WARNING

@@ -392,7 +392,9 @@ def test_temporal_preservation_per_step_is_stored_printed_and_warned(run, caplog
     assert list(motion) == [run.snapshots[1]["name"]]  # one pair of consecutive fit snapshots
     assert motion[run.snapshots[1]["name"]] == pytest.approx(-1.0 if hidden else 1.0)
     assert "temporal preservation of layer 'head.1''s paths" in caplog.text
-    warned = _messages(record, "paths of layer 'head.1' are not faithful")
+    warned = _messages(record, "drawn paths are not faithful")
     assert len(warned) == (1 if hidden else 0)
     if hidden:
-        assert f"not faithful into {run.snapshots[1]['name']} (temporal preservation below 0.5" in warned[0]
+        assert "(temporal preservation below 0.5" in warned[0]
+        assert f"for layer 'head.1' into {run.snapshots[1]['name']}. reducer='parametric'" in warned[0]
+        assert f"lightning-embeddings reduce {run.path} --reducer parametric" in warned[0]
