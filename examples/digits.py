@@ -85,7 +85,7 @@ class DigitsCNN(pl.LightningModule):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root-dir", default="runs/digits", help="where Lightning writes logs (default: %(default)s)")
-    parser.add_argument("--reducer", default="umap", choices=["umap", "pacmap", "pca"])
+    parser.add_argument("--reducer", default="umap", choices=["umap", "pacmap", "pca", "parametric"])
     parser.add_argument("--max-epochs", type=int, default=5)
     args = parser.parse_args(argv)
 

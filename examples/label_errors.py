@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=0.2, help="share of training labels flipped")
     parser.add_argument("--max-epochs", type=int, default=20)
-    parser.add_argument("--reducer", default="umap", choices=["umap", "pacmap", "pca"])
+    parser.add_argument("--reducer", default="umap", choices=["umap", "pacmap", "pca", "parametric"])
     parser.add_argument("--root-dir", default="runs/label_errors", help="where Lightning writes logs")
     args = parser.parse_args(argv)
 

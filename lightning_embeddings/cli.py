@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
             --align chooses how snapshots share one space: "last" fits on the last snapshot of fit and places
             every snapshot through it (the default for a new run); "joint" fits on all snapshots of fit
             together, so each keeps its own structure (early epochs more faithfully); "aligned" fits one UMAP
-            per snapshot tied by sample identity (umap only).
+            per snapshot tied by sample identity (umap only). --reducer parametric trains one small network on
+            every snapshot of fit, on each snapshot's neighbours and on the samples' motion, so that a sample's
+            drawn step ranks like its step in the vectors (paths you can compare; docs/align.md).
 
             --fit-samples caps the rows a map is fitted on (a sample keeping each snapshot's and label's share);
             every row is then placed through transform in batches, so memory stays bounded on large runs.
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_examples(
             "lightning-embeddings reduce RUN_DIR --reducer pca",
+            "lightning-embeddings reduce RUN_DIR --reducer parametric --param steps=3000",
             "lightning-embeddings reduce RUN_DIR --fit-samples 50000",
             "lightning-embeddings reduce RUN_DIR --reducer pacmap --n-components 3 --align last",
             "lightning-embeddings reduce RUN_DIR --reducer umap --param n_neighbors=30 --param min_dist=0.05",

@@ -104,9 +104,10 @@ def _skipped(column: str, reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
-def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: str, path: Path) -> None:
-    """Say where a layer's map is not faithful (trustworthiness below ``FAITHFUL``) and, with ``align="last"``,
-    that ``align="joint"`` would draw those snapshots by their own structure."""
+def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], how: str, path: Path) -> None:
+    """Say where a layer's map is not faithful (trustworthiness below ``FAITHFUL``) and what may help, by ``how``
+    it was made (its ``align``, or ``"parametric"``): with ``"last"``, that ``align="joint"`` would draw those
+    snapshots by their own structure."""
     unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
     if not unfaithful:
         return
@@ -117,8 +118,11 @@ def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], align: s
                 f"0.79 with 'last', 0.979 with 'joint'): lightning-embeddings reduce {path} --align joint",
         "joint": f"align='aligned' gives each snapshot its own UMAP: lightning-embeddings reduce {path} --align "
                  "aligned --reducer umap",
+        "parametric": f"more training may help (lightning-embeddings reduce {path} --reducer parametric --param "
+                      f"steps=3000), or UMAP on every snapshot of fit: lightning-embeddings reduce {path} --align "
+                      "joint --reducer umap",
         "aligned": "more neighbours (n_neighbors) or another reducer may help",
-    }[align]
+    }[how]
     rank_zero_warn(
         f"lightning-embeddings: the map of layer {column!r} is not faithful at {_named(unfaithful, trust)} "
         f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not neighbours in "
@@ -493,6 +497,8 @@ class EmbeddingRun:
         reducers.check_reducer(reducer, align)
         if reducer is None:
             return Maps(self, [])
+        if reducers.fits_snapshots(reducer):  # trained on every snapshot of fit together, whatever align says
+            align = "joint"
         if n_components not in (2, 3):
             raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
         reducers.check_fit_samples(fit_samples, n_components)
@@ -538,7 +544,8 @@ class EmbeddingRun:
                         raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
                     record["layers"][column] = layer
                     made[target] = "skipped" not in layer
-                    _warn_unfaithful(column, layer.get("trustworthiness") or {}, align, self.path)
+                    _warn_unfaithful(column, layer.get("trustworthiness") or {},
+                                     "parametric" if reducers.fits_snapshots(reducer) else align, self.path)
                 _warn_unfaithful_paths({column: record["layers"][column].get("temporal_preservation") or {}
                                         for column in columns}, self.path)
                 maps = {}  # every layer's map after this reduce, where it is now
@@ -643,7 +650,9 @@ class EmbeddingRun:
         usable = reducers.usable(stacked.reshape(-1, stacked.shape[-1])).reshape(stacked.shape[:2])
         stacked[~usable] = np.nan
         shares = [x[ok] for x, ok in zip(stacked, usable) if ok.any()]
-        return stacked[:, usable.any(axis=0)], bool(shares) and all(map(reducers.collapsed, shares))
+        anywhere = usable.any(axis=0)
+        collapsed = bool(shares) and all(map(reducers.collapsed, shares))
+        return (stacked if anywhere.all() else stacked[:, anywhere]), collapsed
 
     def _project(
         self,

@@ -61,3 +61,15 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, ar
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert printed in result.stdout
+
+
+def test_parametric_variants_runs_on_a_recorded_run(tmp_path, monkeypatch, capsys):
+    from conftest import fit_collector
+
+    _, collector = fit_collector(tmp_path, reducer=None, max_samples=60, layers=["head.1"],
+                                 trainer_kwargs={"max_epochs": 2, "limit_train_batches": 2})
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "parametric_variants.py"), str(collector.dirpath), "head.1",
+                                      '{"steps": 5}'])
+    runpy.run_path(str(BENCHMARKS / "parametric_variants.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "head.1: 2 snapshots x 60 samples x 64 dims" in out and '{"steps": 5}' in out and "TP " in out

@@ -201,6 +201,7 @@ def test_a_run_reduced_with_the_parametric_map_places_every_snapshot_with_faithf
         assert layer["params"]["steps"] == 150 and layer["params"]["random_state"] == 0
         assert min(layer["temporal_preservation"].values()) > 0.7  # above the warning line (0.5)
     assert run.manifest["reducer"]["name"] == "parametric"
+    assert run.manifest["reducer"]["align"] == "joint"  # trained on every fit snapshot together, whatever align says
     assert not [w for w in record if "drawn paths are not faithful" in str(w.message)]
 
 
@@ -255,4 +256,4 @@ def test_cli_reduce_with_the_parametric_map_and_info_say_what_it_learnt_from(run
     assert EmbeddingRun(run.path).manifest["reducer"]["kwargs"] == {"steps": 30}
     assert main(["info", str(run.path)]) == 0
     out = capsys.readouterr().out
-    assert "reducer: parametric, 2-D, seed 0" in out and "trained on every fit snapshot" in out
+    assert "reducer: parametric, 2-D, seed 0, align 'joint'" in out and "trained on every fit snapshot" in out
