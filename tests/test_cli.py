@@ -209,18 +209,21 @@ def _(workdir: Path) -> list[str]:
     ]
 
 
+REDUCER_CLASS = """\
+callbacks:
+  - class_path: lightning_embeddings.EmbeddingCollector
+    init_args:
+      layers: [head.1]
+      reshape: flatten
+      reducer:
+        class_path: {class_path}
+        init_args: {init_args}
+"""
+
+
 @spec("run_reducer_class")
 def _(workdir: Path) -> list[str]:
-    body = """\
-    callbacks:
-      - class_path: lightning_embeddings.EmbeddingCollector
-        init_args:
-          layers: [head.1]
-          reshape: flatten
-          reducer:
-            class_path: sklearn.decomposition.PCA
-            init_args: {n_components: 2}
-    """
+    body = REDUCER_CLASS.format(class_path="sklearn.decomposition.PCA", init_args="{n_components: 2}")
     return ["fit", "--config", str(write_config(workdir, body))]
 
 
@@ -241,15 +244,8 @@ def _(workdir: Path) -> list[str]:
 
 @spec("run_parametric_class")
 def _(workdir: Path) -> list[str]:
-    body = """\
-    callbacks:
-      - class_path: lightning_embeddings.EmbeddingCollector
-        init_args:
-          layers: [head.1]
-          reducer:
-            class_path: lightning_embeddings.ParametricMap
-            init_args: {steps: 30, motion_weight: 2.0}
-    """
+    body = REDUCER_CLASS.format(class_path="lightning_embeddings.ParametricMap",
+                                init_args="{steps: 30, motion_weight: 2.0}")
     return ["fit", "--config", str(write_config(workdir, body, max_epochs=2))]
 
 
