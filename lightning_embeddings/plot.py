@@ -180,6 +180,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _shown(label: Any) -> str:
+    """A label as matplotlib draws it: the plain text it is (a ``$`` escaped, so ``"$x_$"`` is not mathtext)."""
+    return str(_plain(label)).replace("$", r"\$")
+
+
 def _sort_key(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
@@ -465,7 +470,7 @@ def _label_legend(fig: Any, info: _Layer, where: Any) -> None:
 
         handles = [
             Line2D([], [], marker="o", linestyle="", markersize=7, markerfacecolor=palette.colors[c],
-                   markeredgewidth=0, label=str(c))
+                   markeredgewidth=0, label=_shown(c))
             for c in palette.classes
         ]
         fig.legend(handles=handles, title="label", loc="outside right upper", frameon=False)
@@ -648,7 +653,7 @@ def _overview_figure(info: _Layer) -> Any:
             xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
             color = info.palette.color(label)
             _draw_path(ax, xy, color, 2.4, zorder=6)
-            ax.annotate(str(_plain(label)), xy=tuple(xy[-1]), xytext=(5, 5), textcoords="offset points", color=color,
+            ax.annotate(_shown(label), xy=tuple(xy[-1]), xytext=(5, 5), textcoords="offset points", color=color,
                         fontsize=10, fontweight="bold", zorder=7,
                         path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
         if len(medians):
@@ -783,7 +788,7 @@ def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]])
     per_class = curve[curve["label"].notna()] if info.palette.kind == "categorical" else curve.iloc[:0]
     for label, part in per_class.groupby("label", sort=True):
         ax.plot(part["step"], part["distance"], color=info.palette.color(label), linewidth=1.6, marker="o",
-                markersize=3, label=str(_plain(label)))
+                markersize=3, label=_shown(label))
     overall = curve[curve["label"].isna()]
     ax.plot(overall["step"], overall["distance"], color="black", linewidth=2.6, linestyle="--", label="all samples")
     shown = steps if len(steps) <= 12 else [steps[i] for i in np.linspace(0, len(steps) - 1, 12).round().astype(int)]

@@ -243,6 +243,26 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
         assert "no paths drawn" not in ax.get_title()
 
 
+def test_labels_with_dollar_signs_are_drawn_as_the_plain_text_they_are(fresh, capsys):
+    """Issue 20, item 4: "$\\notacommand$" and "$x_$" are not valid mathtext and made matplotlib raise after
+    training; "$x^2$" was drawn as math. All are drawn as written, by the CLI's plot as at the end of fit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lightning_embeddings.cli import main
+
+    names = ["$\\notacommand$", "$x_$", "$x^2$", "plain"]
+    for path in [*(fresh / "projections").glob("*.parquet"), fresh / "projections.parquet"]:
+        table = pq.read_table(path)
+        labels = pa.array([names[value % 4] for value in table.column("label").to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
+    assert main(["plot", str(fresh)]) == 0, capsys.readouterr().err
+    assert len(list((fresh / "plots").glob("*.png"))) == 4
+    info = plot._load(EmbeddingRun(fresh), "head.1")
+    legend = plot._snapshots_figure(info).legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [n.replace("$", "\\$") for n in sorted(names)]
+
+
 def panel_points(ax) -> int:
     """The points of a panel's scatter of samples (its first collection)."""
     return len(ax.collections[0].get_offsets())
