@@ -34,6 +34,7 @@ from lightning_embeddings.reduce import (
     FAITHFUL_MOTION,
     FIT_SAMPLES,
     REDUCER_NAMES,
+    check_reducer_kwargs,
     faithful_paths_advice,
 )
 
@@ -701,6 +702,23 @@ def _snapshot_table(
 # --------------------------------------------------------------------------------------------------------- reduce
 
 
+OWN_FLAGS = {"n_components": "--n-components", "random_state": "--seed", "seed": "--seed", "align": "--align",
+             "fit_samples": "--fit-samples", "layers": "--layers", "reducer": "--reducer"}  # --param keys reduce sets
+
+
+def _reducer_params(reducer: str, n_components: int, seed: Optional[int], params: dict[str, Any]) -> dict[str, Any]:
+    """``--param`` values checked before anything is read or written: a key ``reduce`` sets from its own flag, or
+    one the reducer does not take (with the nearest it does), is a usage error."""
+    for key in params:
+        if key in OWN_FLAGS:
+            raise UsageError(f"--param {key}=... is set by {OWN_FLAGS[key]}: use {OWN_FLAGS[key]} instead")
+    try:
+        check_reducer_kwargs(reducer, n_components, seed, params)
+    except ValueError as error:
+        raise UsageError(f"--param: {error}") from error
+    return params
+
+
 def _reduce(args: argparse.Namespace) -> None:
     run = _open_run(args.run_dir)
     recorded = run.manifest.get("reducer") or {}
@@ -708,11 +726,12 @@ def _reduce(args: argparse.Namespace) -> None:
     n_components = args.n_components or recorded.get("n_components") or 2
     columns = _columns(run, args.layers)
     fit_samples = args.fit_samples if args.fit_samples is not None else recorded.get("fit_samples", FIT_SAMPLES)
+    params = _reducer_params(reducer, n_components, args.seed, dict(args.param))
     try:
         maps = run.reduce(reducer=reducer, n_components=n_components, seed=args.seed, layers=columns,
                           align=args.align or recorded.get("align") or "last",
                           fit_samples=None if fit_samples == "all" else fit_samples,
-                          progress=True, **dict(args.param))
+                          progress=True, **params)
     except RuntimeError as error:  # a layer failed; no file changed
         raise CommandError(f"{error}; the run's files are as they were.") from error
     records = (run.manifest.get("reducer") or {}).get("layers") or {}

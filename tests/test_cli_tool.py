@@ -207,6 +207,23 @@ def test_reduce_again_in_3d_joint_with_reducer_params_for_one_layer(run_copy, ca
     assert record["layers"]["head.1"]["params"]["whiten"] is True
 
 
+@pytest.mark.parametrize("param, said", [
+    ("n_components=3", "--param n_components=... is set by --n-components: use --n-components instead"),
+    ("random_state=5", "--param random_state=... is set by --seed: use --seed instead"),
+    ("n_neighbour=5", "'n_neighbour': did you mean 'n_neighbors'"),
+    ("steps=0", "ParametricMap: steps must be an int >= 1, got 0"),
+])
+def test_reduce_params_are_checked_before_anything_is_read_or_written(run_copy, capsys, param, said):
+    """Issue 20, item 9: these leaked "got multiple values for keyword argument", a reducer's own message, or a raw
+    TypeError after a layer's map had been started."""
+    reducer = {"n_neighbour=5": "umap", "steps=0": "parametric"}.get(param, "pca")
+    before = {p: p.read_bytes() for p in run_copy.path.rglob("*") if p.is_file()}
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", reducer, "--param", param)
+    errors = [line for line in err.splitlines() if line.startswith("lightning-embeddings: error:")]
+    assert status == 2 and out == "" and len(errors) == 1 and said in errors[0], err
+    assert {p: p.read_bytes() for p in run_copy.path.rglob("*") if p.is_file()} == before
+
+
 def test_reduce_defaults_to_the_runs_reducer(run_copy, capsys):
     status, out, err = cli(capsys, "reduce", run_copy.path)
     assert status == 0, err
