@@ -39,7 +39,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import usable
 from lightning_embeddings.run import SAMPLE_SPLITS, SPLIT, EmbeddingRun
 from lightning_embeddings.lock import RunLock
-from lightning_embeddings.store import RunError, file_stem, read_manifest, write_manifest
+from lightning_embeddings.store import PROJECTOR_OWNER, RunError, file_stem, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
@@ -243,10 +243,11 @@ def _last_vectors(
 
 
 def _record_export(run: EmbeddingRun, logdir: Path) -> None:
-    """Note ``logdir`` in the run's manifest (relative to the run where it lies inside it), so that a later reduce
-    writes the projector files there again from its new maps."""
-    where = logdir.resolve()
-    where = where.relative_to(run.path.resolve()) if where.is_relative_to(run.path.resolve()) else where
+    """Note ``logdir`` in the run's manifest, relative to the run, and the run in ``logdir`` (``PROJECTOR_OWNER``:
+    the run's resolved path), so that a later reduce of this run, and of no copy or moved version of it, writes the
+    projector files there again from its new maps."""
+    (logdir / PROJECTOR_OWNER).write_text(str(run.path.resolve()), encoding="utf-8")
+    where = os.path.relpath(logdir.resolve(), run.path.resolve())
     with RunLock(run.path):
         manifest = read_manifest(run.path)
         recorded = manifest.setdefault("exports", {}).setdefault("tensorboard", [])

@@ -22,6 +22,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.lock import RunLock
 from lightning_embeddings.store import (
     MANIFEST,
+    PROJECTOR_OWNER,
     RunError,
     check_manifest,
     column_vectors,
@@ -773,10 +774,28 @@ class EmbeddingRun:
 
     def projector_exports(self) -> list[Path]:
         """The TensorBoard log directories this run was exported to (by a ``TensorBoardLogger`` at the end of fit or
-        by ``lightning-embeddings export``) that still exist."""
-        recorded = [self.path / where for where in self.manifest.get("exports", {}).get("tensorboard", [])]
+        by ``lightning-embeddings export``) that still exist and are this run's to write: inside the run, or
+        written from this directory (not from the run it was copied from, nor from where it was before a move:
+        those are named in a warning and left alone)."""
+        recorded = [Path(os.path.normpath(self.path / where))  # relative to the run; absolute in older runs
+                    for where in self.manifest.get("exports", {}).get("tensorboard", [])]
         default = self.path / TENSORBOARD  # runs exported before exports were recorded
-        return [path for path in dict.fromkeys([*recorded, default]) if (path / "projector_config.pbtxt").is_file()]
+        found = [path for path in dict.fromkeys([*recorded, default]) if (path / "projector_config.pbtxt").is_file()]
+        ours, theirs = [], []
+        for path in found:
+            owner = path / PROJECTOR_OWNER
+            written_from = owner.read_text(encoding="utf-8") if owner.is_file() else None
+            inside = path.resolve().is_relative_to(self.path.resolve())
+            mine = inside or written_from == str(self.path.resolve())  # inside: a copy's own, never another run's
+            (ours if mine else theirs).append((path, written_from))
+        for path, written_from in theirs:
+            rank_zero_warn(
+                f"lightning-embeddings: the TensorBoard projector in {path} was written from "
+                f"{written_from or 'an earlier version of this package'}, not from {self.path} (a copy, or a run "
+                f"that moved): left as it is. Write this run's there with: lightning-embeddings export {self.path} "
+                f"--to tensorboard --logdir {path}"
+            )
+        return [path for path, _ in ours]
 
     def _write_long_projections(self, maps: Mapping[str, Path], target: Path) -> bool:
         """``projections.parquet`` written to ``target``: every layer's map (column -> its file) in one long

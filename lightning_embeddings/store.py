@@ -35,6 +35,7 @@ FORMAT = f"lightning-embeddings/{FORMAT_VERSION}"
 MANIFEST = "manifest.json"
 VECTORS = "vectors"
 PROJECTIONS = "projections"
+PROJECTOR_OWNER = ".lightning-embeddings-run"  # in a TensorBoard log directory: the run its projector was written from
 METADATA_KEY = b"lightning_embeddings"
 ROW_GROUP_BYTES = 32 * 2**20
 

@@ -138,7 +138,7 @@ def test_reduce_removes_stale_pictures_and_writes_the_projector_exports_again(ru
     pictures = plot_run(run, html=True)
     exports = [export_tensorboard(run, run.path / "tensorboard", progress=False),
                export_tensorboard(run, tmp_path / "elsewhere", progress=False)]  # e.g. a TensorBoardLogger's log_dir
-    assert EmbeddingRun(run.path).manifest["exports"]["tensorboard"] == ["tensorboard", str(tmp_path / "elsewhere")]
+    assert EmbeddingRun(run.path).manifest["exports"]["tensorboard"] == ["tensorboard", "../elsewhere"]  # relative
     assert not any(_projector_z(logdir).any() for logdir in exports)
     plots = run.path / PLOTS
     kept = [p for p in pictures if p.name.startswith("features.1-")]
@@ -151,6 +151,28 @@ def test_reduce_removes_stale_pictures_and_writes_the_projector_exports_again(ru
     assert maps.exported == exports and all(_projector_z(logdir).any() for logdir in exports), "a stale projector"
     said = caplog.text
     assert all(p.name in said for p in stale) and all(str(logdir) in said for logdir in exports)
+
+
+def test_a_reduce_of_a_copied_or_moved_run_never_rewrites_another_runs_projector(run, tmp_path):
+    """Issue 20, item 2: the manifest held the projector's absolute path, so a reduce of a copy rewrote the
+    original's projector (with the copy's map), and a moved run's went stale without a word."""
+    run.reduce(reducer="pca", progress=False)
+    logdir = export_tensorboard(run, tmp_path / "logs", progress=False)  # outside the run, as a logger's log_dir
+    inside = export_tensorboard(run, run.path / "tensorboard", progress=False)
+    before = {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file()}
+    copy = EmbeddingRun(shutil.copytree(run.path, tmp_path / "copy"))
+    with pytest.warns(UserWarning, match=rf"projector in {re.escape(str(logdir))} was written from "
+                                         rf"{re.escape(str(run.path.resolve()))}, not from {re.escape(str(copy.path))}"):
+        maps = copy.reduce(reducer="pca", n_components=3, progress=False)
+    assert {p: p.read_bytes() for p in logdir.rglob("*") if p.is_file()} == before  # the original's, untouched
+    assert maps.exported == [copy.path / "tensorboard"] and _projector_z(copy.path / "tensorboard").any()
+    assert not _projector_z(inside).any()  # the original's own export inside it: untouched too
+    assert run.reduce(reducer="pca", n_components=3, progress=False).exported == [logdir, inside]
+    assert _projector_z(logdir).any()  # the original still rewrites its own
+    moved = EmbeddingRun(shutil.move(run.path, tmp_path / "moved"))
+    with pytest.warns(UserWarning, match="a copy, or a run that moved"):
+        assert moved.reduce(reducer="pca", progress=False).exported == [moved.path / "tensorboard"]
+    assert _projector_z(logdir).any(), "the moved run did not write where it no longer is the owner"
 
 
 def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, capsys):
