@@ -94,6 +94,20 @@ def _found(rows: "_Rows", keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return found, (theirs[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
 
 
+def _batches(path: Path, column: str) -> Iterator[pa.RecordBatch]:
+    """``column`` of a snapshot file, ``TRANSFORM_ROWS`` rows at a time (a column chunk is not read whole), every
+    page's checksum verified.
+
+    Raises:
+        RunError: the file is damaged (a page that fails its checksum, a cut), naming it.
+    """
+    try:
+        source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER, page_checksum_verification=True)
+        yield from source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column])
+    except (OSError, pa.ArrowException) as err:
+        raise RunError(f"{path} is damaged ({err}): its {column!r} vectors cannot be read back as written.") from err
+
+
 def _labelled(rows: "_Rows") -> bool:
     """Whether any of the rows has a label (``samples()`` ranks by labels)."""
     return "label" in rows.keys.column_names and rows.keys.column("label").null_count < len(rows)
@@ -332,7 +346,7 @@ class EmbeddingRun:
                 "samples, or fit ended early). Call EmbeddingRun(...).reduce() to make them."
             )
         try:
-            return pd.read_parquet(path)
+            return pd.read_parquet(path, page_checksum_verification=True)
         except (OSError, pa.ArrowException) as err:
             raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
 
@@ -359,7 +373,8 @@ class EmbeddingRun:
         path = self.path / SAMPLES
         if path.is_file():
             try:
-                table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)])
+                table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)],
+                                      page_checksum_verification=True)
             except (OSError, pa.ArrowException) as err:
                 raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
             if table.num_rows:
@@ -386,7 +401,8 @@ class EmbeddingRun:
                   for column in self.layers for split in splits]
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
         first = ["layer", SPLIT]
-        pq.write_table(table.select([*first, *(c for c in table.column_names if c not in first)]), target)
+        pq.write_table(table.select([*first, *(c for c in table.column_names if c not in first)]), target,
+                       write_page_checksum=True)
         return True
 
     def _sample_dynamics(self, column: str, split: str) -> pd.DataFrame:
@@ -881,7 +897,8 @@ class EmbeddingRun:
         for path in files:
             names = pq.read_schema(path).names
             try:
-                table = pq.read_table(path, columns=[c for c in (SPLIT, *KEYS, *SAMPLE_FACTS) if c in names])
+                table = pq.read_table(path, columns=[c for c in (SPLIT, *KEYS, *SAMPLE_FACTS) if c in names],
+                                      page_checksum_verification=True)
             except (OSError, pa.ArrowException) as err:
                 raise RunError(f"{path} is damaged: {err}") from err
             if SPLIT not in names:  # written before record_train: every row is the stage's evaluated split
@@ -925,8 +942,7 @@ class EmbeddingRun:
         points, status = [], []
         start = 0
         for path in rows.files:
-            source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)  # a column chunk is not read whole
-            for batch in source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column]):
+            for batch in _batches(path, column):
                 array = batch.column(0)
                 vectors = column_vectors(array)
                 lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])

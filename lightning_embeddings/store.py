@@ -210,7 +210,7 @@ def write_manifest(dirpath: Path, manifest: Mapping[str, Any], path: Optional[Pa
 def write_tables(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
     """Write ``tables`` one after another into one Parquet file of ``schema``, atomically; a table's columns are
     taken by name and cast, a column it lacks is written as nulls."""
-    with _atomic(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with _atomic(path) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for table in tables:
             columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                        for f in schema]
@@ -306,7 +306,8 @@ class EpochWriter:
         done = False
         try:
             scalars = [f.name for f in self.schema if not pa.types.is_fixed_size_list(f.type)]
-            with pq.ParquetWriter(self._tmp, self.schema, use_dictionary=scalars, write_statistics=scalars) as writer:
+            with pq.ParquetWriter(self._tmp, self.schema, use_dictionary=scalars, write_statistics=scalars,
+                                  write_page_checksum=True) as writer:  # a page damaged later fails its read
                 while not done:
                     item = self._queue.get()
                     if item is self._ABORT:

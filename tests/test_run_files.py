@@ -216,6 +216,25 @@ def test_the_command_line_says_what_is_damaged_in_one_line(run_dir, capsys, dama
         assert ERROR.match(err) and re.search(message, err), (command, err)
 
 
+def test_bytes_changed_inside_a_vectors_page_fail_its_checksum_naming_the_file(run_dir, capsys):
+    """Issue 20, item 8: 21 bytes overwritten mid-file read back as other numbers (a 0.0 as 50503.25), and info,
+    samples and reduce exited 0. Every page is now written with a CRC and verified when read."""
+    path = snapshot_path(run_dir, 1)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the vectors' column chunk, by far the largest
+    data[middle:middle + 21] = b"\x11" * 21
+    path.write_bytes(bytes(data))
+    message = rf"{re.escape(str(path))} is damaged \(.*CRC checksum verification failed.*\): its 'head\.1' vectors"
+    with pytest.raises(RunError, match=message):
+        EmbeddingRun(run_dir).vectors("head.1")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    for command in (["reduce", "--reducer", "pca"], ["export", "--to", "tensorboard"]):
+        status, out, err = cli(capsys, command[0], run_dir, *command[1:])
+        assert status == 1 and ERROR.match(err) and re.search(message, err), (command, out, err)
+        if command[0] == "reduce":  # all or nothing: the run is as it was
+            assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
 def test_foreign_files_beside_a_snapshot_are_not_read(run_dir, capsys):
     path = snapshot_path(run_dir, 1).with_suffix("")
     for name in (f"{path.name}-rank1-copy.parquet", f"{path.name}-copy.parquet", f"{path.name}-rankX.parquet"):
