@@ -527,6 +527,8 @@ class EmbeddingCollector(Callback):
             return
         self._wanted = False
         vectors = self._batch_vectors()
+        if self.label_key is not None and not (isinstance(batch, Mapping) and self.label_key in batch):
+            self._warnings.warn(_missing_label_key(self.label_key, batch))  # once: in the sanity check where it runs
         if self._checking:
             return
         size = next((len(v) for v in vectors if v is not None), self._batch_size)
@@ -857,6 +859,14 @@ def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
 def _throwaway() -> Path:
     """A fresh temporary folder for a ``fast_dev_run``'s run (a smoke test's reruns never pile up in the cwd)."""
     return Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
+
+
+def _missing_label_key(label_key: str, batch: Any) -> str:
+    """Why ``label_key`` finds no labels in ``batch``, with what the batch holds."""
+    holds = (f"its keys: {', '.join(map(repr, batch))}" if isinstance(batch, Mapping) else
+             f"it is a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+             + "; label_key names a key of a dict batch, leave it None to take the second item of an (x, y) batch")
+    return f"lightning-embeddings: label_key={label_key!r} is not in the batch ({holds}): no labels are recorded."
 
 
 def _reducer_name(reducer: reducers.ReducerSpec) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -113,6 +114,10 @@ class LayerCapture:
         self.calls += 1
         if self.calls > 1:
             return
+        if self.dim is None and self.output_key is not None and isinstance(output, Tensor):  # the first batch only
+            warnings.warn(f"lightning-embeddings: layer {self.layer.column!r} returns a plain Tensor of shape "
+                          f"{tuple(output.shape)}: output_key {self.output_key!r} has nothing to pick and is ignored; "
+                          "remove it (output_key picks a part of a tuple, dict or ModelOutput).", UserWarning)
         t = select_tensor(output, self.output_key, self.layer.column).detach()
         if self.sequence_first and t.ndim >= 2:
             t = t.transpose(0, 1)

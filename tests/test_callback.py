@@ -174,6 +174,28 @@ def test_id_key_and_dict_labels(fit_digits):
     assert table["label"].tolist() == datamodule.val_set.tensors[1].tolist()
 
 
+@pytest.mark.parametrize("dict_batches", [False, True], ids=["tuple", "dict"])
+def test_a_label_key_the_batch_lacks_is_said_once_in_the_sanity_check_with_what_the_batch_holds(fit_digits,
+                                                                                                 dict_batches):
+    """Issue 20, item 7: a misspelt label_key recorded no labels and said nothing."""
+    kwargs = {"model": DictCNN(), "datamodule": DictDigits(), "id_key": "index"} if dict_batches else {}
+    with pytest.warns(UserWarning, match="label_key='lbl' is not in the batch") as record:
+        _, collector = fit_digits(label_key="lbl", max_samples=100, trainer_kwargs={"max_epochs": 1,
+                                                                                   "limit_train_batches": 1}, **kwargs)
+    said = [str(w.message) for w in record if "label_key='lbl'" in str(w.message)]
+    holds = "its keys: 'image', 'target', 'index'" if dict_batches else "it is a list of 2; label_key names a key"
+    assert len(said) == 1 and holds in said[0], said
+    assert "label" not in EmbeddingRun(collector.dirpath).table().columns
+
+
+def test_an_output_key_on_a_layer_that_returns_a_plain_tensor_is_said_once(fit_digits):
+    with pytest.warns(UserWarning, match=r"layer 'head.1' returns a plain Tensor of shape \(\d+, 64\): output_key "
+                                         r"'hidden' has nothing to pick and is ignored") as record:
+        fit_digits(layers=["head.1"], output_key={"head.1": "hidden"}, max_samples=100,
+                   trainer_kwargs={"max_epochs": 2, "limit_train_batches": 1})
+    assert sum("has nothing to pick" in str(w.message) for w in record) == 1
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_is_stored_as_float32(fit_digits, precision):
     _, collector = fit_digits(trainer_kwargs={"precision": precision, "max_epochs": 1})
