@@ -14,6 +14,7 @@ the other maps.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, Union
@@ -132,7 +133,7 @@ def _pca(z: np.ndarray, n_components: int, rng: np.random.Generator) -> tuple[np
 
 def _check(name: str, value: Any, kind: type, least: float, strictly: bool = False) -> None:
     """Raise a ValueError naming ``name`` where ``value`` is not a ``kind`` at least (above) ``least``."""
-    kinds = (int, float) if kind is float else (int,)
+    kinds = numbers.Real if kind is float else numbers.Integral  # numpy's numbers too
     if isinstance(value, bool) or not isinstance(value, kinds) or value < least or (strictly and value == least):
         bound = f"{'>' if strictly else '>='} {least}"
         raise ValueError(f"ParametricMap: {name} must be {'a number' if kind is float else 'an int'} {bound}, "
@@ -226,7 +227,7 @@ class ParametricMap(BaseEstimator):
         ):
             _check(name, locals()[name], kind, least, strictly)
         if isinstance(hidden_layer_sizes, (str, bytes)) or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden_layer_sizes
+            isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in hidden_layer_sizes
         ):
             raise ValueError(f"ParametricMap: hidden_layer_sizes must be a sequence of ints >= 1 (e.g. (64, 64); () "
                              f"for the linear map alone), got {hidden_layer_sizes!r}.")

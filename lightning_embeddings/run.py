@@ -553,8 +553,7 @@ class EmbeddingRun:
                                                       **reducer_kwargs)
                         else:
                             layer = self._fitted_map(column, staged(target), reducer, n_components, seed,
-                                                     [fitted_on] if align == "joint" or reducers.fits_snapshots(reducer)
-                                                     else [[s] for s in fitted_on[::-1]],
+                                                     [fitted_on] if align == "joint" else [[s] for s in fitted_on[::-1]],
                                                      snapshots,
                                                      fit_samples, progress, reducer_kwargs)
                     except Exception as error:
@@ -606,9 +605,9 @@ class EmbeddingRun:
     ) -> dict[str, Any]:
         """Fit one layer's map on the first of ``fit_choices`` (each a list of snapshots) with a finite vector, and
         place every snapshot in it, written to ``path``; return the layer's manifest record."""
-        sample = self._trajectories if reducers.fits_snapshots(reducer) else self._fit_sample
+        read_fit_data = self._trajectories if reducers.fits_snapshots(reducer) else self._fit_sample
         for fit_snapshots in fit_choices:
-            fit_on, collapsed = sample(column, fit_snapshots, fit_samples, seed)
+            fit_on, collapsed = read_fit_data(column, fit_snapshots, fit_samples, seed)
             if fit_on.shape[-2]:  # rows, or the samples of (snapshots, samples, dim)
                 break
         fallback = {}

@@ -135,6 +135,7 @@ def test_bad_values_are_refused_when_built(kwargs, match):
 
 
 def test_scikit_learn_api_and_its_errors():
+    assert ParametricMap(steps=np.int64(7), random_state=np.int64(1)).steps == 7  # numpy ints are ints
     mapper = ParametricMap(steps=7, hidden_layer_sizes=[32], random_state=1)
     assert clone(mapper).get_params() == mapper.get_params() and mapper.get_params()["steps"] == 7
     with pytest.raises(TypeError, match="stepz"):
