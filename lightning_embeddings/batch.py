@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -76,16 +77,19 @@ def attention_mask(batch: Any) -> Optional[Tensor]:
     return mask if isinstance(mask, Tensor) else None
 
 
-def sample_order(loader: Any) -> Optional[np.ndarray]:
-    """The dataset indices in the order ``loader`` visits them, when that order is fixed; None when it is not
-    (a shuffling sampler, an iterable dataset, a sampler of unknown kind)."""
+def sample_order(loader: Any, limit: Optional[int] = None) -> Optional[np.ndarray]:
+    """The first ``limit`` (all when None) dataset indices in the order ``loader`` visits them, when that order is
+    fixed; None when it is not (a shuffling sampler, an iterable dataset, a sampler of unknown kind)."""
     if not isinstance(loader, DataLoader):
         return None
     sampler = loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
+    if isinstance(sampler, range):
+        return np.arange(sampler.start, sampler.stop, sampler.step, dtype=np.int64)[:limit]
     if isinstance(sampler, SequentialSampler):
-        return np.arange(len(sampler), dtype=np.int64)
-    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
-        return np.fromiter(iter(sampler), dtype=np.int64)
+        return np.arange(len(sampler) if limit is None else min(len(sampler), limit), dtype=np.int64)
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:  # its padding wraps to the start
+        stop = sampler.total_size if limit is None else min(sampler.total_size, sampler.rank + limit * sampler.num_replicas)
+        return np.arange(sampler.rank, stop, sampler.num_replicas, dtype=np.int64) % len(sampler.dataset)
     return None
 
 
@@ -109,19 +113,41 @@ def loaders(val_dataloaders: Any) -> list[Any]:
     return [val_dataloaders]
 
 
-def ordered_loader(loader: DataLoader, num_replicas: int = 1, rank: int = 0) -> DataLoader:
-    """A loader of ``loader``'s dataset, batch size, collate and workers that visits every sample once in a fixed
-    order: sequentially, or this rank's share under DDP (``DistributedSampler`` without shuffling, whose padding
-    :func:`real_samples` counts); the last short batch is kept. An iterable dataset keeps its own order.
+def samples_per_epoch(loader: DataLoader, batches_per_epoch: float) -> Optional[int]:
+    """How many samples one training epoch of ``batches_per_epoch`` batches (``trainer.num_training_batches``)
+    draws from ``loader``: its sampler's length, or fewer where ``limit_train_batches`` cuts the epoch; None where
+    nothing bounds it (an iterable dataset without ``__len__``, an epoch without a limit).
+
+    Example::
+
+        samples_per_epoch(DataLoader(data, batch_size=32, sampler=RandomSampler(data, num_samples=320)), 10)  # 320
+    """
+    by_batches = None if math.isinf(batches_per_epoch) else int(batches_per_epoch) * _loader_batch_size(loader)
+    sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
+    try:
+        drawn: Optional[int] = len(loader.dataset if isinstance(loader.dataset, IterableDataset) else sampler)
+    except TypeError:
+        drawn = None
+    return min((n for n in (drawn, by_batches) if n is not None), default=None)
+
+
+def ordered_loader(loader: DataLoader, num_replicas: int = 1, rank: int = 0, limit: Optional[int] = None) -> DataLoader:
+    """A loader of ``loader``'s dataset, batch size, collate and workers that visits its first samples once each in
+    a fixed order: at most ``limit`` per rank, this rank's share under DDP (every ``num_replicas``-th index from
+    ``rank``, no padding); the last short batch is kept. An iterable dataset keeps its own order (its caller stops
+    after ``limit``).
 
     Example::
 
         ordered_loader(trainer.train_dataloader)        # the training set, unshuffled
     """
-    size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 1
     sampler = None
     if not isinstance(loader.dataset, IterableDataset):
-        sampler = (DistributedSampler(loader.dataset, num_replicas, rank, shuffle=False) if num_replicas > 1
-                   else SequentialSampler(loader.dataset))
-    return DataLoader(loader.dataset, batch_size=size, sampler=sampler, collate_fn=loader.collate_fn,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+        size = len(loader.dataset)
+        sampler = range(rank, size if limit is None else min(size, rank + limit * num_replicas), num_replicas)
+    return DataLoader(loader.dataset, batch_size=_loader_batch_size(loader), sampler=sampler,
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+
+def _loader_batch_size(loader: DataLoader) -> int:
+    return loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 1

@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -76,11 +77,14 @@ class EmbeddingCollector(Callback):
             every validation in such an epoch is its own snapshot (``val_check_interval < 1`` gives several).
         max_samples: record at most this many samples per epoch, split and dataloader: the same first ones every
             epoch.
-        record_train: at every recorded validation of ``fit``, also record every training sample (``split="train"``
+        record_train: at every recorded validation of ``fit``, also record the training samples (``split="train"``
             rows in the same snapshot; validation rows are ``"val"``): one more pass of ``validation_step`` over the
             training dataset, in eval mode without gradients, with the training loader's dataset, batch size and
-            collate, in a fixed order (each sample once over all ranks under DDP). It costs one more inference pass
-            over the training set per recorded validation (benchmarks/README.md measures it). ``self.log`` does
+            collate, in a fixed order (each sample once over all ranks under DDP). The pass takes the first samples
+            in dataset order, as many as one training epoch draws (all of them, or fewer under
+            ``limit_train_batches`` or a sampler's ``num_samples``) and at most ``max_samples``; a stream that
+            nothing bounds is refused before training, and SIGTERM ends the pass at the next batch. It costs one
+            more inference pass per recorded validation (benchmarks/README.md measures it). ``self.log`` does
             nothing during this pass and torchmetrics metrics keep their state, so what you log is unchanged; other
             side effects of ``validation_step`` (appending to a list) also happen for the training batches.
             :meth:`EmbeddingRun.samples` ranks the training samples by how likely their label is wrong.
@@ -287,6 +291,8 @@ class EmbeddingCollector(Callback):
         """After any checkpoint is restored: continue a resumed run, refuse to mix into another one."""
         if self.dirpath is None or "fit" not in self.stages:
             return
+        if self.record_train:
+            self._training_bounds(trainer, say=True)
         if self._resumed:
             _on_rank_zero(trainer, lambda: self._open(None, fresh=False))  # the checkpoint's run, not setup's choice
             self._continue_run()
@@ -473,32 +479,40 @@ class EmbeddingCollector(Callback):
         self._neighbourhood = {capture.layer.column: [] for capture in self._captures}
         self._start_split("test" if stage == "test" else "val", batches.loaders(dataloaders))
 
-    def _start_split(self, split: str, loaders: list[Any]) -> None:
-        """Rows from ``loaders`` come next: at most ``max_samples`` of each, never DistributedSampler's padding."""
+    def _start_split(self, split: str, loaders: list[Any], bounds: Optional[list[int]] = None) -> None:
+        """Rows from ``loaders`` come next: at most ``max_samples`` (or ``bounds``) of each, never
+        DistributedSampler's padding."""
         self._split = split
         self._seen.clear()
-        self._orders = {i: batches.sample_order(dl) for i, dl in enumerate(loaders)}
-        self._limits = {i: min((n for n in (self.max_samples, batches.real_samples(dl)) if n is not None), default=None)
-                        for i, dl in enumerate(loaders)}
+        self._limits = {
+            i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None) if n is not None),
+                   default=None)
+            for i, dl in enumerate(loaders)
+        }
+        self._orders = {i: batches.sample_order(dl, self._limits[i]) for i, dl in enumerate(loaders)}
 
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``validation_step`` over the training set in a fixed order, eval mode, no gradients, as ``split="train"``
-        rows of the open snapshot; the random state is left as it was, so training goes on as without the pass."""
+        rows of the open snapshot, as far as :meth:`_training_bounds`; the random state is left as it was, so
+        training goes on as without the pass. SIGTERM ends it at the next batch, as it ends Lightning's loops."""
         given = batches.loaders(trainer.train_dataloader)
-        if not all(isinstance(dl, DataLoader) for dl in given):
+        bounds = self._training_bounds(trainer)
+        if bounds is None:
             self._warnings.warn("EmbeddingCollector(record_train=True) records the training set through its DataLoader, "
                                 f"but the trainer's training data is {[type(dl).__name__ for dl in given]}: no "
                                 "training rows are recorded.")
             return
-        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank) for dl in given]
-        self._start_split("train", loaders)
+        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank, bound)
+                   for dl, bound in zip(given, bounds)]
+        self._start_split("train", loaders, bounds)
         extra = {"dataloader_idx": 0} if len(batches.loaders(trainer.val_dataloaders)) > 1 else {}
         with isolate_rng(), _silenced(pl_module), torch.no_grad(), trainer.precision_plugin.val_step_context():
             for i, loader in enumerate(loaders):
                 for batch_idx, batch in enumerate(loader):
-                    limit = self._limits[i]
-                    if (batch_idx and trainer.fast_dev_run) or (limit is not None and self._seen[i] >= limit):
-                        break  # a smoke test records one batch, as of the validation set
+                    if trainer.received_sigterm:
+                        raise SIGTERMException
+                    if self._seen[i] >= self._limits[i]:
+                        break
                     batch = trainer.strategy.batch_to_device(batch, dataloader_idx=i)
                     self._start_batch(batch, i)
                     try:
@@ -508,6 +522,34 @@ class EmbeddingCollector(Callback):
                                      f"{batch_idx}: it must take training batches too.")
                         raise
                     self._end_batch(trainer, outputs, batch, i)
+
+    def _training_bounds(self, trainer: pl.Trainer, say: bool = False) -> Optional[list[int]]:
+        """How many samples of each training loader (per rank) record_train's pass records: as many as one training
+        epoch draws (``limit_train_batches``, a sampler's ``num_samples``), at most ``max_samples``; None where the
+        training data are not DataLoaders. Refused where nothing bounds a loader (an endless stream); ``say``: tell
+        once where the pass records part of the training set."""
+        given = batches.loaders(trainer.train_dataloader)
+        if not all(isinstance(dl, DataLoader) for dl in given):
+            return None
+        bounds = []
+        for dl in given:
+            drawn = batches.samples_per_epoch(dl, trainer.num_training_batches)
+            if drawn is None and self.max_samples is None:
+                raise ValueError(
+                    f"EmbeddingCollector(record_train=True): the training data ({type(dl.dataset).__name__}) has no "
+                    "end: no __len__ and no limit on the epoch, so recording it would never end. Bound it with "
+                    "EmbeddingCollector(max_samples=...), Trainer(limit_train_batches=<int>), or a __len__ on the "
+                    "dataset; or set record_train=False."
+                )
+            bounds.append(min(n for n in (drawn, self.max_samples) if n is not None))
+            size = None if isinstance(dl.dataset, IterableDataset) else len(dl.dataset)
+            recorded = bounds[-1] * trainer.world_size if size is None else min(size, bounds[-1] * trainer.world_size)
+            if say and recorded != size:
+                rank_zero_info(f"EmbeddingCollector(record_train=True) records the first {recorded} of "
+                               f"{'the stream of' if size is None else f'the {size}'} training samples at each recorded"
+                               " validation: as many as one training epoch draws (limit_train_batches, the sampler's "
+                               "num_samples) or max_samples.")
+        return bounds
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
         limit = self._limits.get(dataloader_idx)
@@ -732,11 +774,12 @@ class EmbeddingCollector(Callback):
         ids = batches.batch_ids(batch, size, self.id_key)
         if ids is not None:
             return ids
-        order = self._orders.get(dataloader_idx)
-        if order is not None and seen + size <= len(order):
-            return order[seen : seen + size]
+        order, limit = self._orders.get(dataloader_idx), self._limits.get(dataloader_idx)
+        needed = size if limit is None else min(size, limit - seen)  # the rows kept (the order stops at the limit)
+        if order is not None and seen + needed <= len(order):
+            return order[seen : seen + needed]
         self._warnings.warn(
-            f"EmbeddingCollector: validation dataloader {dataloader_idx} does not visit its samples in a fixed order "
+            f"EmbeddingCollector: {'training' if self._split == 'train' else self._split} dataloader {dataloader_idx} does not visit its samples in a fixed order "
             "(a shuffling sampler or an iterable dataset), so sample_id records each sample's position in the epoch "
             "and may not name the same sample in two epochs. Use an unshuffled loader, or pass id_key."
         )

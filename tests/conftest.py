@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -55,3 +58,19 @@ def fit_digits(tmp_path: Path) -> Callable[..., tuple[pl.Trainer, EmbeddingColle
     """``fit_digits(model=None, datamodule=None, trainer_kwargs=None, **collector_kwargs)``: :func:`fit_collector`
     under ``tmp_path``."""
     return partial(fit_collector, tmp_path)
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail with TimeoutError where the block runs longer than ``seconds`` (a hang ends the test, not the suite)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -286,7 +286,7 @@ def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_pa
     (tmp_path / "slow_reducer.py").write_text(SLOW_REDUCER)
     fit_log = tmp_path / "fits.jsonl"
     script, out = _write_script(
-        tmp_path, layers=["head.1"], ddp_timeout_s=3, limit_train_batches=4, record_train=True, train_samples=N_TRAIN,
+        tmp_path, layers=["head.1"], ddp_timeout_s=3, limit_train_batches=1.0, record_train=True, train_samples=N_TRAIN,
         reducer={"module": "slow_reducer", "class": "SlowPCA", "kwargs": {"seconds": 5.0, "log": str(fit_log)}},
     )
     code, log = _launch_with_lightning(tmp_path, script)

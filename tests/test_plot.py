@@ -310,7 +310,7 @@ def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
     info = plot._load(train_run, "head.1")
     split, rows = plot._datamap_samples(info)
     train = train_run.samples("head.1", split="train")
-    assert split == "train" and len(rows) == len(train) == 1348  # the training split where recorded
+    assert split == "train" and len(rows) == len(train) == 4 * 64  # the training split where recorded: what 4 batches of 64 draw
     ax = plot._datamap_figure(info, split, rows).axes[0]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), train[["variability", "confidence"]].to_numpy())
     np.testing.assert_allclose(ax.collections[0].get_array(), train["correct"].to_numpy())

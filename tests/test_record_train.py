@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import torch
-from conftest import DigitsCNN, DigitsDataModule, fit_collector, make_trainer
+from conftest import DigitsCNN, DigitsDataModule, deadline, fit_collector, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -53,7 +53,7 @@ def fit_logging(root: Path, record_train: bool) -> tuple[pl.Trainer, LoggingCNN,
     pl.seed_everything(0, verbose=False)
     model = LoggingCNN()
     collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=record_train)
-    trainer = make_trainer(root, [collector], max_epochs=2, limit_train_batches=4)
+    trainer = make_trainer(root, [collector], max_epochs=2)
     trainer.fit(model, DigitsDataModule())
     return trainer, model, collector
 
@@ -220,3 +220,165 @@ def test_training_batches_without_labels_leave_the_training_split_out_of_samples
     assert len(run.samples("head.1")) == 100
     with pytest.raises(ValueError, match="has no labels"):
         run.samples("head.1", split="train")
+
+
+class Endless(torch.utils.data.IterableDataset):
+    """The digits training set over and over, without end or ``__len__`` (a stream)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self):
+        while True:
+            yield from self.dataset
+
+
+class Huge(torch.utils.data.Dataset):
+    """10^8 samples (the digits training set repeated), each made only when read."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 10**8
+
+    def __getitem__(self, i: int):
+        return self.dataset[i % len(self.dataset)]
+
+
+class CountingCNN(DigitsCNN):
+    def __init__(self) -> None:
+        super().__init__()
+        self.training_steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.training_steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+def training_data(make_loader):
+    class Data(DigitsDataModule):
+        def train_dataloader(self):
+            return make_loader(self.train_set)
+
+    return Data()
+
+
+def train_rows(dirpath: Path) -> pd.DataFrame:
+    rows = read_vectors(dirpath)
+    return rows[rows.split == "train"]
+
+
+def test_an_endless_training_stream_is_refused_before_training(tmp_path):
+    """No length, no limit_train_batches, no max_samples: the pass would never end, so the fit stops before its
+    first training step, saying what bounds it (it hung, ignoring SIGTERM, and grew its snapshot without end)."""
+    model = CountingCNN()
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True)
+    trainer = make_trainer(tmp_path, [collector], max_steps=4, val_check_interval=2)
+    with deadline(60), pytest.raises(ValueError, match=r"record_train=True.*Endless.*no end.*max_samples=.*"
+                                                       r"limit_train_batches="):
+        trainer.fit(model, training_data(lambda d: torch.utils.data.DataLoader(Endless(d), batch_size=16)))
+    assert model.training_steps == 0
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.partial"))
+
+
+@pytest.mark.parametrize(("limits", "recorded"), [({"limit_train_batches": 3}, 48), ({"max_samples": 40}, 40)])
+def test_an_endless_training_stream_is_recorded_as_far_as_its_bound(tmp_path, limits, recorded):
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True,
+                                   max_samples=limits.get("max_samples"))
+    trainer = make_trainer(tmp_path, [collector], max_steps=4, val_check_interval=2,
+                           limit_train_batches=limits.get("limit_train_batches", 1.0))
+    with deadline(120):
+        trainer.fit(DigitsCNN(), training_data(lambda d: torch.utils.data.DataLoader(Endless(d), batch_size=16)))
+    counts = train_rows(collector.dirpath).groupby("step").size()
+    assert len(counts) >= 1 and (counts == recorded).all()
+
+
+def test_a_huge_dataset_sampled_by_num_samples_records_what_an_epoch_draws(tmp_path):
+    """10^8 samples trained through RandomSampler(num_samples=320): the pass records 320 samples in dataset order
+    (it was a sequential pass over all 10^8 after an 800 MB id array)."""
+    def loader(dataset):
+        huge = Huge(dataset)
+        return torch.utils.data.DataLoader(huge, batch_size=32, sampler=torch.utils.data.RandomSampler(
+            huge, num_samples=320))
+
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True)
+    trainer = make_trainer(tmp_path, [collector], max_epochs=2)
+    with deadline(120):
+        trainer.fit(DigitsCNN(), training_data(loader))
+    rows = train_rows(collector.dirpath)
+    for epoch in (0, 1):
+        assert rows[rows.epoch == epoch]["sample_id"].tolist() == list(range(320))
+
+
+def test_limit_train_batches_bounds_the_training_rows(tmp_path, caplog):
+    """Two training batches of 64 per epoch: 128 training rows per snapshot, the first in dataset order (it was
+    all 1,348); the fit says once how many of the training set it records."""
+    collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True)
+    trainer = make_trainer(tmp_path, [collector], max_epochs=2, limit_train_batches=2)
+    trainer.fit(DigitsCNN(), DigitsDataModule())
+    said = [r.getMessage() for r in caplog.records if "records the first" in r.getMessage()]
+    assert len(said) == 1 and "record_train=True) records the first 128 of the 1348 training samples" in said[0]
+    rows = train_rows(collector.dirpath)
+    for epoch in (0, 1):
+        assert rows[rows.epoch == epoch]["sample_id"].tolist() == list(range(128))
+
+
+SIGTERM_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+sys.path.insert(0, {tests!r})
+from conftest import DigitsCNN, make_trainer
+from test_record_train import Endless, training_data
+
+from lightning_embeddings import EmbeddingCollector
+
+started = Path({started!r})
+
+
+class Announcing(DigitsCNN):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if len(batch[0]) == 16 and batch_idx == 3:  # a training batch of record_train's pass
+            started.write_text("pass started")
+        return super().validation_step(batch, batch_idx, dataloader_idx)
+
+
+collector = EmbeddingCollector(layers=["head.1"], dirpath={run!r}, reducer="pca", plots=False, record_train=True,
+                               max_samples=10**9)
+trainer = make_trainer({root!r}, [collector], max_steps=4, val_check_interval=2)
+trainer.fit(Announcing(), training_data(lambda d: torch.utils.data.DataLoader(Endless(d), batch_size=16)))
+"""
+
+
+@pytest.mark.slow  # a fit in its own process, to send it a signal
+def test_sigterm_ends_the_training_pass(tmp_path):
+    """SIGTERM during a long record_train pass ends the fit as Lightning's own loops do: at the next batch, the
+    unfinished snapshot discarded and the run's lock released (the pass ignored it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lightning_embeddings.lock import RunLock
+
+    started, run = tmp_path / "started", tmp_path / "run"
+    script = tmp_path / "endless.py"
+    script.write_text(SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), started=str(started), run=str(run),
+                                            root=str(tmp_path)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        begun = time.monotonic()
+        while not started.exists() and process.poll() is None and time.monotonic() - begun < 120:
+            time.sleep(0.2)
+        assert started.exists(), process.communicate()[0][-3000:]
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+    assert "Traceback" not in log, log[-3000:]
+    assert not list(run.rglob("*.partial")) and not list(run.rglob("*.parquet"))
+    if run.exists():
+        RunLock(run).acquire().release()  # free
