@@ -76,18 +76,25 @@ def check_reducer(reducer: Any, align: str = "last") -> None:
 
 
 def check_reducer_kwargs(reducer: Any, n_components: int, seed: Optional[int], kwargs: dict[str, Any]) -> None:
-    """Build the named reducer once with ``kwargs``, so a misspelt argument fails now, not after training.
+    """Build the named reducer once with ``kwargs`` and check its values, so a misspelt argument or a value it
+    would refuse in ``fit`` (``n_neighbors=-5``, ``metric="cosinee"``) fails now, not after training.
 
     Raises:
-        ValueError: an argument the reducer does not take, naming the nearest ones it does.
+        ValueError: an argument the reducer does not take, naming the nearest ones it does; a value it refuses,
+        with its rule.
     """
-    if not kwargs:  # nothing to misspell: the reducer is not imported (UMAP's import alone takes seconds)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be None or an int, got {seed!r}.")
+    if not isinstance(reducer, str) and reducer is not None:
+        if kwargs:
+            raise ValueError(f"reducer_kwargs {kwargs!r} go with a named reducer; configure a "
+                             f"{type(reducer).__name__} object itself instead.")
+        _check_values(reducer, "reducer ")
         return
-    if not isinstance(reducer, str) or reducer not in REDUCER_NAMES:
-        raise ValueError(f"reducer_kwargs {kwargs!r} go with a named reducer; configure a {type(reducer).__name__} "
-                         "object itself instead.")
+    if not kwargs or reducer is None:  # nothing to check: the reducer is not imported (UMAP's import takes seconds)
+        return
     try:
-        make_reducer(reducer, n_components, seed, FIT_SAMPLES, **kwargs)
+        estimator = make_reducer(reducer, n_components, seed, FIT_SAMPLES, **kwargs)
     except TypeError as error:
         import difflib
         import inspect
@@ -101,7 +108,38 @@ def check_reducer_kwargs(reducer: Any, n_components: int, seed: Optional[int], k
             f"reducer_kwargs {kwargs!r} do not fit {estimator.__module__}.{estimator.__qualname__}: "
             f"{said or ' '.join(str(error).split())}"
         ) from error
+    except NotImplementedError as error:  # PaCMAP's word for a distance it does not know
+        raise ValueError(f"reducer_kwargs {kwargs!r} do not fit {reducer}: {error}") from error
+    _check_values(estimator, f"reducer_kwargs {kwargs!r} do not fit ")
 
+
+def _check_values(estimator: Any, given: str) -> None:
+    """Raise ValueError, starting with ``given`` and the estimator's name, for argument values ``estimator`` would refuse only in ``fit``:
+    scikit-learn's parameter rules, UMAP's and PaCMAP's own checks (run on a copy)."""
+    import difflib
+    import warnings
+
+    name = f"{type(estimator).__module__}.{type(estimator).__qualname__}"
+    try:
+        if hasattr(estimator, "_parameter_constraints"):  # scikit-learn's estimators (PCA, ...)
+            estimator._validate_params()
+        elif name.startswith("umap."):
+            probe = copy.deepcopy(estimator)
+            probe._raw_data, probe._initial_alpha = np.zeros((2, 2), np.float32), probe.learning_rate  # what fit sets
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                probe._validate_parameters()
+        elif name.startswith("pacmap."):
+            copy.deepcopy(estimator).decide_num_pairs(FIT_SAMPLES)
+    except ValueError as error:
+        said = str(error)
+        metric = getattr(estimator, "metric", None)
+        if name.startswith("umap.") and "metric" in said and isinstance(metric, str):
+            from umap.distances import named_distances
+
+            near = difflib.get_close_matches(metric, sorted(named_distances), n=3)
+            said += f": metric={metric!r}" + (f", did you mean {', '.join(map(repr, near))}?" if near else "")
+        raise ValueError(f"{given}{name}: {said}") from error
 
 def min_samples(n_components: int) -> int:
     """The fewest samples a map is fitted on; fewer are skipped with a warning."""

@@ -161,6 +161,29 @@ def test_a_misspelt_reducer_argument_fails_at_construction():
         EmbeddingCollector(layers=["head.1"], reducer="pca", reducer_kwargs={"whitn": True})
 
 
+@pytest.mark.parametrize(("reducer", "arguments", "said"), [
+    ("umap", {"reducer_kwargs": {"n_neighbors": -5}}, r"n_neighbors must be greater than 1"),
+    ("umap", {"reducer_kwargs": {"metric": "cosinee"}}, r"metric .*'cosinee'.*did you mean 'cosine'"),
+    ("umap", {"reducer_kwargs": {"min_dist": -1.0}}, r"min_dist cannot be negative"),
+    ("pacmap", {"reducer_kwargs": {"n_neighbors": -5}}, r"n_neighbors.*can't be less than 1"),
+    ("pacmap", {"reducer_kwargs": {"distance": "cosinee"}}, r"distance.*must be one of"),
+    ("pca", {"reducer_kwargs": {"svd_solver": "fast"}}, r"'svd_solver' parameter of PCA must be a str among"),
+    ("umap", {"seed": "abc"}, r"seed must be None or an int, got 'abc'"),
+    ("pca", {"seed": 1.5}, r"seed must be None or an int, got 1.5"),
+])
+def test_reducer_values_are_checked_at_construction(reducer, arguments, said):
+    """Issue 20, item 5: these raised out of trainer.fit after every epoch had run."""
+    with pytest.raises(ValueError, match=said):
+        EmbeddingCollector(layers=["head.1"], reducer=reducer, **arguments)
+
+
+def test_a_reducer_object_s_values_are_checked_at_construction():
+    from sklearn.decomposition import PCA
+
+    with pytest.raises(ValueError, match=r"'n_components' parameter of PCA must be"):
+        EmbeddingCollector(layers=["head.1"], reducer=PCA(n_components=-1))
+
+
 class CountingCNN(DigitsCNN):
     steps = 0
 
