@@ -3,6 +3,7 @@ into Lightning's hooks."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import itertools
@@ -215,6 +216,8 @@ class EmbeddingCollector(Callback):
         self._dirpath: Optional[Path] = None
         self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
         self._resumed = False
+        self._saved: dict[str, Any] = {}  # the checkpoint's state, when resumed
+        self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
         self._lock: Optional[RunLock] = None
         self._created: Optional[Path] = None  # the run directory, when this collector made it
         self._checking = False  # the sanity check: hooks and reshapes run, nothing is written
@@ -261,6 +264,7 @@ class EmbeddingCollector(Callback):
         if stage not in self.stages:
             return
         resolved = resolve_layers(pl_module, self.layers)
+        self._root = Path(trainer.default_root_dir)
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
             self._refuse_a_shared_dirpath(trainer, stage)
             smoke = bool(trainer.fast_dev_run) and self._dirpath_arg is None  # a throwaway run, never in the cwd
@@ -294,7 +298,11 @@ class EmbeddingCollector(Callback):
         if self.record_train:
             self._training_bounds(trainer, say=True)
         if self._resumed:
-            _on_rank_zero(trainer, lambda: self._open(None, fresh=False))  # the checkpoint's run, not setup's choice
+            def resume() -> Path:  # the checkpoint's run (or its copy), not setup's choice
+                self.dirpath = self._resumed_dirpath(trainer)
+                return self._open(None, fresh=False)
+
+            self.dirpath = _on_rank_zero(trainer, resume)
             self._continue_run()
             return
         self._manifest = {}
@@ -385,7 +393,10 @@ class EmbeddingCollector(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None, "validations": self._validations,
+        run, root = (None, None) if self.dirpath is None or self._root is None else (self.dirpath.resolve(), self._root.resolve())
+        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None,
+                "relative": str(run.relative_to(root)) if run and run.is_relative_to(root) else None,  # default_root_dir
+                "run_id": self._manifest.get("run_id"), "validations": self._validations,
                 "validated_epoch": self._validated_epoch}
 
     @override
@@ -393,8 +404,21 @@ class EmbeddingCollector(Callback):
         if state_dict.get("dirpath"):
             self.dirpath = Path(state_dict["dirpath"])
             self._resumed = True
+            self._saved = state_dict
         self._validations = state_dict.get("validations", 0)
         self._validated_epoch = state_dict.get("validated_epoch", -1)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint whose collector of the same layers had another ``dirpath`` (a copied experiment given a new
+        one): restore that collector's state, as Lightning restores ModelCheckpoint's whatever its dirpath."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        prefix = self._generate_state_key(layers=self.layers, dirpath="")[: -len("''}")]
+        same_layers = [state for key, state in states.items() if isinstance(key, str) and key.startswith(prefix)]
+        if len(same_layers) == 1:
+            self.load_state_dict(copy.deepcopy(same_layers[0]))
 
     def _refuse_a_shared_dirpath(self, trainer: pl.Trainer, stage: str) -> None:
         """Two collectors of one Trainer never write one directory."""
@@ -408,6 +432,29 @@ class EmbeddingCollector(Callback):
                 f"EmbeddingCollector: two collectors of this Trainer would write to {where}. Give each its own "
                 "dirpath=..., or record all the layers with one collector."
             )
+
+    def _resumed_dirpath(self, trainer: pl.Trainer) -> Path:
+        """Rank 0: where a resumed fit records. The checkpoint's run, unless the new trainer points elsewhere, as
+        ModelCheckpoint follows its new dirpath: this collector's own ``dirpath``, or the same place under a new
+        ``default_root_dir`` where that holds the checkpoint's run (a copied or moved experiment); said once."""
+        saved, run_id = Path(self._saved["dirpath"]), self._saved.get("run_id")
+        moved = Path(trainer.default_root_dir) / self._saved["relative"] if self._saved.get("relative") else None
+        if self._dirpath_arg is not None and self._dirpath_arg.resolve() != saved.resolve():
+            target = self._dirpath_arg
+            if store.holds_run(target) and store.read_manifest(target).get("run_id") != run_id:
+                raise FileExistsError(
+                    f"EmbeddingCollector: this fit resumes the run in {saved} (from its checkpoint), but dirpath "
+                    f"{target} holds another run. Pass the dirpath of that run or of a copy of it, or a new one."
+                )
+        elif (moved is not None and moved.resolve() != saved.resolve() and store.holds_run(moved)
+              and store.read_manifest(moved).get("run_id") == run_id):
+            target = moved
+        else:
+            return saved
+        rank_zero_warn(f"EmbeddingCollector: resumed from a checkpoint of the run in {saved}; this fit continues the "
+                       f"run in {target}, where this trainer points (as ModelCheckpoint follows its new dirpath). "
+                       f"{saved} is not changed.")
+        return target
 
     def _open(self, parent: Optional[Path], fresh: bool) -> Path:
         """Rank 0: lock the run directory (``dirpath``, or a fresh one under ``parent``) and clean what a killed
@@ -654,6 +701,7 @@ class EmbeddingCollector(Callback):
             logits = next((c.layer.column for c in self._captures if c.layer.spec == self.logits), None)
             if logits is not None or "logits" in schema.names:
                 self._manifest["logits"] = logits or "logits"
+            self._manifest.setdefault("run_id", uuid.uuid4().hex)  # the same in a copy: resume finds it there
             self._manifest.setdefault("reducer", None)
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)

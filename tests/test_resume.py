@@ -8,6 +8,7 @@ limits (``limit_val_batches``, ``check_val_every_n_epoch``, ``fast_dev_run``).
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -110,6 +111,39 @@ def test_resume_continues_the_original_run(tmp_path, explicit_dirpath):
         assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL, 2: N_VAL, 3: N_VAL}
     assert run.manifest["reducer"]["fitted_on"]["epoch"] == 3
     assert _hidden_files(first) == []
+
+
+@pytest.mark.parametrize("explicit_dirpath", [False, True], ids=["default-dirpath", "explicit-dirpath"])
+def test_resume_from_a_copied_experiment_continues_the_copy(tmp_path, explicit_dirpath):
+    """Issue 20, item 3: a fit resumed from a copy's checkpoint, with default_root_dir (or dirpath) at the copy,
+    continues the copy's run, as ModelCheckpoint follows its new dirpath, and says so; the original is not touched
+    (it got the new epochs and was reduced again)."""
+    def fit(root: Path, max_epochs: int, ckpt_path: Path | None = None):
+        pl.seed_everything(0, verbose=False)
+        collector = _collector(dirpath=root / "run" if explicit_dirpath else None)
+        trainer = make_trainer(root, [collector, ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+                               enable_checkpointing=True, max_epochs=max_epochs, limit_train_batches=TRAIN_BATCHES)
+        trainer.fit(DigitsCNN(), DigitsDataModule(), ckpt_path=ckpt_path)
+        return collector
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    first = fit(original, 2).dirpath
+    shutil.copytree(original, copy)
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    with pytest.warns(UserWarning, match=r"resumed from a checkpoint of the run in .*original.*continues the run in "
+                                         r".*copy"):
+        resumed = fit(copy, 4, ckpt_path=copy / "checkpoints" / "last.ckpt")
+    assert resumed.dirpath == copy / first.relative_to(original)
+    assert EmbeddingRun(resumed.dirpath).epochs == [0, 1, 2, 3]
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    assert EmbeddingRun(first).epochs == [0, 1]
+    if explicit_dirpath:  # a dirpath that holds another run (not a copy of the checkpoint's) is refused
+        other = fit(tmp_path / "other", 1).dirpath
+        kept = {p: p.read_bytes() for p in other.rglob("*") if p.is_file() and p.name != ".lock"}
+        with pytest.raises(FileExistsError, match=r"resumes the run in .*original.* but dirpath .*other.* holds "
+                                                  r"another run"):
+            fit(tmp_path / "other", 4, ckpt_path=original / "checkpoints" / "last.ckpt")
+        assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file() and p.name != ".lock"} == kept
 
 
 # ----- 2. fits that end early -----
