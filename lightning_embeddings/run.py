@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.dynamics import SnapshotView, sample_dynamics, temporal_preservation
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.lock import RunLock
+from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.store import (
     MANIFEST,
     PROJECTOR_OWNER,
+    SWITCH,
     RunError,
     check_manifest,
     column_vectors,
+    finish_switch,
     projection_file,
     read_manifest,
     remove_partials,
@@ -33,6 +36,7 @@ from lightning_embeddings.store import (
     snapshot_file,
     snapshot_files,
     staged,
+    switch,
     vectors_array,
     write_manifest,
     write_tables,
@@ -259,9 +263,34 @@ class EmbeddingRun:
                 else "a run directory holds manifest.json and vectors/, e.g. lightning_logs/version_0/embeddings"
             )
             raise FileNotFoundError(f"{self.path} is not an embeddings run: it has no {MANIFEST}; {hint}.")
+        if (self.path / SWITCH).exists():
+            self._finish_switch()
         self.manifest = read_manifest(self.path)
         check_manifest(self.manifest, self.path / MANIFEST)
         self._checked: dict[str, list[Path]] = {}  # snapshot name -> its files, checked
+
+    def _finish_switch(self, wait_s: float = 10.0) -> None:
+        """Before reading: finish the switch to new files a stopped reduce left half done, or wait while another
+        process's reduce switches its files in (a moment)."""
+        waited = time.monotonic() + wait_s
+        while (self.path / SWITCH).exists():
+            try:
+                with RunLock(self.path):
+                    if finish_switch(self.path):
+                        rank_zero_info(f"lightning-embeddings: {self.path}: finished putting in place the new maps "
+                                       "of a reduce that was stopped while it did so")
+                return
+            except RunLockedError as busy:
+                if time.monotonic() > waited:
+                    raise RunError(f"{self.path}: another process has been putting its new maps in place for "
+                                   f"{wait_s:.0f} s ({busy}); open the run again when it is done.") from None
+                time.sleep(0.05)
+            except OSError as err:
+                raise RunError(
+                    f"{self.path / SWITCH}: a reduce was stopped while it put its new maps in place, and they cannot "
+                    f"be finished here ({err}). Open the run once where it is writable (that finishes them), or "
+                    f"run lightning-embeddings reduce {self.path} again."
+                ) from err
 
     @property
     def layers(self) -> list[str]:
@@ -580,11 +609,7 @@ class EmbeddingRun:
                 for path in made:
                     staged(path).unlink(missing_ok=True)
                 raise
-            for path, replaced in made.items():  # the manifest last
-                if replaced:
-                    os.replace(staged(path), path)
-                else:
-                    path.unlink(missing_ok=True)
+            switch(self.path, made)  # the manifest last
             self.manifest = manifest
             removed, exported = self._refresh_views(columns)
             return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]], removed,

@@ -8,7 +8,8 @@ embeddings/
   vectors/test-epoch_0005-step_0000660.parquet   trainer.test() or trainer.validate(), when recorded
   projections/<layer>.parquet                    <layer> as file_stem encodes it: head.1 as is, never a path
 ```
-Every file is written under a hidden temporary name and renamed when complete, so a reader never sees half a file.
+Every file is written under a hidden temporary name and renamed when complete, so a reader never sees half a file;
+a reduce's files are put in place together by :func:`switch`, so nobody reads old and new maps mixed.
 A manifest or file that cannot be read as this format says raises :class:`RunError`, naming the file.
 """
 
@@ -100,6 +101,9 @@ def projection_file(dirpath: Path, column: str) -> Path:
     return dirpath / PROJECTIONS / f"{file_stem(column)}.parquet"
 
 
+SWITCH = ".switch.json"  # the files a switch puts in place, while it is under way (see switch)
+
+
 def staged(path: Path) -> Path:
     """The hidden name a file is written under until it replaces ``path``: ``.<name>.partial``."""
     return path.with_name(f".{path.name}.partial")
@@ -110,8 +114,42 @@ def holds_run(dirpath: Path) -> bool:
     return (dirpath / MANIFEST).is_file() or any((dirpath / VECTORS).glob("*.parquet"))
 
 
+def switch(dirpath: Path, changes: Mapping[Path, bool]) -> None:
+    """Put a writer's staged files in place together, in the order of ``changes`` (True: the file's staged copy
+    replaces it; False: it is removed). Their list is written first (``.switch.json``), so a switch a kill stops
+    is finished by :func:`finish_switch`, and nobody reads old and new files mixed.
+
+    Example::
+
+        switch(run, {run / "projections" / "head.1.parquet": True, run / "manifest.json": True})
+    """
+    with _atomic(Path(dirpath) / SWITCH) as tmp:
+        tmp.write_text(json.dumps([[path.relative_to(dirpath).as_posix(), replace] for path, replace in changes.items()]))
+    finish_switch(dirpath)
+
+
+def finish_switch(dirpath: Path) -> bool:
+    """Finish the :func:`switch` a stopped writer left half done (every staged file still there replaces its file);
+    whether there was one. Call it holding the run's lock."""
+    listed = Path(dirpath) / SWITCH
+    try:
+        changes = json.loads(listed.read_text())
+    except FileNotFoundError:
+        return False
+    for name, replace in changes:
+        path = Path(dirpath) / name
+        if not replace:
+            path.unlink(missing_ok=True)
+        elif staged(path).exists():  # not yet put in place
+            os.replace(staged(path), path)
+    listed.unlink()
+    return True
+
+
 def remove_partials(dirpath: Path) -> list[Path]:
-    """Remove the unfinished ``.*.partial`` files a killed writer left anywhere in a run; return them."""
+    """Finish a switch a killed writer left half done (:func:`finish_switch`), then remove the unfinished
+    ``.*.partial`` files it left anywhere in the run; return them."""
+    finish_switch(dirpath)
     stray = sorted(Path(dirpath).rglob(".*.partial"))
     for path in stray:
         path.unlink(missing_ok=True)

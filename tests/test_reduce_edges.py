@@ -420,3 +420,57 @@ def test_temporal_preservation_per_step_is_stored_printed_and_warned(run, caplog
         assert "(temporal preservation below 0.5" in warned[0]
         assert f"for layer 'head.1' into {run.snapshots[1]['name']}. reducer='parametric'" in warned[0]
         assert f"lightning-embeddings reduce {run.path} --reducer parametric" in warned[0]
+
+
+KILLED_REDUCE = """
+import os
+import signal
+import sys
+
+from lightning_embeddings import EmbeddingRun
+
+run_path, at = sys.argv[1], int(sys.argv[2])
+FINAL = ("manifest.json", "projections.parquet", "samples.parquet", ".switch.json")
+real_replace, switched = os.replace, []
+
+
+def replace(src, dst):
+    src, dst = str(src), str(dst)
+    final = os.path.basename(dst) in FINAL or os.path.dirname(dst).endswith("projections")
+    if src.endswith(".partial") and not dst.endswith(".partial") and final:
+        switched.append(dst)
+        if len(switched) == at:  # killed before the at-th file of the switch is put in place
+            os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+
+
+os.replace = replace
+EmbeddingRun(run_path).reduce(reducer="pca", n_components=3, progress=False)
+"""
+
+
+@pytest.mark.slow  # reduces in processes that are killed
+@pytest.mark.parametrize("at", [1, 2, 4, 6])
+def test_a_reduce_killed_while_it_switches_its_files_leaves_no_mix(run, tmp_path, at):
+    """Issue 20, item 6: the switch of a reduce is several renames (each layer's map, projections.parquet,
+    samples.parquet, manifest.json); killed between two of them, the run held one layer's new 3-D map beside
+    another's old 2-D one under the old manifest. Now the next one to open it sees either the old files or the
+    new ones, all of them."""
+    import subprocess
+    import sys
+
+    run.reduce(reducer="pca", progress=False)  # the old maps: 2-D
+    script = tmp_path / "killed_reduce.py"
+    script.write_text(KILLED_REDUCE)
+    done = subprocess.run([sys.executable, str(script), str(run.path), str(at)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -9, done.stderr[-3000:]  # killed in the switch
+    reopened = EmbeddingRun(run.path)
+    three_d = {column: "z" in pq.read_schema(reopened.path / "projections" / f"{column}.parquet").names
+               for column in reopened.layers}
+    three_d["projections.parquet"] = "z" in pq.read_schema(reopened.path / "projections.parquet").names
+    three_d["manifest.json"] = reopened.manifest["reducer"]["n_components"] == 3
+    assert len(set(three_d.values())) == 1, three_d  # all old or all new
+    assert three_d["manifest.json"] is (at > 1)  # the switch goes on once its list of files is written
+    assert not (run.path / ".switch.json").exists()
+    assert reopened.projections("head.1")[["x", "y"]].notna().all().all()
