@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--layers", nargs="+", metavar="LAYER", help=LAYERS_HELP)
 
     export = _command(
-        commands, "export", _export, run_dir=True, writes=True,
+        commands, "export", _export, run_dir=True,  # it locks the run itself where it writes into it
         help="write a run for another tool (TensorBoard's Embedding Projector)",
         description=textwrap.dedent(
             """\
@@ -369,6 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(argv: list[str]) -> int:
     show_traceback = "--traceback" in argv
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -386,7 +387,9 @@ def _run(argv: list[str]) -> int:
         return 130
     except BrokenPipeError:
         raise
-    except (CommandError, RunLockedError, OSError, ValueError, TypeError, ImportError) as error:  # RunError: a ValueError
+    except OSError as error:
+        return _fail(_os_error(error, getattr(args, "run_dir", None)), 1, show_traceback)
+    except (CommandError, RunLockedError, ValueError, TypeError, ImportError) as error:  # RunError: a ValueError
         return _fail(error, 1, show_traceback)
 
 
@@ -394,6 +397,16 @@ def _lock_while_writing(args: argparse.Namespace) -> contextlib.AbstractContextM
     """The run's lock for a command that writes into an existing run; nothing otherwise."""
     run_dir = Path(args.run_dir) if getattr(args, "writes", False) else None
     return RunLock(run_dir) if run_dir is not None and (run_dir / "manifest.json").is_file() else contextlib.nullcontext()
+
+
+def _os_error(error: OSError, run_dir: Optional[str]) -> BaseException:
+    """A read-only or full disk said in one line: the error, the file (else the run), and what its writer says is
+    left as it was (its notes)."""
+    if error.errno is None:  # raised with a message of ours
+        return error
+    said = CommandError("; ".join([f"{error.strerror}: {error.filename or run_dir}", *getattr(error, "__notes__", [])]))
+    said.__cause__ = error
+    return said
 
 
 def _fail(error: BaseException, status: int, show_traceback: bool) -> int:

@@ -23,6 +23,7 @@ from :meth:`~lightning_embeddings.EmbeddingRun.samples`) is empty where it is un
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -34,11 +35,12 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.reduce import usable
 from lightning_embeddings.run import SAMPLE_SPLITS, SPLIT, EmbeddingRun
-from lightning_embeddings.lock import RunLock
+from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.store import PROJECTOR_OWNER, RunError, file_stem, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
@@ -93,8 +95,6 @@ def export_tensorboard(
         export_tensorboard(EmbeddingRun("lightning_logs/version_0/embeddings"), "lightning_logs/version_0")
         # then: tensorboard --logdir lightning_logs, Projector tab
     """
-    from tqdm.auto import tqdm
-
     run = run if isinstance(run, EmbeddingRun) else EmbeddingRun(run)
     if isinstance(max_vectors, bool) or not isinstance(max_vectors, int) or max_vectors < 1:
         raise ValueError(f"max_vectors must be a positive int, got {max_vectors!r}.")
@@ -103,9 +103,20 @@ def export_tensorboard(
     if not snapshots:
         raise ValueError(f"{run.path} has no complete snapshot: there is nothing to export.")
     last = next((s for s in reversed(snapshots) if s["stage"] == "fit"), snapshots[-1])
-    logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
+    logdir = Path(logdir)  # a log directory inside the run is written holding its lock; one elsewhere only reads it
+    with RunLock(run.path) if logdir.resolve().is_relative_to(run.path.resolve()) else contextlib.nullcontext():
+        _write_projector(run, logdir, columns, last, max_vectors, progress)
+    _record_export(run, logdir)
+    return logdir
 
+
+def _write_projector(run: EmbeddingRun, logdir: Path, columns: Sequence[str], last: dict[str, Any], max_vectors: int,
+                     progress: bool) -> None:
+    """The projector files of ``columns`` (:func:`export_tensorboard`) in ``logdir``."""
+    from tqdm.auto import tqdm
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    snapshots = run.snapshots
     entries: list[dict[str, str]] = []
     bar = tqdm(columns, desc="exporting to TensorBoard", unit="layer", delay=2, disable=not progress, leave=False)
     for column in bar:
@@ -122,8 +133,6 @@ def export_tensorboard(
     _write_config(logdir, entries)
     if not any(logdir.glob("events.out.tfevents.*")):
         _write_empty_event_file(logdir)
-    _record_export(run, logdir)
-    return logdir
 
 
 def projector_paths(
@@ -248,13 +257,18 @@ def _record_export(run: EmbeddingRun, logdir: Path) -> None:
     projector files there again from its new maps."""
     (logdir / PROJECTOR_OWNER).write_text(str(run.path.resolve()), encoding="utf-8")
     where = os.path.relpath(logdir.resolve(), run.path.resolve())
-    with RunLock(run.path):
-        manifest = read_manifest(run.path)
-        recorded = manifest.setdefault("exports", {}).setdefault("tensorboard", [])
-        if str(where) not in recorded:
-            recorded.append(str(where))
-            write_manifest(run.path, manifest)
-        run.manifest = manifest
+    try:
+        with RunLock(run.path):
+            manifest = read_manifest(run.path)
+            recorded = manifest.setdefault("exports", {}).setdefault("tensorboard", [])
+            if str(where) not in recorded:
+                recorded.append(str(where))
+                write_manifest(run.path, manifest)
+            run.manifest = manifest
+    except (OSError, RunLockedError) as error:  # a read-only run, or another process writing it
+        rank_zero_warn(f"lightning-embeddings: the export to {logdir} is written but not recorded in the run "
+                       f"({' '.join(str(error).split())}), so a later reduce of {run.path} does not write it again "
+                       "from its new maps; export again after one.")
 
 
 def _write_embedding(

@@ -605,9 +605,11 @@ class EmbeddingRun:
                 manifest = {**self.manifest, "reducer": record}
                 write_manifest(self.path, manifest, staged(self.path / MANIFEST))
                 made[self.path / MANIFEST] = True
-            except BaseException:
+            except BaseException as error:
                 for path in made:
                     staged(path).unlink(missing_ok=True)
+                if isinstance(error, OSError):  # a full or read-only disk
+                    error.add_note("the run's files are as they were (nothing of this reduce was put in place)")
                 raise
             switch(self.path, made)  # the manifest last
             self.manifest = manifest

@@ -306,6 +306,49 @@ def test_export_to_tensorboard_default_and_given_logdir(run_copy, capsys, tmp_pa
     assert len(vectors.read_text().splitlines()) == 50
 
 
+def _files(path: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and p.name not in (".lock", ".lock.holder")}
+
+
+def test_export_of_a_read_only_run_to_another_logdir_writes_it_and_says_it_is_not_recorded(run_copy, capsys,
+                                                                                          tmp_path, monkeypatch):
+    """Issue 20, item 9: export only reads the run, but failed on the run's lock where the run is read-only."""
+    import errno
+
+    from lightning_embeddings.lock import RunLock
+
+    def read_only(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.dirpath / ".lock"))
+
+    before = _files(run_copy.path)
+    monkeypatch.setattr(RunLock, "acquire", read_only)
+    status, out, err = cli(capsys, "export", run_copy.path, "--to", "tensorboard", "--logdir", tmp_path / "tb")
+    assert status == 0, err
+    assert (tmp_path / "tb" / "projector_config.pbtxt").read_text().count("embeddings {") == 4
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "not recorded in the run" in warnings[0] and "Permission denied" in warnings[0]
+    assert _files(run_copy.path) == before
+
+
+def test_a_reduce_that_runs_out_of_disk_names_the_run_and_says_it_is_unchanged(run_copy, capsys, monkeypatch):
+    """Issue 20, item 9: a full disk gave a bare '[Errno 28] No space left on device' naming no file."""
+    import errno
+
+    from lightning_embeddings import run as runs
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = _files(run_copy.path)
+    monkeypatch.setattr(runs, "write_manifest", full)
+    status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", "pca", "--n-components", "3")
+    errors = [line for line in err.splitlines() if line.startswith("lightning-embeddings: error:")]
+    assert status == 1 and len(errors) == 1, err
+    assert f"No space left on device: {run_copy.path}" in errors[0]
+    assert "the run's files are as they were" in errors[0]
+    assert _files(run_copy.path) == before
+
+
 # ---------------------------------------------------------------------------------------------------------- errors
 
 
