@@ -405,6 +405,7 @@ def test_warnings_print_as_one_line_each(capsys):
 # ---------------------------------------------------------------------------------------- the installed script
 
 
+@pytest.mark.slow  # starts another process
 def test_console_script_runs_in_a_subprocess():
     """One real process (each spends seconds importing Lightning): the table on stdout, exit status 0."""
     script = Path(sys.executable).with_name("lightning-embeddings")

@@ -525,6 +525,7 @@ RENDERED = """
 """
 
 
+@pytest.mark.slow  # starts another process
 def test_html_renders_in_headless_chromium(fresh, tmp_path):
     chromium = chromium_or_skip()
     page = write_html(fresh)
@@ -588,6 +589,7 @@ DRIVER = """
 """
 
 
+@pytest.mark.slow  # starts another process
 def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_path):
     chromium = chromium_or_skip()
     run = EmbeddingRun(fresh)

@@ -300,7 +300,7 @@ def test_a_huge_dataset_sampled_by_num_samples_records_what_an_epoch_draws(tmp_p
     def loader(dataset):
         huge = Huge(dataset)
         return torch.utils.data.DataLoader(huge, batch_size=32, sampler=torch.utils.data.RandomSampler(
-            huge, num_samples=320))
+            huge, replacement=True, num_samples=320))  # without replacement, torch draws a permutation of 10^8
 
     collector = EmbeddingCollector(layers=["head.1"], reducer="pca", plots=False, record_train=True)
     trainer = make_trainer(tmp_path, [collector], max_epochs=2)

@@ -253,6 +253,7 @@ def test_snapshot_files_are_the_snapshot_and_its_ranks_in_rank_order(tmp_path):
     assert [p.name for p in store.snapshot_files(tmp_path, name)] == [f"{name}-rank{r}.parquet" for r in (0, 2, 10)]
 
 
+@pytest.mark.slow  # starts another process
 def test_info_into_a_closed_pipe_stops_quietly(fitted):
     """As ``lightning-embeddings info RUN | head -2`` once head has exited: no BrokenPipeError traceback."""
     script = Path(sys.executable).with_name("lightning-embeddings")
