@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", default="runs/digits", help="where Lightning writes logs (default: %(default)s)")
     parser.add_argument("--reducer", default="umap", choices=["umap", "pacmap", "pca", "parametric"])
     parser.add_argument("--max-epochs", type=int, default=5)
+    parser.add_argument("--record-train", action="store_true",
+                        help="also record the training set, to rank it by how likely each label is wrong")
     args = parser.parse_args(argv)
 
     pl.seed_everything(0)
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         layers=[3, "head.1"],  # index 3 in named_modules() is features.1, the first conv's ReLU
         reshape={3: "avg_pool_2_2", "head.1": "flatten"},
         reducer=args.reducer,
+        record_train=args.record_train,
     )
     trainer = pl.Trainer(
         max_epochs=args.max_epochs, default_root_dir=args.root_dir, callbacks=[collector], enable_model_summary=False

@@ -3,6 +3,7 @@ into Lightning's hooks."""
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import importlib.util
@@ -743,7 +744,7 @@ class EmbeddingCollector(Callback):
             if trainer.fast_dev_run and reducer is not None:  # a smoke test: the whole path, in about a second
                 reducer, align, kwargs = "pca", "last" if align == "aligned" else align, {}
                 rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of "
-                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath}")
+                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath} (removed when this process exits)")
             maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
                               progress=trainer.progress_bar_callback is not None, **kwargs)
             if reducer is None:
@@ -948,8 +949,11 @@ def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
 
 
 def _throwaway() -> Path:
-    """A fresh temporary folder for a ``fast_dev_run``'s run (a smoke test's reruns never pile up in the cwd)."""
-    return Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
+    """A fresh temporary folder for a ``fast_dev_run``'s run, removed when the process exits (a smoke test's reruns
+    never pile up, in the cwd or in the temporary folder)."""
+    path = Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _missing_label_key(label_key: str, batch: Any) -> str:

@@ -430,6 +430,7 @@ def _one_line_warnings() -> Iterator[None]:
         warnings.simplefilter("default")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=ImportWarning)  # umap-learn's "Tensorflow not installed"
         warnings.showwarning = show
         yield
 

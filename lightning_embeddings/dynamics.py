@@ -34,6 +34,8 @@ from lightning_embeddings.store import sample_keys
 
 N_MOVERS = 10  # paths of the samples that moved most
 K_NEIGHBOURS = 10  # neighbours of a row in its layer's vector space
+PREDICTION_COLUMNS = ("correct", "learned_epoch", "forgetting_events")  # of samples(), from predictions
+LOGIT_COLUMNS = ("confidence", "variability", "aum")  # of samples(), from logits
 # Up to rows^2 x (dim + 256) of work (10,000 rows at 512-d: about 1.5 s on 2 cores) neighbours() searches exactly;
 # above, pynndescent's graph (benchmarks/README.md, "k-NN index").
 EXACT_WORK = 10_000**2 * (512 + 256)
@@ -406,12 +408,15 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
         - ``movement``: mean over consecutive snapshots of the cosine distance between the sample's two vectors.
         - ``settled_epoch``: epoch of the first snapshot from which the majority label of its neighbours never
           changes again (NaN where none of its neighbours has a label at the last snapshot).
-        - where predictions are given: ``correct`` (fraction of snapshots predicted right), ``learned_epoch``
-          (epoch of the first snapshot from which it stays right; NaN if wrong at the last), ``forgetting_events``
-          (right -> wrong transitions between consecutive snapshots; Toneva et al. 2019).
-        - where logits are given and the labels are integers in 0..C-1: ``confidence`` and ``variability`` (mean
-          and standard deviation over snapshots of the softmax probability of the labelled class; Swayamdipta et
-          al. 2020), ``aum`` (mean of the labelled class's logit minus the largest other logit; Pleiss et al. 2020).
+        - ``correct`` (fraction of snapshots predicted right), ``learned_epoch`` (epoch of the first snapshot from
+          which it stays right; NaN if wrong at the last), ``forgetting_events`` (right -> wrong transitions between
+          consecutive snapshots; Toneva et al. 2019): NaN where no predictions are given.
+        - ``confidence`` and ``variability`` (mean and standard deviation over snapshots of the softmax probability
+          of the labelled class; Swayamdipta et al. 2020), ``aum`` (mean of the labelled class's logit minus the
+          largest other logit; Pleiss et al. 2020): NaN where no logits are given or the labels are not integers
+          in 0..C-1.
+
+        The columns are the same whatever was recorded, so code that selects them runs on any run.
         - ``suspicion``: in [0, 1], higher = more likely a label error: ``1 - knn_agreement``, the same with or
           without predictions and logits. Chosen by ``benchmarks/explore_suspicion.py`` (digits, a small CNN, 40
           epochs, planted label noise, 5 seeds): on training samples with 10-40% symmetric noise, AUROC 0.998-1.000
@@ -460,6 +465,7 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
         "knn_agreement_last": agreement[-1] if agreement else np.full(n, np.nan),
         "movement": _mean_std(movement, n)[0],
         "settled_epoch": np.full(n, np.nan),
+        **{name: np.full(n, np.nan) for name in PREDICTION_COLUMNS + LOGIT_COLUMNS},  # where not measured
     }
     if majority:
         labelled = np.asarray(majority)

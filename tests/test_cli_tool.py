@@ -391,6 +391,18 @@ def test_traceback_flag_shows_the_traceback(capsys, tmp_path):
     assert err.startswith("Traceback") and err.rstrip().splitlines()[-1].startswith("lightning-embeddings: error:")
 
 
+def test_import_warnings_are_not_printed(capsys):
+    """umap-learn's "Tensorflow not installed; ParametricUMAP will be unavailable" (an ImportWarning, which Python
+    hides by default) was printed as a warning on every CLI reduce."""
+    import warnings
+
+    from lightning_embeddings.cli import _one_line_warnings
+
+    with _one_line_warnings():
+        warnings.warn("Tensorflow not installed; ParametricUMAP will be unavailable", ImportWarning)
+    assert capsys.readouterr().err == ""
+
+
 def test_warnings_print_as_one_line_each(capsys):
     import warnings
 

@@ -52,3 +52,6 @@ def test_fast_dev_run_smoke_tests_rerun_in_one_place_with_a_pca_map(tmp_path):
         assert f"fast_dev_run: the map is made with PCA instead of umap, in the throwaway run {path}" in done.stderr
     assert not result["umap_imported"]  # no UMAP import, no numba compile in a smoke test
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing piles up where the tests run
+    # ... nor in the temporary folder: the throwaway runs are removed when the process exits (they were kept for good)
+    assert not any(Path(run["dirpath"]).parent.exists() for run in result["runs"])
+    assert "removed when this process exits" in done.stderr
