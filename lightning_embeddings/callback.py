@@ -43,7 +43,7 @@ from lightning_embeddings.dynamics import K_NEIGHBOURS, knn_accuracy
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.lock import HOLDER_FILE, LOCK_FILE, RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.loggers import export_to_loggers
-from lightning_embeddings.plot import PLOTS, plot_run
+from lightning_embeddings.plot import PLOTS
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import LONG_PROJECTIONS, SAMPLES, EmbeddingRun
 
@@ -390,7 +390,13 @@ class EmbeddingCollector(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Discard the unfinished snapshot, release the run; say what is kept and the command that finishes it."""
         self._release()
+        kept = len(self._manifest.get("snapshots") or []) if trainer.is_global_zero else 0
+        if kept and self.dirpath is not None:
+            rank_zero_warn(f"lightning-embeddings: the fit stopped ({type(exception).__name__}); {kept} complete "
+                           f"snapshot{'s' * (kept != 1)} kept in {self.dirpath}, without new maps or pictures. Make "
+                           f"them with: lightning-embeddings reduce {self.dirpath}")
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -703,6 +709,7 @@ class EmbeddingCollector(Callback):
             if logits is not None or "logits" in schema.names:
                 self._manifest["logits"] = logits or "logits"
             self._manifest.setdefault("run_id", uuid.uuid4().hex)  # the same in a copy: resume finds it there
+            self._manifest["pictures"] = {"png": self.plots, "html": self.html}  # what a reduce draws (EmbeddingRun.reduce)
             self._manifest.setdefault("reducer", None)
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)
@@ -746,11 +753,10 @@ class EmbeddingCollector(Callback):
                 rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of "
                                f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath} (removed when this process exits)")
             maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
-                              progress=trainer.progress_bar_callback is not None, **kwargs)
+                              progress=trainer.progress_bar_callback is not None, **kwargs)  # and the pictures
             if reducer is None:
                 run.write_samples()
-            pictures = plot_run(run, html=self.html) if self.plots and maps else []
-            export_to_loggers(run, trainer.loggers, pictures)
+            export_to_loggers(run, trainer.loggers, maps.drawn)
             rank_zero_info(
                 f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
                 f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"

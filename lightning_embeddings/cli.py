@@ -767,28 +767,16 @@ def _reduce(args: argparse.Namespace) -> None:
         if written.is_file():
             print(f"  {written}")
     print(f"  {run.path / 'manifest.json'}")
-    _redraw(run, maps.removed, maps.exported)
+    _say_views(maps)
 
 
-def _redraw(run, removed: list[Path], exported: list[Path]) -> None:
-    """Draw again the pictures that reduce ``removed`` because they showed the old maps; say which, which projector
-    exports reduce wrote again, and which pictures are gone because their layer has no map now."""
-    from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
-    from lightning_embeddings.store import projection_file
-
-    with_maps = [column for column in run.layers if projection_file(run.path, column).is_file()]
-    layers = [column for column in with_maps if set(layer_pictures(run.path / PLOTS, column)) & set(removed)]
-    redrawn = plot_run(run, layers=layers) if layers else []
-    if with_maps and any(path.name == HTML_NAME for path in removed):
-        redrawn.append(write_html(run, with_maps))
-    redrawn += exported
-    if redrawn:
-        print("redrew what showed the old maps:")
-        print("\n".join(f"  {path}" for path in redrawn))
-    gone = [path for path in removed if not path.exists()]
-    if gone:
-        print("removed (their layer has no map now):")
-        print("\n".join(f"  {path}" for path in gone))
+def _say_views(maps) -> None:
+    """Print what a reduce drew, removed and exported again so that every picture shows the new maps."""
+    for said, paths in (("drew from the new maps:", maps.drawn), ("removed (their layer has no map now):", maps.removed),
+                        ("wrote the TensorBoard projector files again:", maps.exported)):
+        if paths:
+            print(said)
+            print("\n".join(f"  {path}" for path in paths))
 
 
 # -------------------------------------------------------------------------------------------------------- samples

@@ -209,14 +209,14 @@ def _measure(facts: dict[str, Any], status: np.ndarray, sample: _Sample, before:
 class Maps(Mapping[str, pd.DataFrame]):
     """What :meth:`EmbeddingRun.reduce` made: layer column -> its projections, read from disk when asked for.
 
-    ``removed`` lists the pictures drawn from the replaced maps, now removed; ``exported`` the TensorBoard projector
-    exports of the run written again from the new maps.
+    ``drawn`` lists the pictures (and the page) drawn from the new maps, ``removed`` those of layers left without a
+    map, ``exported`` the TensorBoard projector exports of the run written again from the new maps.
     """
 
-    def __init__(self, run: "EmbeddingRun", columns: Sequence[str], removed: Sequence[Path] = (),
-                 exported: Sequence[Path] = ()) -> None:
+    def __init__(self, run: "EmbeddingRun", columns: Sequence[str], drawn: Sequence[Path] = (),
+                 removed: Sequence[Path] = (), exported: Sequence[Path] = ()) -> None:
         self._run, self._columns = run, list(columns)
-        self.removed, self.exported = list(removed), list(exported)
+        self.drawn, self.removed, self.exported = list(drawn), list(removed), list(exported)
 
     def __getitem__(self, column: str) -> pd.DataFrame:
         if column not in self._columns:
@@ -523,14 +523,16 @@ class EmbeddingRun:
         every snapshot it is fitted on is collapsed it is skipped.
 
         All or nothing: the maps, ``projections.parquet`` and the manifest are written under temporary names and
-        switched in once every layer is done; when a layer fails, no file changes. Pictures under ``plots/`` drawn
-        from the replaced maps are then removed and logged (``lightning-embeddings reduce`` draws them again), and
+        switched in once every layer is done; when a layer fails, no file changes. The reduced layers' pictures
+        under ``plots/`` and the page are then drawn again from the new maps, where they were or where the run wants
+        them (the collector's ``plots``/``html``), those of layers left without a map removed, and
         every projector export of the run (:meth:`projector_exports`) is written again; stray ``.*.partial`` files
         of a killed process are removed. The run is locked meanwhile (``RunLockedError`` if another process
         writes it).
 
         Returns:
-            Layer column -> its projections (read from ``projections/<layer>.parquet`` when looked up).
+            Layer column -> its projections (read from ``projections/<layer>.parquet`` when looked up); its
+            ``drawn``, ``removed`` and ``exported`` list the pictures and exports made again.
 
         Raises:
             RuntimeError: reducing a layer failed (chained from the reducer's error); every file is as it was.
@@ -613,9 +615,8 @@ class EmbeddingRun:
                 raise
             switch(self.path, made)  # the manifest last
             self.manifest = manifest
-            removed, exported = self._refresh_views(columns)
-            return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]], removed,
-                        exported)
+            return Maps(self, [column for column in columns if "skipped" not in record["layers"][column]],
+                        *self._refresh_views(columns))
 
     def _fitted_map(
         self,
@@ -793,26 +794,33 @@ class EmbeddingRun:
             )
         return {key: value for key, value in layer.items() if value or key not in ("left_out", "missing", "collapsed")}
 
-    def _refresh_views(self, columns: Sequence[str]) -> tuple[list[Path], list[Path]]:
-        """After a reduce: remove the pictures drawn from the replaced maps of ``columns`` (the page shows every
-        layer), write every projector export of the run again (:meth:`projector_exports`); log both."""
+    def _refresh_views(self, columns: Sequence[str]) -> tuple[list[Path], list[Path], list[Path]]:
+        """After a reduce, so that every picture and export shows the new maps: draw the pictures of ``columns``
+        again where the run had them or wants them (the manifest's ``pictures``, from the collector's ``plots`` and
+        ``html``), and the page; remove those of layers left without a map; write every projector export of the run
+        again (:meth:`projector_exports`). Each said once; returns (drawn, removed, exported)."""
         from lightning_embeddings.export import export_tensorboard
-        from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures
+        from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
 
-        plots = self.path / PLOTS
-        stale = [*(p for column in columns for p in layer_pictures(plots, column)), plots / HTML_NAME]
-        removed = [path for path in stale if path.is_file()]
-        for path in removed:
+        plots, wanted = self.path / PLOTS, self.manifest.get("pictures") or {}
+        had = [column for column in columns if any(p.is_file() for p in layer_pictures(plots, column))]
+        page = (plots / HTML_NAME).is_file() or bool(wanted.get("html"))
+        stale = [p for p in (*(p for column in columns for p in layer_pictures(plots, column)), plots / HTML_NAME)
+                 if p.is_file()]
+        for path in stale:
             path.unlink()
+        mapped = [column for column in self.layers if projection_file(self.path, column).is_file()]
+        drawn = plot_run(self, layers=[c for c in columns if c in mapped and (c in had or wanted.get("png"))])
+        if page and mapped:
+            drawn.append(write_html(self, mapped))
+        removed = [path for path in stale if not path.exists()]
         exported = [export_tensorboard(self, logdir, progress=False) for logdir in self.projector_exports()]
-        if removed:
-            rank_zero_info(f"lightning-embeddings: removed the pictures drawn from the replaced maps: "
-                           f"{', '.join(map(str, removed))}; draw them again with `lightning-embeddings plot` "
-                           "(`lightning-embeddings reduce` does it for you)")
-        if exported:
-            rank_zero_info(f"lightning-embeddings: wrote the TensorBoard projector files again from the new maps: "
-                           f"{', '.join(map(str, exported))}")
-        return removed, exported
+        for said, paths in (("drew from the new maps", drawn), ("removed the pictures of layers without a map now",
+                                                                removed),
+                            ("wrote the TensorBoard projector files again from the new maps", exported)):
+            if paths:
+                rank_zero_info(f"lightning-embeddings: {said}: {', '.join(map(str, paths))}")
+        return drawn, removed, exported
 
     def projector_exports(self) -> list[Path]:
         """The TensorBoard log directories this run was exported to (by a ``TensorBoardLogger`` at the end of fit or

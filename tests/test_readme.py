@@ -8,6 +8,7 @@ Left out, each for its reason: the set-up commands themselves (the test runs in 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -93,3 +94,8 @@ def test_every_python_block_runs_as_written(workdir):
     where = [line for line in done.stderr.splitlines() if line.startswith("@@")]
     assert done.returncode == 0, f"failed in {where[-1:]}:\n{done.stderr[-4000:]}"
     assert len(where) == len(blocks("python"))
+    # the quick start's run.reduce(reducer="pacmap", n_components=3) leaves pictures of its maps (it removed them)
+    (quick_start,) = [m.parent for m in workdir.glob("lightning_logs/version_*/embeddings/manifest.json")
+                      if (json.loads(m.read_text())["reducer"] or {}).get("name") == "pacmap"]
+    assert sorted(p.name for p in (quick_start / "plots").glob("*.png")) == [
+        "features.1-overview.png", "features.1-snapshots.png", "head.1-overview.png", "head.1-snapshots.png"]

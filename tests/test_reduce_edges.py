@@ -144,13 +144,28 @@ def test_reduce_removes_stale_pictures_and_writes_the_projector_exports_again(ru
     kept = [p for p in pictures if p.name.startswith("features.1-")]
     stale = [p for p in pictures if p not in kept]
     assert len(kept) == 2 and plots / HTML_NAME in stale and len(stale) == 3
+    before = {p: p.read_bytes() for p in pictures}
     with caplog.at_level(logging.INFO):
         maps = run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)
-    assert [p for p in stale if p.exists()] == [] and maps.removed == stale
-    assert all(p.is_file() for p in kept), "pictures of a layer not reduced again are still current"
+    assert sorted(maps.drawn) == sorted(stale) and maps.removed == []  # drawn again, as the CLI does (issue 21)
+    assert all(p.read_bytes() != before[p] for p in stale), "a picture still shows the old map"
+    assert all(p.read_bytes() == before[p] for p in kept), "pictures of a layer not reduced again are still current"
     assert maps.exported == exports and all(_projector_z(logdir).any() for logdir in exports), "a stale projector"
     said = caplog.text
     assert all(p.name in said for p in stale) and all(str(logdir) in said for logdir in exports)
+
+
+def test_a_reduce_draws_the_pictures_a_run_wants_even_where_the_fit_drew_none(tmp_path):
+    """Issue 21: the quick start's run.reduce() removed the fit's pictures and drew none, and a fit stopped before
+    its maps left a run whose reduce drew none either. The manifest keeps the collector's plots/html wish."""
+    _, collector = fit_collector(tmp_path, trainer_kwargs=SHORT, max_samples=N, reducer=None, plots=True)
+    run = EmbeddingRun(collector.dirpath)
+    assert run.manifest["pictures"] == {"png": True, "html": False}
+    assert not (run.path / PLOTS).exists()  # no map, no pictures
+    maps = run.reduce(reducer="pca", progress=False)
+    names = ["features.1-snapshots.png", "features.1-overview.png", "head.1-snapshots.png", "head.1-overview.png"]
+    assert [p.name for p in maps.drawn] == names
+    assert sorted(p.name for p in (run.path / PLOTS).iterdir()) == sorted(names)
 
 
 def test_a_reduce_of_a_copied_or_moved_run_never_rewrites_another_runs_projector(run, tmp_path):
@@ -184,7 +199,7 @@ def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, c
     assert main(["reduce", str(run.path), "--reducer", "pca", "--n-components", "3"]) == 0
     out = capsys.readouterr().out
     assert all(p.is_file() and p.read_bytes() != data for p, data in before.items()), "a picture was not redrawn"
-    assert all(str(p) in out for p in pictures) and "redrew" in out
+    assert all(str(p) in out for p in pictures) and "drew from the new maps:" in out
     assert _projector_z(run.path / "tensorboard").any(), "the projector still shows the 2-D map"
     assert (run.path / "tensorboard" / PROJECTOR_CONFIG).is_file() and "tensorboard" in out
 

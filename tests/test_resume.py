@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -223,8 +224,15 @@ def test_an_interrupted_fit_leaves_only_complete_snapshots(tmp_path, fault_table
     # Lightning re-raises an exception after on_exception; a KeyboardInterrupt it handles ("graceful shutdown")
     # and then leaves the process with sys.exit(1)
     expected = SystemExit if error is KeyboardInterrupt else Fault
-    with pytest.raises(expected) as raised:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(expected) as raised:
+        warnings.simplefilter("always")
         trainer.fit(model, DigitsDataModule())
+    said = [str(w.message) for w in caught if "lightning-embeddings reduce" in str(w.message)]
+    if epoch:  # issue 21: one line says what was kept and the command that finishes it (nothing was said)
+        assert len(said) == 1 and f"stopped ({error.__name__})" in said[0], said
+        assert f"{epoch} complete snapshot" in said[0] and f"lightning-embeddings reduce {collector.dirpath}" in said[0]
+    else:
+        assert said == []  # nothing kept, nothing to finish
     if error is KeyboardInterrupt:
         assert raised.value.code == 1
     else:
