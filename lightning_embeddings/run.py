@@ -47,6 +47,7 @@ SPLIT = "split"
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 MAP_KEYS = ("sample_id", SPLIT, "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
 LONG_PROJECTIONS = "projections.parquet"
+SAID_SNAPSHOTS = 8  # per-snapshot figures said one by one up to this many snapshots, summed up above
 SAMPLES = "samples.parquet"
 SAMPLE_FACTS = ("label", "prediction")
 READ_BUFFER = 2**20  # bytes read from a file at once
@@ -771,8 +772,15 @@ class EmbeddingRun:
     def _report(self, column: str, layer: dict[str, Any]) -> dict[str, Any]:
         """Say how faithful a layer's new map is and which rows it left out; return its record, without empty
         counts."""
-        def said(values: Mapping[str, Optional[float]]) -> str:
-            return ", ".join(f"{name} {value:.2f}" if value is not None else f"{name} -" for name, value in values.items())
+        def said(values: Mapping[str, Optional[float]]) -> str:  # a few each, many summed up in one line
+            if len(values) <= SAID_SNAPSHOTS:
+                return ", ".join(f"{name} {v:.2f}" if v is not None else f"{name} -" for name, v in values.items())
+            known = {name: v for name, v in values.items() if v is not None}
+            if not known:
+                return f"- at all {len(values)} snapshots"
+            lowest = min(known, key=known.get)
+            return (f"min {known[lowest]:.2f} ({lowest}), median {np.median(list(known.values())):.2f}, max "
+                    f"{max(known.values()):.2f} over {len(values)} snapshots (each: lightning-embeddings info {self.path})")
 
         rank_zero_info(f"lightning-embeddings: trustworthiness of layer {column!r} per snapshot: "
                        f"{said(layer['trustworthiness'])}")

@@ -489,3 +489,17 @@ def test_a_reduce_killed_while_it_switches_its_files_leaves_no_mix(run, tmp_path
     assert three_d["manifest.json"] is (at > 1)  # the switch goes on once its list of files is written
     assert not (run.path / ".switch.json").exists()
     assert reopened.projections("head.1")[["x", "y"]].notna().all().all()
+
+
+def test_a_run_of_many_snapshots_says_its_figures_in_one_short_line_each(tmp_path, caplog):
+    """Issue 21: a reduce logged every snapshot's trustworthiness and temporal preservation, one line of 200
+    snapshots' figures each; more than 8 are summed up (min, where, median, max) and the CLI's info lists them."""
+    _, collector = fit_collector(tmp_path, layers=["head.1"], max_samples=N, reducer=None,
+                                 trainer_kwargs={"max_epochs": 12, "limit_train_batches": 1})
+    with caplog.at_level(logging.INFO):
+        EmbeddingRun(collector.dirpath).reduce(reducer="pca", progress=False)
+    lines = [r.getMessage() for r in caplog.records if "per snapshot" in r.getMessage() or "into each" in r.getMessage()]
+    assert len(lines) == 2 and all(len(line) < 400 for line in lines), lines
+    assert all(re.search(r"min \d\.\d\d \(epoch_00\d\d-step_\d+\), median \d\.\d\d, max \d\.\d\d over 1[12] "
+                         rf"snapshots \(each: lightning-embeddings info {re.escape(str(collector.dirpath))}\)", line)
+               for line in lines), lines
