@@ -185,6 +185,13 @@ def _shown(label: Any) -> str:
     return str(_plain(label)).replace("$", r"\$")
 
 
+def _page_text(value: Any) -> Any:
+    """A value as the page shows it: text escaped, since plotly reads names and hover values as HTML (a label
+    ``"<b>7</b>"`` is shown as written, not bold); numbers as they are."""
+    value = _plain(value)
+    return html_escape.escape(value, quote=False) if isinstance(value, str) else value
+
+
 def _sort_key(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
@@ -969,7 +976,7 @@ def _customdata(rows: pd.DataFrame, fields: list[str]) -> list[list[Any]]:
             columns.append([_hover_text(f, v) for v in rows[f].tolist()])
             continue
         values = rows[f].astype(object).where(rows[f].notna(), None).tolist()
-        columns.append([_plain(v) if v is not None else None for v in values])
+        columns.append([_page_text(v) if v is not None else None for v in values])
     return [list(row) for row in zip(*columns)] if columns else []
 
 
@@ -991,7 +998,7 @@ def _frame_traces(go: Any, info: _Layer, rows: pd.DataFrame, fields: list[str], 
             part = rows[(labels == c).to_numpy()]
             traces.append(go.Scatter(
                 x=part["x"].to_numpy(float), y=part["y"].to_numpy(float), ids=_ids(part, several),
-                customdata=_customdata(part, fields), name=str(c), legendgroup=str(c),
+                customdata=_customdata(part, fields), name=str(_page_text(c)), legendgroup=str(c),
                 marker=dict(color=info.palette.colors[c], size=size, opacity=0.85), **common,
             ))
         unknown = rows[rows["label"].isna().to_numpy()]

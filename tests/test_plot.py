@@ -263,6 +263,28 @@ def test_labels_with_dollar_signs_are_drawn_as_the_plain_text_they_are(fresh, ca
     assert [t.get_text() for t in legend.get_texts()] == [n.replace("$", "\\$") for n in sorted(names)]
 
 
+def test_labels_with_markup_are_shown_as_written_in_the_page(fresh, capsys):
+    """Issue 21: plotly reads legend names and hover values as HTML, so a label "<b>seven</b>" was drawn bold and
+    "AT&amp;T" as "AT&T"; they are shown as written."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["<b>seven</b>", "AT&amp;T", "a<br>b", "plain"]
+    for path in [*(fresh / "projections").glob("*.parquet"), fresh / "projections.parquet"]:
+        table = pq.read_table(path)
+        labels = pa.array([names[value % 4] for value in table.column("label").to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
+    page = plot.write_html(EmbeddingRun(fresh), ["head.1"])
+    figure = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", page.read_text(),
+                                  flags=re.S).group(1))
+    shown = {trace["name"] for trace in figure}
+    assert {"&lt;b&gt;seven&lt;/b&gt;", "AT&amp;amp;T", "a&lt;br&gt;b", "plain"} <= shown, shown
+    hovered = {value for trace in figure for row in trace.get("customdata") or [] for value in row}
+    assert "&lt;b&gt;seven&lt;/b&gt;" in hovered and "<b>seven</b>" not in hovered
+
+
 def panel_points(ax) -> int:
     """The points of a panel's scatter of samples (its first collection)."""
     return len(ax.collections[0].get_offsets())
