@@ -185,6 +185,12 @@ def _shown(label: Any) -> str:
     return str(_plain(label)).replace("$", r"\$")
 
 
+def _three_d_note(info: "_Layer") -> str:
+    """What a picture of a 3-D map says: which axes it draws, and where the third is."""
+    return (f"3-D map: x and y drawn, z not shown (it is the z column of "
+            f"projections/{file_stem(info.column)}.parquet)")
+
+
 def _page_text(value: Any) -> Any:
     """A value as the page shows it: text escaped, since plotly reads names and hover values as HTML (a label
     ``"<b>7</b>"`` is shown as written, not bold); numbers as they are."""
@@ -594,7 +600,7 @@ def _snapshots_figure(info: _Layer) -> Any:
     if count > n:
         header += f"\n{n} of {count} snapshots shown, evenly spaced"
     if info.three_d:
-        header += "\n3-D map: x and y drawn, z not shown"
+        header += "\n" + _wrapped(_three_d_note(info), 45 * ncols)
     note = info.paths_note()
     if note:
         header += "\n" + _wrapped(note, 45 * ncols)
@@ -706,7 +712,7 @@ def _overview_figure(info: _Layer) -> Any:
     if info.palette.kind == "continuous":
         lines.append(f"{len(info.palette.classes)} classes: class paths drawn for at most {MAX_CLASSES}")
     if info.three_d:
-        lines.append("3-D map: x and y drawn, z not shown")
+        lines.append(_wrapped(_three_d_note(info), 110))
     if many and not info.paths_faithful():
         lines.append(_wrapped(f"no paths drawn: this map's paths are not the motion in the vectors; "
                               f"{info.paths_note()}", 110))
@@ -1146,7 +1152,7 @@ def write_html(
                 f"{MAX_POINTS:,} points per frame; each class keeps its share, the same samples in every frame)."
             )
         if info.three_d:
-            notes.append("3-D map: x and y drawn, z not shown.")
+            notes.append(html_escape.escape(_three_d_note(info)) + ".")
         unfaithful = [snapshot_label(s) for s in info.snapshots
                       if info.trust.get(s["name"]) is not None and info.trust[s["name"]] < FAITHFUL]
         if unfaithful:

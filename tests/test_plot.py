@@ -364,7 +364,7 @@ def test_a_3d_map_is_drawn_by_x_and_y(fresh, tmp_path):
     written = plot_run(run, layers=["head.1"], html=True, path=tmp_path / "pictures")
     assert [p.parent for p in written] == [tmp_path / "pictures"] * 3
     assert distinct_colours(read_png(written[0])) > 200
-    assert "3-D map: x and y drawn, z not shown." in written[-1].read_text()
+    assert "3-D map: x and y drawn, z not shown (it is the z column of projections/head.1.parquet)." in written[-1].read_text()
 
 
 # ---------------------------------------------------------------------------------------------- HTML
