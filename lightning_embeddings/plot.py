@@ -66,6 +66,7 @@ PLOTS = "plots"
 HTML_NAME = "embeddings.html"
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
+HEADER_CHARS = 38  # characters per panel column in the snapshots header: it stays clear of the legend
 MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
 N_MISCLASSIFIED_PATHS = 20  # at most this many paths of samples that ended misclassified
 N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
@@ -600,10 +601,10 @@ def _snapshots_figure(info: _Layer) -> Any:
     if count > n:
         header += f"\n{n} of {count} snapshots shown, evenly spaced"
     if info.three_d:
-        header += "\n" + _wrapped(_three_d_note(info), 45 * ncols)
+        header += "\n" + _wrapped(_three_d_note(info), HEADER_CHARS * ncols)
     note = info.paths_note()
     if note:
-        header += "\n" + _wrapped(note, 45 * ncols)
+        header += "\n" + _wrapped(note, HEADER_CHARS * ncols)
     fig.suptitle(header, fontsize=11)
     _label_legend(fig, info, list(axes[:n]))
     return fig

@@ -367,6 +367,24 @@ def test_a_3d_map_is_drawn_by_x_and_y(fresh, tmp_path):
     assert "3-D map: x and y drawn, z not shown (it is the z column of projections/head.1.parquet)." in written[-1].read_text()
 
 
+def test_the_snapshots_header_stays_inside_the_picture_and_off_the_legend(fresh):
+    """Issue 21: the header's note on unfaithful paths (with the run's path in its command) ran past the picture's
+    right edge and over the label legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    run = EmbeddingRun(fresh)
+    run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)  # 3-D: one more header line
+    info = plot._load(run, "head.1")
+    assert info.paths_note(), "this run's PCA paths are unfaithful: the header carries the long note"
+    fig = plot._snapshots_figure(info)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    title = fig._suptitle.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title, fig.bbox)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert not title.overlaps(legend), (title, legend)
+
+
 # ---------------------------------------------------------------------------------------------- HTML
 
 
