@@ -124,6 +124,7 @@ class QuietCNN(DigitsCNN):
         return {"preds": self(batch[0]).argmax(-1)}
 
 
+@pytest.mark.slow  # torch.compile's inductor starts compile workers (6-17 s in a fresh clone)
 def test_a_compiled_model_is_recorded(fit_digits):
     model = QuietCNN()
     datamodule = DigitsDataModule()

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import EXAMPLES
 
 # what a team puts in its smoke test (README, "In CI"), run twice in one directory in a fresh process
@@ -35,6 +37,7 @@ SMOKE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # the smoke test runs in a fresh process
 def test_fast_dev_run_smoke_tests_rerun_in_one_place_with_a_pca_map(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", SMOKE], cwd=tmp_path, env=env, capture_output=True, text=True,
