@@ -216,8 +216,7 @@ class EmbeddingCollector(Callback):
         self._dirpath_arg = Path(dirpath) if dirpath is not None else None
         self._dirpath: Optional[Path] = None
         self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
-        self._resumed = False
-        self._saved: dict[str, Any] = {}  # the checkpoint's state, when resumed
+        self._saved: dict[str, Any] = {}  # the checkpoint's state: set when the fit resumes its run
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
         self._lock: Optional[RunLock] = None
         self._created: Optional[Path] = None  # the run directory, when this collector made it
@@ -298,7 +297,7 @@ class EmbeddingCollector(Callback):
             return
         if self.record_train:
             self._training_bounds(trainer, say=True)
-        if self._resumed:
+        if self._saved:
             def resume() -> Path:  # the checkpoint's run (or its copy), not setup's choice
                 self.dirpath = self._resumed_dirpath(trainer)
                 return self._open(None, fresh=False)
@@ -400,9 +399,9 @@ class EmbeddingCollector(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        run, root = (None, None) if self.dirpath is None or self._root is None else (self.dirpath.resolve(), self._root.resolve())
+        run, root = (self.dirpath.resolve(), self._root.resolve()) if self.dirpath and self._root else (None, None)
         return {"dirpath": str(self.dirpath) if self.dirpath is not None else None,
-                "relative": str(run.relative_to(root)) if run and run.is_relative_to(root) else None,  # default_root_dir
+                "relative": str(run.relative_to(root)) if run and run.is_relative_to(root) else None,  # to the root
                 "run_id": self._manifest.get("run_id"), "validations": self._validations,
                 "validated_epoch": self._validated_epoch}
 
@@ -410,7 +409,6 @@ class EmbeddingCollector(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath"):
             self.dirpath = Path(state_dict["dirpath"])
-            self._resumed = True
             self._saved = state_dict
         self._validations = state_dict.get("validations", 0)
         self._validated_epoch = state_dict.get("validated_epoch", -1)
@@ -476,7 +474,7 @@ class EmbeddingCollector(Callback):
             self._release_lock()
             candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
             dirpath = next(c for c in candidates if not store.holds_run(c) and self._lock_dir(c, quietly=True))
-        if fresh or self._resumed:
+        if fresh or self._saved:
             stray = store.remove_partials(dirpath)
             if stray:
                 rank_zero_info(f"EmbeddingCollector: removed {len(stray)} unfinished files a stopped writer left in "
@@ -709,7 +707,7 @@ class EmbeddingCollector(Callback):
             if logits is not None or "logits" in schema.names:
                 self._manifest["logits"] = logits or "logits"
             self._manifest.setdefault("run_id", uuid.uuid4().hex)  # the same in a copy: resume finds it there
-            self._manifest["pictures"] = {"png": self.plots, "html": self.html}  # what a reduce draws (EmbeddingRun.reduce)
+            self._manifest["pictures"] = {"png": self.plots, "html": self.html}  # what EmbeddingRun.reduce draws
             self._manifest.setdefault("reducer", None)
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)
@@ -751,7 +749,8 @@ class EmbeddingCollector(Callback):
             if trainer.fast_dev_run and reducer is not None:  # a smoke test: the whole path, in about a second
                 reducer, align, kwargs = "pca", "last" if align == "aligned" else align, {}
                 rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of "
-                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath} (removed when this process exits)")
+                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath} (removed when this "
+                               "process exits)")
             maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
                               progress=trainer.progress_bar_callback is not None, **kwargs)  # and the pictures
             if reducer is None:
@@ -834,8 +833,8 @@ class EmbeddingCollector(Callback):
         if order is not None and seen + needed <= len(order):
             return order[seen : seen + needed]
         self._warnings.warn(
-            f"EmbeddingCollector: {'training' if self._split == 'train' else self._split} dataloader {dataloader_idx} does not visit its samples in a fixed order "
-            "(a shuffling sampler or an iterable dataset), so sample_id records each sample's position in the epoch "
+            f"EmbeddingCollector: {'training' if self._split == 'train' else self._split} dataloader {dataloader_idx} "
+            "does not visit its samples in a fixed order (a shuffling sampler or an iterable dataset), so sample_id records each sample's position in the epoch "
             "and may not name the same sample in two epochs. Use an unshuffled loader, or pass id_key."
         )
         return np.arange(seen, seen + size, dtype=np.int64)

@@ -114,8 +114,8 @@ def check_reducer_kwargs(reducer: Any, n_components: int, seed: Optional[int], k
 
 
 def _check_values(estimator: Any, given: str) -> None:
-    """Raise ValueError, starting with ``given`` and the estimator's name, for argument values ``estimator`` would refuse only in ``fit``:
-    scikit-learn's parameter rules, UMAP's and PaCMAP's own checks (run on a copy)."""
+    """Raise ValueError, starting with ``given`` and the estimator's name, for argument values ``estimator`` would
+    refuse only in ``fit``: scikit-learn's parameter rules, UMAP's and PaCMAP's own checks (run on a copy)."""
     import difflib
     import warnings
 

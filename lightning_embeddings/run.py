@@ -811,15 +811,14 @@ class EmbeddingRun:
         from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
 
         plots, wanted = self.path / PLOTS, self.manifest.get("pictures") or {}
-        had = [column for column in columns if any(p.is_file() for p in layer_pictures(plots, column))]
-        page = (plots / HTML_NAME).is_file() or bool(wanted.get("html"))
-        stale = [p for p in (*(p for column in columns for p in layer_pictures(plots, column)), plots / HTML_NAME)
-                 if p.is_file()]
+        page = plots / HTML_NAME
+        had = {column: [p for p in layer_pictures(plots, column) if p.is_file()] for column in columns}
+        stale = [p for found in had.values() for p in found] + ([page] if page.is_file() else [])
         for path in stale:
             path.unlink()
         mapped = [column for column in self.layers if projection_file(self.path, column).is_file()]
-        drawn = plot_run(self, layers=[c for c in columns if c in mapped and (c in had or wanted.get("png"))])
-        if page and mapped:
+        drawn = plot_run(self, layers=[c for c in columns if c in mapped and (had[c] or wanted.get("png"))])
+        if (page in stale or wanted.get("html")) and mapped:
             drawn.append(write_html(self, mapped))
         removed = [path for path in stale if not path.exists()]
         exported = [export_tensorboard(self, logdir, progress=False) for logdir in self.projector_exports()]
