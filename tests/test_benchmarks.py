@@ -19,7 +19,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SLOW = pytest.mark.slow  # fresh processes that import torch (and compile numba): CI runs them, pytest -m slow
 IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py", "explore_suspicion.py", "memory.py",
-              "reduction.py", "samples.py", "paths.py"}
+              "reduction.py", "samples.py", "paths.py", "many_snapshots.py"}
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,8 @@ IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py"
         pytest.param("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch", marks=SLOW),
         pytest.param("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"],
                      "reduction: pca, 500 x 8 x 2 epochs", marks=SLOW),
+        pytest.param("many_snapshots.py", ["--epochs", "3", "--placed", "2"], "force_approximation_algorithm=True",
+                     marks=SLOW),
         pytest.param("numba_compile.py", ["--rows", "300", "--dim", "8", "--reducers", "pacmap", "--conditions",
                                           "cold cache"], "pacmap, cold cache", marks=SLOW),
     ],
