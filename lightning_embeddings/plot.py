@@ -8,11 +8,12 @@ Per layer, under ``<run>/plots/``:
   warning in plain words. Paths that are not faithful (temporal preservation below 0.5) are a property of the
   map, not of a panel: the figure says so once, with the command that draws faithful ones. The last ``fit`` panel
   marks the samples most likely mislabelled (the top of :meth:`~lightning_embeddings.EmbeddingRun.samples` by
-  ``suspicion``) with their ids.
+  ``suspicion``) with their ids, placed apart (:func:`_write_ids`). A panel whose points fill a sliver of the shared
+  axes gets an inset at their own scale.
 - ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples and the most
   likely mislabelled ones marked, the path of each class's median across ``fit``, the paths of the samples that
-  moved most and of some that ended misclassified (only where the map's paths are faithful: median temporal
-  preservation at least 0.5; else it says why none are drawn), and beside it each class's median distance to its
+  moved most and of some that ended misclassified, each fading in from faint first steps to a bold last one (only
+  where the map's paths are faithful: median temporal preservation at least 0.5; else it says why none are drawn), and beside it each class's median distance to its
   final position over training. Never every sample's path: that is a hairball.
 - ``<layer>-datamap.png`` (where logits were recorded): the data map of Dataset Cartography (Swayamdipta et al.
   2020), each sample's variability against its confidence in its label across ``fit``, coloured by how often it
@@ -67,9 +68,13 @@ HTML_NAME = "embeddings.html"
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
 HEADER_CHARS = 38  # characters per panel column in the snapshots header: it stays clear of the legend
+ZOOM_BELOW = 0.2  # a panel whose points span less than this share of the shared axes gets an inset at their scale
 MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
-N_MISCLASSIFIED_PATHS = 20  # at most this many paths of samples that ended misclassified
+N_MISCLASSIFIED_PATHS = 10  # at most this many paths of samples that ended misclassified
+FADE_FROM = 0.12  # a path's first step is drawn at this share of its last step's opacity
 N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
+ID_GAPS = (1.0, 4.0, 10.0, 17.0, 26.0, 36.0, 50.0)  # points tried between a suspect's marker and its id; past the
+# first, a thin line joins them
 # samples()' columns shown on the page's hover, where present: suspicion first, then as samples() orders them
 HOVER_DYNAMICS = (
     "suspicion", "knn_agreement", "knn_agreement_last", "movement", "settled_epoch", "correct", "learned_epoch",
@@ -534,11 +539,22 @@ def _suspect_keys(suspects: pd.DataFrame, split: str = "val") -> np.ndarray:
                        np.full(len(suspects), split, dtype=object))
 
 
+class _Suspects(NamedTuple):
+    """The suspects marked on one axes: their ids, where they are (data coordinates), the area of their marker
+    (points², as ``scatter`` takes it) and their legend handle."""
+
+    ax: "Axes"
+    names: list[str]
+    xy: np.ndarray
+    size: float
+    handle: Any
+
+
 def _mark_suspects(ax: "Axes", rows: pd.DataFrame, suspects: pd.DataFrame, size: float, several: bool,
-                   split: str = "val") -> Optional[Any]:
+                   split: str = "val") -> Optional[_Suspects]:
     """Mark ``suspects`` (rows of samples() of ``split``) among ``rows`` (one point per sample: ``_key, x, y,
-    dataloader_idx, sample_id``) with a hollow diamond and their ids; return their legend handle, None when none
-    is there."""
+    dataloader_idx, sample_id``) with a hollow diamond; None when none is there. Their ids are written by
+    :func:`_write_ids` once the rest of the figure is drawn."""
     if suspects.empty:
         return None
     keys = _suspect_keys(suspects, split)
@@ -548,17 +564,80 @@ def _mark_suspects(ax: "Axes", rows: pd.DataFrame, suspects: pd.DataFrame, size:
     at = at.iloc[np.argsort([rank[int(key)] for key in at["_key"]], kind="stable")]
     if at.empty:
         return None
-    from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
-    ax.scatter(at["x"].to_numpy(float), at["y"].to_numpy(float), marker="D", facecolors="none", edgecolors=SUSPECT,
-               s=size, linewidths=1.4, zorder=8)
-    for loader, sample_id, x, y in zip(at["dataloader_idx"], at["sample_id"], at["x"], at["y"]):
-        ax.annotate(_sample_name(loader, sample_id, several), xy=(float(x), float(y)), xytext=(4, 4),
-                    textcoords="offset points", fontsize=7, color=SUSPECT, zorder=9, gid="suspect",
-                    path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
-    return Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor=SUSPECT, markeredgewidth=1.4,
-                  linestyle="", label=f"the {len(at)} {SUSPECTS_SAID}, with ids")
+    xy = at[["x", "y"]].to_numpy(float)
+    ax.scatter(xy[:, 0], xy[:, 1], marker="D", facecolors="none", edgecolors=SUSPECT, s=size, linewidths=1.4, zorder=8)
+    handle = Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor=SUSPECT, markeredgewidth=1.4,
+                    linestyle="", label=f"the {len(at)} {SUSPECTS_SAID}, with ids")
+    names = [_sample_name(loader, i, several) for loader, i in zip(at["dataloader_idx"], at["sample_id"])]
+    return _Suspects(ax, names, xy, size, handle)
+
+
+def _id_places(width: float, height: float, reach: float, scale: float, crowded: bool) -> list[tuple[float, float, float]]:
+    """Where an id of ``width`` x ``height`` pixels may go around its marker (``reach`` pixels from its centre to
+    its edge; ``scale`` pixels to a point), nearest first: ``(dx, dy, gap)``, the offset in pixels of the id's
+    centre and its gap to the marker in points. A ``crowded`` marker (touching another) gets its id further out,
+    on a line: beside it, the id could be read as its neighbour's."""
+    places = []
+    for gap in ID_GAPS[2:] if crowded else ID_GAPS:
+        for degrees in range(45, 405, 30):  # upper right first, then round the marker
+            cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+            distance = reach / max(abs(cos), abs(sin)) + gap * scale  # to the marker's square edge, then the gap
+            dx = cos * distance + (width / 2 if cos > 0.3 else -width / 2 if cos < -0.3 else 0.0)
+            dy = sin * distance + (height / 2 if sin > 0.3 else -height / 2 if sin < -0.3 else 0.0)
+            places.append((dx, dy, gap))
+    return places
+
+
+def _write_ids(fig: Any, marked: Optional[_Suspects]) -> None:
+    """Write each suspect's id beside its marker where it covers no other id, no marker, no text or legend of the
+    axes and stays inside them; an id pushed away from its marker gets a thin line back to it. Call it last: the
+    places are found in the laid-out figure, and the ids take no part in the layout."""
+    if marked is None:
+        return
+    from matplotlib import patheffects
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.draw_without_rendering()
+    ax, scale = marked.ax, fig.dpi / 72.0  # pixels per point
+    frame = ax.get_window_extent()
+    centres = ax.transData.transform(marked.xy)
+    reach = math.sqrt(marked.size) / 2 * scale
+    taken = [Bbox.from_bounds(x - reach, y - reach, 2 * reach, 2 * reach) for x, y in centres]
+    taken += [Text.get_window_extent(text) for text in ax.texts if text.get_text()]  # words, not the paths' arrows
+    if ax.get_legend() is not None:
+        taken.append(ax.get_legend().get_window_extent())
+    style = dict(fontsize=7, color=SUSPECT, zorder=9,
+                 path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
+    apart = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    crowded = ((apart < 2 * reach).sum(axis=1) > 1).tolist()
+    for name, (x, y), xy, near in zip(marked.names, centres, marked.xy, crowded):
+        probe = ax.text(0.0, 0.0, name, **style)
+        width, height = probe.get_window_extent().width, probe.get_window_extent().height
+        probe.remove()
+        best, least = None, math.inf
+        for dx, dy, gap in _id_places(width, height, reach, scale, near):
+            box = Bbox.from_bounds(x + dx - width / 2, y + dy - height / 2, width, height)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            covered = sum(_overlap(box, other) for other in taken) + (0.0 if inside else width * height)
+            if covered < least:
+                best, least = (dx, dy, gap, box), covered
+            if covered == 0.0:
+                break
+        dx, dy, gap, box = best
+        leader = dict(arrowstyle="-", color=SUSPECT, linewidth=0.6, shrinkA=0, shrinkB=reach / scale)
+        label = ax.annotate(name, xy=tuple(xy), xytext=(dx / scale, dy / scale), textcoords="offset points",
+                            ha="center", va="center", gid="suspect", annotation_clip=False,
+                            arrowprops=leader if gap > ID_GAPS[0] else None, **style)
+        label.set_in_layout(False)
+        taken.append(box.expanded(1.0 + 4 * scale / width, 1.0))  # a space between ids: "3" beside "20" reads "320"
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """The area two pixel boxes share."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 def _snapshots_figure(info: _Layer) -> Any:
@@ -572,15 +651,15 @@ def _snapshots_figure(info: _Layer) -> Any:
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     xlim, ylim = _limits(info.frame)
     last_fit = _last_fit_index(info)
+    marked = None
     for ax, snapshot in zip(axes, panels):
         index = info.snapshots.index(snapshot)
         rows = info.frame[info.frame["_panel"] == index]
         drawn = _kept(info, rows)
         _scatter(ax, info, drawn)
+        _zoom_in(ax, info, drawn, xlim, ylim)
         if index == last_fit:
             marked = _mark_suspects(ax, rows, info.suspects, max(24.0, _point_size(len(drawn)) * 5), _several(info))
-            if marked is not None:
-                ax.legend(handles=[marked], loc="best", fontsize=7, framealpha=0.85)
         title = panel_title(
             snapshot, info.trust.get(snapshot["name"]), motion=info.motion.get(snapshot["name"]), shown=len(drawn),
             total=len(rows), fitted=snapshot["name"] == info.fitted_on, align=info.align or "last",
@@ -607,7 +686,41 @@ def _snapshots_figure(info: _Layer) -> Any:
         header += "\n" + _wrapped(note, HEADER_CHARS * ncols)
     fig.suptitle(header, fontsize=11)
     _label_legend(fig, info, list(axes[:n]))
+    if marked is not None:  # below the panels: inside one it would cover points
+        fig.legend(handles=[marked.handle], loc="outside lower center", fontsize=9, frameon=False)
+    _write_ids(fig, marked)
     return fig
+
+
+def _zoom_in(ax: "Axes", info: _Layer, drawn: pd.DataFrame, xlim: tuple[float, float],
+             ylim: tuple[float, float]) -> None:
+    """Where most of a panel's points (2nd to 98th percentile) span less than ``ZOOM_BELOW`` of the shared axes
+    both ways (``align="last"`` often puts the untrained epoch 0 in one spot), add an inset of them at their own
+    scale, in the corner where it covers least of them: the shared axes keep the panels comparable, the inset keeps
+    the shape readable."""
+    finite = drawn[np.isfinite(drawn["x"].to_numpy(float)) & np.isfinite(drawn["y"].to_numpy(float))]
+    if finite.empty:
+        return
+    own_x, own_y = _limits(finite[["x", "y"]].quantile([0.02, 0.98]))
+    share = max((own_x[1] - own_x[0]) / (xlim[1] - xlim[0]), (own_y[1] - own_y[0]) / (ylim[1] - ylim[0]))
+    if share >= ZOOM_BELOW:
+        return
+    span = [((own_x[0] - xlim[0]) / (xlim[1] - xlim[0]), (own_x[1] - xlim[0]) / (xlim[1] - xlim[0])),
+            ((own_y[0] - ylim[0]) / (ylim[1] - ylim[0]), (own_y[1] - ylim[0]) / (ylim[1] - ylim[0]))]
+    side = 0.4
+
+    def covered(corner: tuple[float, float]) -> float:
+        return math.prod(max(0.0, min(hi, start + side) - max(lo, start)) for (lo, hi), start in zip(span, corner))
+
+    corner = min(((x, y) for x in (0.04, 0.96 - side) for y in (0.04, 0.96 - side)), key=covered)
+    inset = ax.inset_axes([*corner, side, side])
+    _scatter(inset, info, drawn)
+    inset.set_xlim(*own_x)
+    inset.set_ylim(*own_y)
+    inset.set_xticks([])
+    inset.set_yticks([])
+    inset.set_title(f"zoomed x{1 / share:.0f}", fontsize=7, pad=2)
+    ax.indicate_inset_zoom(inset, edgecolor="dimgray")
 
 
 def _draw_snapshots(info: _Layer, target: Path) -> Path:
@@ -615,13 +728,25 @@ def _draw_snapshots(info: _Layer, target: Path) -> Path:
 
 
 def _draw_path(ax: "Axes", xy: np.ndarray, color: str, width: float, style: str = "-", outline: bool = True,
-               arrow: bool = True, zorder: float = 3, alpha: float = 1.0) -> None:
-    from matplotlib import patheffects
+               zorder: float = 3, alpha: float = 1.0) -> None:
+    """Draw the path through ``xy`` (oldest first) fading in, from ``FADE_FROM`` of ``alpha`` at its first step to
+    ``alpha`` at its last, with an arrow on the last: the late motion reads, the long early jumps (from where the
+    untrained vectors were) stay faint instead of crossing the map in bold. ``outline``: a white edge under it."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
 
-    effects = [patheffects.Stroke(linewidth=width + 2.2, foreground="white"), patheffects.Normal()] if outline else None
-    ax.plot(xy[:, 0], xy[:, 1], linestyle=style, color=color, linewidth=width, marker="o",
-            markersize=width + 1.5, path_effects=effects, zorder=zorder, alpha=alpha)
-    if arrow and len(xy) >= 2 and not np.allclose(xy[-2], xy[-1]):
+    if len(xy) < 2:
+        return
+    fade = np.linspace(FADE_FROM, 1.0, len(xy) - 1) * alpha  # one per step
+    segments = np.stack([xy[:-1], xy[1:]], axis=1)
+    if outline:
+        ax.add_collection(LineCollection(segments, colors=[to_rgba("white", a) for a in fade], linewidths=width + 2.2,
+                                         capstyle="round", zorder=zorder - 0.01))
+    ax.add_collection(LineCollection(segments, colors=[to_rgba(color, a) for a in fade], linewidths=width,
+                                     linestyles=style, capstyle="round", zorder=zorder, gid="path"))
+    ax.scatter(xy[:, 0], xy[:, 1], s=(width + 1.5) ** 2, c=[to_rgba(color, a) for a in [fade[0], *fade]],
+               linewidths=0, zorder=zorder)
+    if not np.allclose(xy[-2], xy[-1]):
         ax.annotate("", xy=tuple(xy[-1]), xytext=tuple(xy[-2]), zorder=zorder + 0.1,
                     arrowprops=dict(arrowstyle="-|>", color=color, lw=width, mutation_scale=8 + 3 * width,
                                     shrinkA=0, shrinkB=0, alpha=alpha))
@@ -672,7 +797,7 @@ def _overview_figure(info: _Layer) -> Any:
                         path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
         if len(medians):
             handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
-                                  label="class median path (arrow: to the last snapshot)"))
+                                  label="class median path (faint early, bold late; arrow: the last step)"))
         top = movers(info.frame, N_MOVERS)  # of the fit snapshots: the "val" split
         top_keys = sample_keys(top["sample_id"].to_numpy(np.int64), top["dataloader_idx"].to_numpy(np.int64))
         for xy in _sample_paths(rows, top_keys):
@@ -693,7 +818,7 @@ def _overview_figure(info: _Layer) -> Any:
 
     marked = _mark_suspects(ax, last, info.suspects, max(36.0, _point_size(len(drawn)) * 8), _several(info))
     if marked is not None:
-        handles.append(marked)
+        handles.append(marked.handle)
 
     xlim, ylim = _limits(rows)
     ax.set_xlim(*xlim)
@@ -720,14 +845,16 @@ def _overview_figure(info: _Layer) -> Any:
     if title.warning:
         lines.append(title.warning)
     ax.set_title("\n".join(lines), fontsize=10, color=WARNING if title.warning else "black")
-    if handles:
-        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+    if handles:  # below the map: inside it would cover points
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncols=2, fontsize=8,
+                  frameon=False)
 
     _draw_distance_curve(curve_ax, info, steps)
     how = " and how they got there" if many and info.paths_faithful() else ""
     fig.suptitle(f"{info.column}: {_reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
     if info.palette.kind == "continuous":
         _label_legend(fig, info, [ax, curve_ax])
+    _write_ids(fig, marked)
     return fig
 
 
@@ -771,11 +898,11 @@ def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
     top = rows[rows["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in rows else rows.iloc[:0]
     marked = _mark_suspects(ax, points, top, max(36.0, size * 4), _several(info), split)
     if marked is not None:
-        ax.legend(handles=[marked], loc="lower right", fontsize=8, framealpha=0.85)
+        ax.legend(handles=[marked.handle], loc="lower right", fontsize=8, framealpha=0.85)
     for x, y, words, where in ((0.02, 0.98, "easy to learn", "top"), (0.02, 0.02, "hard to learn", "bottom"),
                                (0.98, 0.5, "ambiguous", "center")):
         ax.text(x, y, words, transform=ax.transAxes, ha="right" if x > 0.5 else "left", va=where, fontsize=11,
-                color="dimgray", style="italic")
+                color="dimgray", style="italic", zorder=0.5)  # under the points: "hard to learn" is where they pile
     ax.set_xlim(0.0, max(float(np.nanmax(points["x"])) * 1.08, 0.05))
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("variability: standard deviation over fit snapshots of p(label)")
@@ -788,6 +915,7 @@ def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
     if fit < 3:
         lines.append(f"only {fit} fit snapshot{'s' if fit != 1 else ''}: variability is coarse")
     ax.set_title("\n".join(lines), fontsize=10)
+    _write_ids(fig, marked)
     return fig
 
 

@@ -233,7 +233,7 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
     assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
     overview = plot._overview_figure(info)
     ax, said = overview.axes[0], overview._suptitle.get_text()
-    paths_drawn = len(ax.lines)  # class medians, movers, misclassified: one line each
+    paths_drawn = sum(c.get_gid() == "path" for c in ax.collections)  # class medians, movers, misclassified: one each
     if motion < 0.5:
         assert paths_drawn == 0 and said.endswith("samples: where they end")
         assert "no paths drawn: this map's paths are not the motion in the vectors" in ax.get_title()
@@ -315,11 +315,106 @@ def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspect
     marks = suspect_marks(panels[-1])
     assert [name for name, _ in marks] == [name for name, _ in expected]
     np.testing.assert_allclose([xy for _, xy in marks], [xy for _, xy in expected], rtol=1e-6)
-    assert "most likely mislabelled (suspicion)" in panels[-1].get_legend().get_texts()[0].get_text()
+    assert "most likely mislabelled (suspicion)" in figure.legends[-1].get_texts()[0].get_text()
     overview = plot._overview_figure(info).axes[0]
     assert panel_points(overview) == N_VAL
     assert [name for name, _ in suspect_marks(overview)] == [str(i) for i in top["sample_id"]]
     assert any("most likely mislabelled (suspicion)" in t.get_text() for t in overview.get_legend().get_texts())
+
+
+def drawn_ids(fig, ax) -> tuple[list, list, object]:
+    """The pixel boxes of the suspects' ids on ``ax`` and of their diamonds, and the axes' box, in the drawn figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ids = [Text.get_window_extent(t, renderer) for t in ax.texts if t.get_gid() == "suspect"]
+    diamonds = [c for c in ax.collections if len(c.get_offsets()) and c.get_paths()
+                and len(c.get_paths()[0].vertices) == 5]  # the "D" marker: a closed square of 5 vertices
+    half = np.sqrt(diamonds[0].get_sizes()[0]) / 2 * fig.dpi / 72
+    centres = ax.transData.transform(diamonds[0].get_offsets())
+    return ids, [Bbox.from_bounds(x - half, y - half, 2 * half, 2 * half) for x, y in centres], ax.get_window_extent(renderer)
+
+
+def shared(a, b) -> float:
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def assert_readable_ids(fig, ax, n: int) -> None:
+    ids, diamonds, frame = drawn_ids(fig, ax)
+    assert len(ids) == len(diamonds) == n
+    for i, box in enumerate(ids):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+        assert all(shared(box, other) == 0 for other in ids[i + 1:]), f"id {i} is written over another id"
+        assert all(shared(box, diamond) == 0 for diamond in diamonds), f"id {i} is written over a diamond"
+
+
+def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
+    """Issue 21: ids of suspects close together were printed over each other ("296" over "175"), the data map's
+    pile of suspects was unreadable, and the suspects' legend sat inside the last panel over its points."""
+    info = plot._load(train_run, "head.1")
+    fig = plot._snapshots_figure(info)
+    last = [ax for ax in fig.axes if ax.get_visible() and ax.collections][-1]
+    assert_readable_ids(fig, last, 10)
+    assert all(ax.get_legend() is None for ax in fig.axes)  # the suspects' legend is the figure's, below the panels
+    assert any("most likely mislabelled" in t.get_text() for legend in fig.legends for t in legend.get_texts())
+    overview = plot._overview_figure(info)
+    assert_readable_ids(overview, overview.axes[0], 10)
+    legend = overview.axes[0].get_legend().get_window_extent()
+    assert shared(legend, overview.axes[0].get_window_extent()) == 0  # below the map, not over it
+    split, rows = plot._datamap_samples(info)
+    datamap = plot._datamap_figure(info, split, rows)
+    assert_readable_ids(datamap, datamap.axes[0], 10)
+
+    # ten suspects piled on one spot: their ids still apart, each joined to its diamond by a line
+    keys = plot._suspect_keys(info.suspects)
+    piled = np.isin(info.frame["_key"].to_numpy(), keys)
+    spot = info.frame.loc[piled, ["x", "y"]].mean().to_numpy()
+    info.frame.loc[piled, ["x", "y"]] = (spot + np.random.default_rng(0).normal(0, 0.01, (piled.sum(), 2))).astype(
+        info.frame["x"].dtype)
+    overview = plot._overview_figure(info)
+    assert_readable_ids(overview, overview.axes[0], 10)
+    assert all(t.arrow_patch is not None for t in overview.axes[0].texts if t.get_gid() == "suspect")
+
+
+def test_a_panel_squeezed_by_the_shared_axes_gets_a_zoomed_inset(fresh):
+    """Issue 21: under align="last" the untrained epoch 0 often sits in one spot of the final map, a sliver on the
+    shared axes; its panel gets an inset at its own scale, the others none."""
+    file = fresh / "projections" / "head.1.parquet"
+    table = pd.read_parquet(file)
+    first = (table["step"] == table["step"].min()).to_numpy()
+    centre = table.loc[first, ["x", "y"]].mean().to_numpy()
+    table.loc[first, ["x", "y"]] = centre + (table.loc[first, ["x", "y"]].to_numpy() - centre) * 0.03
+    table.to_parquet(file)
+    info = plot._load(EmbeddingRun(fresh), "head.1")
+    panels = [ax for ax in plot._snapshots_figure(info).axes if ax.get_visible() and ax.collections]
+    insets = [[child for child in ax.child_axes] for ax in panels]
+    assert [len(found) for found in insets] == [1, 0, 0]
+    inset = insets[0][0]
+    assert inset.get_title().startswith("zoomed x")
+    xs = table.loc[first, "x"].to_numpy()
+    low, high = inset.get_xlim()
+    assert low <= np.quantile(xs, 0.02) and np.quantile(xs, 0.98) <= high
+    assert (high - low) < 0.2 * np.diff(panels[0].get_xlim())[0]  # its own scale, not the shared one
+    assert len(inset.collections[0].get_offsets()) == first.sum() // 1  # every point of the panel
+
+
+def test_paths_fade_in_so_the_early_jumps_stay_faint(fresh):
+    """Issue 21: the overview's paths crossed the whole map in bold: the first step, from where the untrained
+    vectors were, is the longest. A path is drawn faint at its start and bold at its end."""
+    def faithful(manifest):
+        facts = manifest["reducer"]["layers"]["head.1"]
+        facts["temporal_preservation"] = {name: 0.9 for name in facts["temporal_preservation"]}
+
+    edit_manifest(fresh, faithful)
+    ax = plot._overview_figure(plot._load(EmbeddingRun(fresh), "head.1")).axes[0]
+    paths = [c for c in ax.collections if c.get_gid() == "path"]
+    assert len(paths) >= 10
+    for path in paths:
+        alphas = path.get_colors()[:, 3]
+        assert alphas[0] <= 0.15 * alphas[-1] and np.all(np.diff(alphas) >= 0), alphas
 
 
 def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
