@@ -766,17 +766,7 @@ def _reduce(args: argparse.Namespace) -> None:
     for written in (run.path / "projections.parquet", run.path / "samples.parquet"):
         if written.is_file():
             print(f"  {written}")
-    print(f"  {run.path / 'manifest.json'}")
-    _say_views(maps)
-
-
-def _say_views(maps) -> None:
-    """Print what a reduce drew, removed and exported again so that every picture shows the new maps."""
-    for said, paths in (("drew from the new maps:", maps.drawn), ("removed (their layer has no map now):", maps.removed),
-                        ("wrote the TensorBoard projector files again:", maps.exported)):
-        if paths:
-            print(said)
-            print("\n".join(f"  {path}" for path in paths))
+    print(f"  {run.path / 'manifest.json'}")  # the pictures drawn again: said by the reduce's log
 
 
 # -------------------------------------------------------------------------------------------------------- samples

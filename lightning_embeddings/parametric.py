@@ -290,7 +290,7 @@ class ParametricMap(BaseEstimator):
         rows = np.asarray(X, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.n_features_in_:
             raise ValueError(f"ParametricMap.transform takes (n, {self.n_features_in_}) rows, got shape {rows.shape}.")
-        source = torch.from_numpy(np.ascontiguousarray(rows))
+        source = torch.from_numpy(np.require(rows, requirements=["C", "W"]))  # a run's rows may be read-only views
         with _threads(self.threads), torch.no_grad():
             parts = [self.encoder_(source[s:s + self.batch_size].to(self.device_)).float().cpu()
                      for s in range(0, len(rows), self.batch_size)]

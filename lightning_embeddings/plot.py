@@ -888,8 +888,7 @@ def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
     })
     size, alpha = _point_size(n) * 2.0, (0.85 if n < 2000 else 0.6)
     if "correct" in rows and rows["correct"].notna().any():
-        cmap = LinearSegmentedColormap.from_list("lightning-embeddings", list(CONTINUOUS))
-        cmap.set_bad(UNKNOWN)
+        cmap = LinearSegmentedColormap.from_list("lightning-embeddings", list(CONTINUOUS)).with_extremes(bad=UNKNOWN)
         drawn = ax.scatter(points["x"], points["y"], c=rows["correct"].to_numpy(float), cmap=cmap, vmin=0.0, vmax=1.0,
                            s=size, linewidths=0, alpha=alpha, rasterized=True, plotnonfinite=True)
         fig.colorbar(drawn, ax=ax, label="correct: share of fit snapshots that predicted the label right", shrink=0.85)

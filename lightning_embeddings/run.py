@@ -659,7 +659,8 @@ class EmbeddingRun:
             f"lightning-embeddings: fitting {name} on layer {column!r}: {samples} samples x {fit_on.shape[-1]} "
             f"dims{across}, placing {len(snapshots)} snapshots"
         )
-        estimator = reducers.make_reducer(reducer, n_components, seed, samples, **reducer_kwargs)
+        placing = len(snapshots) * samples // len(fit_snapshots)  # rows, as many a snapshot as the fit's average
+        estimator = reducers.make_reducer(reducer, n_components, seed, samples, placing, **reducer_kwargs)
         estimator.fit(fit_on)
         facts = self._project(column, path, snapshots, estimator.transform, n_components, seed, progress)
         return self._report(column, {"samples": samples, **fallback, **reducers.describe(estimator), **facts})
@@ -825,8 +826,8 @@ class EmbeddingRun:
         for said, paths in (("drew from the new maps", drawn), ("removed the pictures of layers without a map now",
                                                                 removed),
                             ("wrote the TensorBoard projector files again from the new maps", exported)):
-            if paths:
-                rank_zero_info(f"lightning-embeddings: {said}: {', '.join(map(str, paths))}")
+            if paths:  # said here once, for the API and the CLI alike
+                rank_zero_info("\n  ".join([f"lightning-embeddings: {said}:", *map(str, paths)]))
         return drawn, removed, exported
 
     def projector_exports(self) -> list[Path]:

@@ -54,6 +54,18 @@ def test_samples_that_move_far_are_drawn_moving_far_and_those_that_stay_stay(mov
     assert mapper.n_features_in_ == 12 and mapper.n_snapshots_ == 4 and mapper.device_.type in ("cpu", "cuda")
 
 
+def test_read_only_rows_are_placed_without_a_warning(moving):
+    """Issue 21: a run's rows come as read-only views of its files; torch warned on each CLI reduce that it does not
+    support non-writable arrays."""
+    snapshots, _, mapper, points = moving
+    rows = snapshots[-1].copy()
+    rows.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        placed = mapper.transform(rows)
+    np.testing.assert_array_equal(placed, points[-1])
+
+
 def test_the_motion_term_is_what_makes_the_paths_faithful(moving):
     snapshots, amount, _, points = moving
     without = ParametricMap(steps=200, motion_weight=0.0, random_state=0).fit_transform(snapshots)

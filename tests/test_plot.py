@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -428,7 +429,9 @@ def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
     split, rows = plot._datamap_samples(info)
     train = train_run.samples("head.1", split="train")
     assert split == "train" and len(rows) == len(train) == 4 * 64  # the training split where recorded: what 4 batches of 64 draw
-    ax = plot._datamap_figure(info, split, rows).axes[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's set_bad was warned about on every CLI plot and reduce
+        ax = plot._datamap_figure(info, split, rows).axes[0]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), train[["variability", "confidence"]].to_numpy())
     np.testing.assert_allclose(ax.collections[0].get_array(), train["correct"].to_numpy())
     assert [name for name, _ in suspect_marks(ax)] == [str(i) for i in train["sample_id"].head(10)]

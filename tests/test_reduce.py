@@ -464,6 +464,25 @@ def test_fit_samples_fits_on_a_stratified_sample_and_places_every_row_in_batches
         np.testing.assert_allclose(_points(projections, epoch, ids), expected.transform(X), rtol=1e-4, atol=1e-4)
 
 
+def test_umap_placing_many_snapshots_finds_neighbours_with_an_index(unreduced_run, tmp_path, monkeypatch):
+    """Issue 21: below 4,096 fitted samples umap-learn places a new row by measuring its distance to every fitted
+    row one pair at a time in Python (0.2-0.8 s per 449-row snapshot of digits); a UMAP that will measure more than
+    INDEX_ABOVE_PAIRS pairs uses its search index instead, unless told otherwise."""
+    def indexed(placing: int, **kwargs: Any) -> bool:
+        return reducers.make_reducer("umap", 2, 0, 1000, placing, **kwargs).force_approximation_algorithm
+
+    enough = reducers.INDEX_ABOVE_PAIRS // 1000
+    assert indexed(enough + 1) and not indexed(enough) and not indexed(0)
+    assert not indexed(10 * enough, force_approximation_algorithm=False)
+    placing = []
+    made = reducers.make_reducer
+    monkeypatch.setattr(reducers, "make_reducer", lambda *args, **kwargs: placing.append(args[4]) or made(*args, **kwargs))
+    _copy_run(unreduced_run, tmp_path / "run").reduce(reducer="pca", layers=["head.1"], progress=False)
+    assert placing == [3 * 150]  # a reduce says how many rows the map will place: 3 snapshots of 150
+    _copy_run(unreduced_run, tmp_path / "joint").reduce(reducer="pca", layers=["head.1"], align="joint", progress=False)
+    assert placing[-1] == 3 * 150
+
+
 def test_fit_samples_none_fits_on_every_row_and_bad_values_are_refused(unreduced_run, tmp_path):
     run = _copy_run(unreduced_run, tmp_path / "run")
     run.reduce(reducer="pca", layers=["head.1"], fit_samples=None, align="joint", progress=False)

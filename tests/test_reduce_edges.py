@@ -190,18 +190,20 @@ def test_a_reduce_of_a_copied_or_moved_run_never_rewrites_another_runs_projector
     assert _projector_z(logdir).any(), "the moved run did not write where it no longer is the owner"
 
 
-def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, capsys):
+def test_cli_reduce_redraws_the_pictures_and_projector_files_that_existed(run, capsys, caplog):
     run.reduce(reducer="pca", progress=False)
     pictures = plot_run(run, html=True)
     assert main(["export", str(run.path), "--to", "tensorboard"]) == 0
     before = {p: p.read_bytes() for p in pictures}
     capsys.readouterr()
-    assert main(["reduce", str(run.path), "--reducer", "pca", "--n-components", "3"]) == 0
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO):
+        assert main(["reduce", str(run.path), "--reducer", "pca", "--n-components", "3"]) == 0
+    out, said = capsys.readouterr().out, caplog.text
     assert all(p.is_file() and p.read_bytes() != data for p, data in before.items()), "a picture was not redrawn"
-    assert all(str(p) in out for p in pictures) and "drew from the new maps:" in out
+    assert all(str(p) in said for p in pictures) and said.count("drew from the new maps:") == 1
+    assert "drew from the new maps" not in out  # said once (issue 21: the CLI printed the log's list again)
     assert _projector_z(run.path / "tensorboard").any(), "the projector still shows the 2-D map"
-    assert (run.path / "tensorboard" / PROJECTOR_CONFIG).is_file() and "tensorboard" in out
+    assert (run.path / "tensorboard" / PROJECTOR_CONFIG).is_file() and "projector files again" in said
 
 
 # ------------------------------------------------------------------------------------- 10. non-finite values
