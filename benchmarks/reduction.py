@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lightning_embeddings import store
+from lightning_embeddings import layout, store
 
 DEFAULT_CASES = ["pca:10000", "pacmap:10000", "umap:10000", "pca:100000", "pacmap:100000", "umap:100000",
                  "pca:1000000"]
@@ -44,8 +44,8 @@ def write_run(path: Path, rows: int, dim: int, epochs: int) -> None:
     )
     snapshots = []
     for epoch in range(epochs):
-        name = store.snapshot_name("fit", epoch, (epoch + 1) * 100)
-        writer = store.EpochWriter(store.snapshot_file(path, name, 0, 1), schema)
+        name = layout.snapshot_name("fit", epoch, (epoch + 1) * 100)
+        writer = store.EpochWriter(layout.snapshot_file(path, name, 0, 1), schema)
         noise = 3.0 / (1 + epoch)  # the clusters form as training goes on
         for first in range(0, rows, BATCH):
             ids = np.arange(first, min(first + BATCH, rows))

@@ -7,8 +7,9 @@ A second process writing a run directory that another one writes gets ``RunLocke
 
 from typing import Any
 
+from lightning_embeddings._version import __version__  # noqa: F401  (the package face says its version)
+
 __all__ = ["EmbeddingCollector", "EmbeddingRun", "ParametricMap", "RunError", "RunLockedError"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -41,11 +41,24 @@ from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, OutputKey
 from lightning_embeddings.dynamics import K_NEIGHBOURS, knn_accuracy
 from lightning_embeddings.layers import LayerSpec, resolve_layers
-from lightning_embeddings.lock import HOLDER_FILE, LOCK_FILE, RunLock, RunLockedError, remove_lock_files
+from lightning_embeddings.layout import (
+    HOLDER_FILE,
+    LOCK_FILE,
+    LONG_PROJECTIONS,
+    MANIFEST,
+    PLOTS,
+    PROJECTIONS,
+    SAMPLES,
+    VECTORS,
+    holds_run,
+    snapshot_file,
+    snapshot_files,
+    snapshot_name,
+)
+from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.loggers import export_to_loggers
-from lightning_embeddings.plot import PLOTS
 from lightning_embeddings.reshape import Strategy, resolve_strategy
-from lightning_embeddings.run import LONG_PROJECTIONS, SAMPLES, EmbeddingRun
+from lightning_embeddings.run import EmbeddingRun
 
 STAGES = ("fit", "validate", "test")
 KNN_SAMPLES = 2048  # validation rows per layer behind the live k-NN accuracy
@@ -306,7 +319,7 @@ class EmbeddingCollector(Callback):
             self._continue_run()
             return
         self._manifest = {}
-        if not store.holds_run(self.dirpath):
+        if not holds_run(self.dirpath):
             return
         if not self.overwrite:
             raise FileExistsError(
@@ -314,9 +327,9 @@ class EmbeddingCollector(Callback):
                 "overwrite=True to replace it, or resume its fit with ckpt_path=..."
             )
         if trainer.is_global_zero:
-            for old in [self.dirpath / store.MANIFEST, self.dirpath / LONG_PROJECTIONS, self.dirpath / SAMPLES,
-                        *(self.dirpath / store.VECTORS).glob("*.parquet"),
-                        *(self.dirpath / store.PROJECTIONS).glob("*.parquet"), *(self.dirpath / PLOTS).glob("*")]:
+            for old in [self.dirpath / MANIFEST, self.dirpath / LONG_PROJECTIONS, self.dirpath / SAMPLES,
+                        *(self.dirpath / VECTORS).glob("*.parquet"),
+                        *(self.dirpath / PROJECTIONS).glob("*.parquet"), *(self.dirpath / PLOTS).glob("*")]:
                 old.unlink(missing_ok=True)
         trainer.strategy.barrier("EmbeddingCollector.overwrite")
 
@@ -446,12 +459,12 @@ class EmbeddingCollector(Callback):
         moved = Path(trainer.default_root_dir) / self._saved["relative"] if self._saved.get("relative") else None
         if self._dirpath_arg is not None and self._dirpath_arg.resolve() != saved.resolve():
             target = self._dirpath_arg
-            if store.holds_run(target) and store.read_manifest(target).get("run_id") != run_id:
+            if holds_run(target) and store.read_manifest(target).get("run_id") != run_id:
                 raise FileExistsError(
                     f"EmbeddingCollector: this fit resumes the run in {saved} (from its checkpoint), but dirpath "
                     f"{target} holds another run. Pass the dirpath of that run or of a copy of it, or a new one."
                 )
-        elif (moved is not None and moved.resolve() != saved.resolve() and store.holds_run(moved)
+        elif (moved is not None and moved.resolve() != saved.resolve() and holds_run(moved)
               and store.read_manifest(moved).get("run_id") == run_id):
             target = moved
         else:
@@ -473,7 +486,7 @@ class EmbeddingCollector(Callback):
         else:  # the first of embeddings, embeddings-v1, ... that holds no run and no writer, as ModelCheckpoint versions
             self._release_lock()
             candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
-            dirpath = next(c for c in candidates if not store.holds_run(c) and self._lock_dir(c, quietly=True))
+            dirpath = next(c for c in candidates if not holds_run(c) and self._lock_dir(c, quietly=True))
         if fresh or self._saved:
             stray = store.remove_partials(dirpath)
             if stray:
@@ -522,7 +535,7 @@ class EmbeddingCollector(Callback):
                 self._validated_epoch, self._validations = epoch, self._validations + 1
             if (self._validations - 1) % self.every_n_epochs != 0 and not _last_validation(trainer):
                 return
-        name = store.snapshot_name(stage, epoch, step)
+        name = snapshot_name(stage, epoch, step)
         if any(s["name"] == name for s in self._manifest.get("snapshots", [])):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
             return
@@ -671,7 +684,7 @@ class EmbeddingCollector(Callback):
                     ready.synchronize()
                 self._pending.append(columns)
                 return
-            path = store.snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
+            path = snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
             self._writer = store.EpochWriter(path, self._schema(columns))
             for held in self._pending:
                 self._writer.write(held)
@@ -696,7 +709,7 @@ class EmbeddingCollector(Callback):
             writer.close()
         missing = self._count_missing(trainer, snapshot["name"])
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
-        files = store.snapshot_files(self.dirpath, snapshot["name"])
+        files = snapshot_files(self.dirpath, snapshot["name"])
         if trainer.is_global_zero and files:
             if missing:
                 snapshot["missing"] = missing
@@ -769,10 +782,10 @@ class EmbeddingCollector(Callback):
 
     def _continue_run(self) -> None:
         """Append to the run already in ``dirpath`` (a resumed fit, or validate/test after fit), if there is one."""
-        if not (self.dirpath / store.MANIFEST).is_file():
+        if not (self.dirpath / MANIFEST).is_file():
             return
         self._manifest = store.read_manifest(self.dirpath)
-        store.check_manifest(self._manifest, self.dirpath / store.MANIFEST)
+        store.check_manifest(self._manifest, self.dirpath / MANIFEST)
         theirs = [(f["column"], f["strategy"]) for f in self._manifest.get("layers", [])]
         ours = [(c.layer.column, c.strategy.name) for c in self._captures]
         if theirs and theirs != ours:

@@ -92,7 +92,7 @@ def _command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lightning-embeddings`` argument parser, one sub-parser per command."""
-    from lightning_embeddings import __version__
+    from lightning_embeddings._version import __version__
 
     parser = _Parser(
         prog=PROG,
@@ -751,7 +751,7 @@ def _reduce(args: argparse.Namespace) -> None:
     records = (run.manifest.get("reducer") or {}).get("layers") or {}
     import pyarrow.parquet as pq
 
-    from lightning_embeddings.store import projection_file
+    from lightning_embeddings.layout import projection_file
 
     print(f"reduced with {reducer}, {n_components}-D" + (f", align {args.align!r}" if args.align else "") + ":")
     for column in columns or run.layers:
@@ -820,7 +820,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from lightning_embeddings.export import PROJECTOR_CONFIG, export_tensorboard
-    from lightning_embeddings.store import projection_file
+    from lightning_embeddings.layout import projection_file
 
     run = _open_run(args.run_dir)
     columns = _columns(run, args.layers)

@@ -38,10 +38,11 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.reduce import usable
-from lightning_embeddings.run import SAMPLE_SPLITS, SPLIT, EmbeddingRun
+from lightning_embeddings.layout import PROJECTOR_OWNER, SPLIT, atomic_write, file_stem
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.store import PROJECTOR_OWNER, RunError, file_stem, read_manifest, write_manifest
+from lightning_embeddings.reduce import usable
+from lightning_embeddings.run import SAMPLE_SPLITS, EmbeddingRun
+from lightning_embeddings.store import RunError, read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
@@ -317,9 +318,8 @@ def _write_config(logdir: Path, entries: list[dict[str, str]]) -> None:
         "embeddings {\n" + "".join(f"  {key}: {_quote(value)}\n" for key, value in entry.items()) + "}\n"
         for entry in entries
     ]
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(block.rstrip("\n") + "\n" for block in kept) + "".join(written), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(block.rstrip("\n") + "\n" for block in kept) + "".join(written), encoding="utf-8")
 
 
 def _top_level_blocks(text: str) -> list[str]:

@@ -10,8 +10,7 @@ from typing import Optional
 
 from filelock import FileLock, Timeout
 
-LOCK_FILE = ".lock"
-HOLDER_FILE = ".lock.holder"  # who holds the lock, for the message of the writer that is refused
+from lightning_embeddings.layout import HOLDER_FILE, LOCK_FILE
 
 
 class RunLockedError(RuntimeError):

@@ -8,8 +8,8 @@ from typing import Sequence
 import pandas as pd
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from lightning_embeddings.run import LONG_PROJECTIONS, EmbeddingRun
-from lightning_embeddings.store import file_stem
+from lightning_embeddings.layout import LONG_PROJECTIONS, file_stem
+from lightning_embeddings.run import EmbeddingRun
 
 TABLE_ROWS = 10_000
 

@@ -54,17 +54,16 @@ from lightning_embeddings.dynamics import (
     misclassified,
     movers,
 )
-from lightning_embeddings.export import SPLIT, recorded_samples, sample_columns
+from lightning_embeddings.export import recorded_samples, sample_columns
 from lightning_embeddings.layers import LayerSpec
+from lightning_embeddings.layout import HTML_NAME, PLOTS, SPLIT, atomic_write, file_stem, projection_file, snapshot_name
 from lightning_embeddings.reduce import FAITHFUL, FAITHFUL_MOTION, faithful_paths_advice, unfaithful_paths
 from lightning_embeddings.run import EmbeddingRun
-from lightning_embeddings.store import file_stem, projection_file, sample_keys, snapshot_name
+from lightning_embeddings.store import sample_keys
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-PLOTS = "plots"
-HTML_NAME = "embeddings.html"
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 MAX_CLASSES = 20  # up to this many classes get categorical colours; above, a continuous scale
 HEADER_CHARS = 38  # characters per panel column in the snapshots header: it stays clear of the legend
@@ -457,14 +456,9 @@ def _matplotlib() -> Any:
 
 
 def _save(fig: Any, target: Path) -> Path:
-    """Write ``fig`` to ``target`` under a hidden temporary name, then rename it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
+    """Write ``fig`` to ``target`` (atomically)."""
+    with atomic_write(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -1309,13 +1303,8 @@ def write_html(
     title = f"Embeddings of {run.path}"
     page = _PAGE.format(title=html_escape.escape(title), intro=intro, sections="\n".join(sections), warning=WARNING)
     target = _output_dir(run, path) / HTML_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
+    with atomic_write(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -20,38 +20,42 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.dynamics import SnapshotView, sample_dynamics, temporal_preservation
 from lightning_embeddings.layers import LayerSpec
+from lightning_embeddings.layout import (
+    HTML_NAME,
+    KEYS,
+    LONG_PROJECTIONS,
+    MANIFEST,
+    MAP_KEYS,
+    PLOTS,
+    PROJECTOR_OWNER,
+    SAMPLES,
+    SPLIT,
+    SWITCH,
+    TENSORBOARD,
+    projection_file,
+    snapshot_file,
+    snapshot_files,
+    staged,
+)
 from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.store import (
-    MANIFEST,
-    PROJECTOR_OWNER,
-    SWITCH,
     RunError,
     check_manifest,
     column_vectors,
     finish_switch,
-    projection_file,
     read_manifest,
     remove_partials,
     sample_keys,
-    snapshot_file,
-    snapshot_files,
-    staged,
     switch,
     vectors_array,
     write_manifest,
     write_tables,
 )
 
-KEYS = ("stage", "epoch", "step", "dataloader_idx", "sample_id")  # in every snapshot file; SPLIT since record_train
-SPLIT = "split"
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
-MAP_KEYS = ("sample_id", SPLIT, "stage", "epoch", "step", "dataloader_idx")  # the first columns of a projections file
-LONG_PROJECTIONS = "projections.parquet"
 SAID_SNAPSHOTS = 8  # per-snapshot figures said one by one up to this many snapshots, summed up above
-SAMPLES = "samples.parquet"
 SAMPLE_FACTS = ("label", "prediction")
 READ_BUFFER = 2**20  # bytes read from a file at once
-TENSORBOARD = "tensorboard"  # where `lightning-embeddings export` writes projector files by default
 PLACED, NON_FINITE, MISSING = 0, 1, 2  # a row in a map: placed; left out for a NaN/inf value; left out, no vector
 
 
@@ -809,7 +813,7 @@ class EmbeddingRun:
         ``html``), and the page; remove those of layers left without a map; write every projector export of the run
         again (:meth:`projector_exports`). Each said once; returns (drawn, removed, exported)."""
         from lightning_embeddings.export import export_tensorboard
-        from lightning_embeddings.plot import HTML_NAME, PLOTS, layer_pictures, plot_run, write_html
+        from lightning_embeddings.plot import layer_pictures, plot_run, write_html
 
         plots, wanted = self.path / PLOTS, self.manifest.get("pictures") or {}
         page = plots / HTML_NAME

@@ -1,67 +1,33 @@
-"""The on-disk format of a run: snapshot files of vectors, projections, and ``manifest.json``.
+"""The on-disk formats of a run: snapshot files of vectors, projections, and ``manifest.json``; their names and
+folders are :mod:`~lightning_embeddings.layout`'s.
 
-```
-embeddings/
-  manifest.json
-  vectors/epoch_0003-step_0000440.parquet        one snapshot: a validation run during fit
-  vectors/epoch_0003-step_0000440-rank1.parquet  under DDP, one file per rank
-  vectors/test-epoch_0005-step_0000660.parquet   trainer.test() or trainer.validate(), when recorded
-  projections/<layer>.parquet                    <layer> as file_stem encodes it: head.1 as is, never a path
-```
-Every file is written under a hidden temporary name and renamed when complete, so a reader never sees half a file;
-a reduce's files are put in place together by :func:`switch`, so nobody reads old and new maps mixed.
-A manifest or file that cannot be read as this format says raises :class:`RunError`, naming the file.
+Every file is written under a hidden temporary name and renamed when complete (``layout.atomic_write``), so a
+reader never sees half a file; a reduce's files are put in place together by :func:`switch`, so nobody reads old
+and new maps mixed. A manifest or file that cannot be read as this format says raises :class:`RunError`, naming the
+file.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Optional
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lightning_embeddings.layout import MANIFEST, SWITCH, atomic_write, snapshot_name, staged
+
 FORMAT_VERSION = 1
 FORMAT = f"lightning-embeddings/{FORMAT_VERSION}"
-MANIFEST = "manifest.json"
-VECTORS = "vectors"
-PROJECTIONS = "projections"
-PROJECTOR_OWNER = ".lightning-embeddings-run"  # in a TensorBoard log directory: the run its projector was written from
 METADATA_KEY = b"lightning_embeddings"
 ROW_GROUP_BYTES = 32 * 2**20
-
-
-def snapshot_name(stage: str, epoch: int, step: int) -> str:
-    """The file stem of one snapshot: ``epoch_0003-step_0000440``, prefixed by the stage outside ``fit``."""
-    prefix = "" if stage == "fit" else f"{stage}-"
-    return f"{prefix}epoch_{epoch:04d}-step_{step:07d}"
-
-
-def snapshot_file(dirpath: Path, name: str, rank: int, world_size: int) -> Path:
-    suffix = f"-rank{rank}" if world_size > 1 else ""
-    return dirpath / VECTORS / f"{name}{suffix}.parquet"
-
-
-def snapshot_files(dirpath: Path, name: str) -> list[Path]:
-    """Every complete file of one snapshot: ``<name>.parquet``, then ``<name>-rank<N>.parquet`` by rank (DDP), and
-    nothing else (``<name>-rank1-copy.parquet`` is not one of them)."""
-    pattern = re.compile(re.escape(name) + r"(?:-rank(\d+))?\.parquet")
-    ranked = []
-    for path in (dirpath / VECTORS).glob(f"{glob.escape(name)}*.parquet"):
-        found = pattern.fullmatch(path.name)
-        if found:
-            ranked.append((-1 if found[1] is None else int(found[1]), path))
-    return [path for _, path in sorted(ranked)]
 
 
 def sample_keys(sample_id: np.ndarray, dataloader_idx: Optional[np.ndarray] = None,
@@ -81,39 +47,6 @@ def sample_keys(sample_id: np.ndarray, dataloader_idx: Optional[np.ndarray] = No
     return keys
 
 
-def file_stem(column: str) -> str:
-    """A layer's column as a file name that stays in its folder: percent-encoded but for letters, digits and
-    ``_.-~``, a leading ``.`` too, so no ``/``, ``..`` or hidden name can occur; ``urllib.parse.unquote`` gives the
-    column back. ``head.1`` stays ``head.1``.
-
-    Example::
-
-        >>> file_stem("head.1"), file_stem("../x"), file_stem("/tmp/x")
-        ('head.1', '%2E.%2Fx', '%2Ftmp%2Fx')
-    """
-    if not isinstance(column, str) or not column:
-        raise ValueError(f"a layer's column must be a non-empty string, got {column!r}.")
-    stem = quote(column, safe="")
-    return "%2E" + stem[1:] if stem.startswith(".") else stem
-
-
-def projection_file(dirpath: Path, column: str) -> Path:
-    return dirpath / PROJECTIONS / f"{file_stem(column)}.parquet"
-
-
-SWITCH = ".switch.json"  # the files a switch puts in place, while it is under way (see switch)
-
-
-def staged(path: Path) -> Path:
-    """The hidden name a file is written under until it replaces ``path``: ``.<name>.partial``."""
-    return path.with_name(f".{path.name}.partial")
-
-
-def holds_run(dirpath: Path) -> bool:
-    """Whether ``dirpath`` holds a run: a manifest or a snapshot file."""
-    return (dirpath / MANIFEST).is_file() or any((dirpath / VECTORS).glob("*.parquet"))
-
-
 def switch(dirpath: Path, changes: Mapping[Path, bool]) -> None:
     """Put a writer's staged files in place together, in the order of ``changes`` (True: the file's staged copy
     replaces it; False: it is removed). Their list is written first (``.switch.json``), so a switch a kill stops
@@ -123,7 +56,7 @@ def switch(dirpath: Path, changes: Mapping[Path, bool]) -> None:
 
         switch(run, {run / "projections" / "head.1.parquet": True, run / "manifest.json": True})
     """
-    with _atomic(Path(dirpath) / SWITCH) as tmp:
+    with atomic_write(Path(dirpath) / SWITCH) as tmp:
         tmp.write_text(json.dumps([[path.relative_to(dirpath).as_posix(), replace] for path, replace in changes.items()]))
     finish_switch(dirpath)
 
@@ -156,18 +89,6 @@ def remove_partials(dirpath: Path) -> list[Path]:
     return stray
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds, remove it otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staged(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class RunError(ValueError):
     """A run directory that cannot be read as it is: a damaged or foreign manifest or file, or a newer format."""
 
@@ -190,7 +111,7 @@ def read_manifest(dirpath: Path) -> dict[str, Any]:
     if version is None:
         raise RunError(f"{path} is not a lightning-embeddings manifest: its format is {written!r}, not {FORMAT!r}.")
     if int(version[1]) > FORMAT_VERSION:
-        from lightning_embeddings import __version__
+        from lightning_embeddings._version import __version__
 
         versions = manifest.get("versions")
         writer = versions.get("lightning-embeddings") if isinstance(versions, dict) else None
@@ -241,14 +162,14 @@ def check_manifest(manifest: Mapping[str, Any], path: Path) -> None:
 
 def write_manifest(dirpath: Path, manifest: Mapping[str, Any], path: Optional[Path] = None) -> None:
     """Write ``dirpath/manifest.json`` atomically (``path`` instead, when given: a staged manifest)."""
-    with _atomic(path or dirpath / MANIFEST) as tmp:
+    with atomic_write(path or dirpath / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2, default=str))
 
 
 def write_tables(path: Path, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
     """Write ``tables`` one after another into one Parquet file of ``schema``, atomically; a table's columns are
     taken by name and cast, a column it lacks is written as nulls."""
-    with _atomic(path) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
+    with atomic_write(path) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for table in tables:
             columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                        for f in schema]

@@ -16,7 +16,8 @@ from sklearn.base import clone
 from lightning_embeddings import EmbeddingCollector, EmbeddingRun, ParametricMap, parametric
 from lightning_embeddings.cli import main
 from lightning_embeddings.dynamics import temporal_preservation
-from lightning_embeddings.store import column_vectors, snapshot_files, vectors_array
+from lightning_embeddings.layout import snapshot_files
+from lightning_embeddings.store import column_vectors, vectors_array
 
 
 def trajectories(n: int = 240, dim: int = 12, snapshots: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

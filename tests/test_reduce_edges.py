@@ -28,8 +28,10 @@ from lightning_embeddings import EmbeddingRun
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.cli import main
 from lightning_embeddings.export import PROJECTOR_CONFIG, _last_vectors, export_tensorboard
-from lightning_embeddings.plot import HTML_NAME, PLOTS, plot_run
-from lightning_embeddings.store import column_vectors, snapshot_files, vectors_array
+from lightning_embeddings.layout import HTML_NAME, PLOTS
+from lightning_embeddings.plot import plot_run
+from lightning_embeddings.layout import snapshot_files
+from lightning_embeddings.store import column_vectors, vectors_array
 
 SHORT = {"max_epochs": 2, "limit_train_batches": 2}
 N = 60  # samples per snapshot

@@ -18,7 +18,7 @@ import pytest
 from torch import nn
 
 from conftest import DigitsCNN, fit_collector
-from lightning_embeddings import EmbeddingRun, RunError, store
+from lightning_embeddings import EmbeddingRun, RunError, layout, store
 from lightning_embeddings.cli import main
 from lightning_embeddings.export import export_tensorboard
 from lightning_embeddings.plot import plot_run
@@ -86,13 +86,13 @@ def test_module_names_like_paths_write_nothing_outside_the_run(tmp_path):
     assert [path for path in written if run.path not in path.parents] == []
     assert run.layers == layers
     for column in layers:
-        path = store.projection_file(run.path, column)
+        path = layout.projection_file(run.path, column)
         assert path.parent == run.path / "projections" and unquote(path.stem) == column
         assert len(run.projections(column)) == 2 * N_VAL
     assert run.vectors("../../escape")[1].shape == (N_VAL, 32)
     pictures = sorted(path.name for path in (run.path / "plots").iterdir())
-    assert pictures == sorted(f"{store.file_stem(c)}-{kind}.png" for c in layers for kind in ("snapshots", "overview"))
-    assert store.file_stem("head.1") == "head.1" and store.file_stem("..") == "%2E."  # old names kept, none hidden
+    assert pictures == sorted(f"{layout.file_stem(c)}-{kind}.png" for c in layers for kind in ("snapshots", "overview"))
+    assert layout.file_stem("head.1") == "head.1" and layout.file_stem("..") == "%2E."  # old names kept, none hidden
 
 
 def _rename_layer(run_dir: Path, column: str) -> None:
@@ -117,7 +117,7 @@ def test_a_crafted_manifest_cannot_make_reduce_or_plot_write_or_delete_outside_t
     for path in (run_dir / "vectors").glob("*.parquet"):  # too few samples: reduce skips the layer, removes its map
         pq.write_table(pq.read_table(path).slice(0, 3), path)
     EmbeddingRun(run_dir).reduce(reducer="pca", progress=False)
-    assert not store.projection_file(run_dir, column).exists()
+    assert not layout.projection_file(run_dir, column).exists()
     assert [victim.read_bytes() for victim in victims] == [b"keep me"] * 3
     assert {path for path in tmp_path.rglob("*") if path.is_file() and run_dir not in path.parents} == set(victims)
 
@@ -239,7 +239,7 @@ def test_foreign_files_beside_a_snapshot_are_not_read(run_dir, capsys):
     path = snapshot_path(run_dir, 1).with_suffix("")
     for name in (f"{path.name}-rank1-copy.parquet", f"{path.name}-copy.parquet", f"{path.name}-rankX.parquet"):
         pq.write_table(pa.table({"a": [1, 2]}), path.with_name(name))
-    assert store.snapshot_files(run_dir, path.name) == [path.with_suffix(".parquet")]
+    assert layout.snapshot_files(run_dir, path.name) == [path.with_suffix(".parquet")]
     assert len(EmbeddingRun(run_dir).table()) == 2 * N_VAL
     status, out, _ = cli(capsys, "info", run_dir, "--json")
     assert status == 0 and [s["samples"] for s in json.loads(out)["snapshots"]] == [N_VAL, N_VAL]
@@ -247,10 +247,10 @@ def test_foreign_files_beside_a_snapshot_are_not_read(run_dir, capsys):
 
 def test_snapshot_files_are_the_snapshot_and_its_ranks_in_rank_order(tmp_path):
     (tmp_path / "vectors").mkdir()
-    name = store.snapshot_name("fit", 1, 10)
+    name = layout.snapshot_name("fit", 1, 10)
     for suffix in ("-rank10", "-rank2", "-rank0", "-rank1-copy", "-rank", "-rank1.parquet", "0"):
         (tmp_path / "vectors" / f"{name}{suffix}.parquet").touch()
-    assert [p.name for p in store.snapshot_files(tmp_path, name)] == [f"{name}-rank{r}.parquet" for r in (0, 2, 10)]
+    assert [p.name for p in layout.snapshot_files(tmp_path, name)] == [f"{name}-rank{r}.parquet" for r in (0, 2, 10)]
 
 
 @pytest.mark.slow  # starts another process

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lightning_embeddings import store
+from lightning_embeddings import layout, store
 
 
 def _schema(dim=3):
@@ -100,15 +100,15 @@ def test_manifest_is_replaced_atomically(tmp_path):
 
 
 def test_snapshot_files_of_every_rank(tmp_path):
-    name = store.snapshot_name("fit", 3, 440)
+    name = layout.snapshot_name("fit", 3, 440)
     assert name == "epoch_0003-step_0000440"
-    assert store.snapshot_name("test", 5, 660) == "test-epoch_0005-step_0000660"
+    assert layout.snapshot_name("test", 5, 660) == "test-epoch_0005-step_0000660"
     for rank in (1, 0):
-        store.snapshot_file(tmp_path, name, rank, 2).parent.mkdir(exist_ok=True)
-        store.snapshot_file(tmp_path, name, rank, 2).touch()
-    store.snapshot_file(tmp_path, "epoch_0004-step_0000550", 0, 1).touch()
-    assert [p.name for p in store.snapshot_files(tmp_path, name)] == [f"{name}-rank0.parquet", f"{name}-rank1.parquet"]
-    assert [p.name for p in store.snapshot_files(tmp_path, "epoch_0004-step_0000550")] == ["epoch_0004-step_0000550.parquet"]
+        layout.snapshot_file(tmp_path, name, rank, 2).parent.mkdir(exist_ok=True)
+        layout.snapshot_file(tmp_path, name, rank, 2).touch()
+    layout.snapshot_file(tmp_path, "epoch_0004-step_0000550", 0, 1).touch()
+    assert [p.name for p in layout.snapshot_files(tmp_path, name)] == [f"{name}-rank0.parquet", f"{name}-rank1.parquet"]
+    assert [p.name for p in layout.snapshot_files(tmp_path, "epoch_0004-step_0000550")] == ["epoch_0004-step_0000550.parquet"]
 
 
 def test_a_single_chunk_reads_without_a_copy_and_several_chunks_read_in_order():

@@ -1,0 +1,49 @@
+"""Names on disk and the one atomic write (layout.py), and the import rules the package keeps: layout reads no file
+format, nothing inside the package imports its public face."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import lightning_embeddings
+from lightning_embeddings import layout
+
+PACKAGE = Path(lightning_embeddings.__file__).parent
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """Every import of a module, lazy ones too: ``(module, names)``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", [alias.name for alias in node.names]))
+    return found
+
+
+def test_atomic_write_puts_the_file_in_place_whole_or_leaves_the_old_one(tmp_path):
+    target = tmp_path / "deep" / "manifest.json"
+    with layout.atomic_write(target) as tmp:
+        assert tmp == layout.staged(target) and tmp.name == ".manifest.json.partial"
+        tmp.write_text("new")
+        assert not target.exists()  # nobody sees it before it is complete
+    assert target.read_text() == "new"
+    with pytest.raises(OSError, match="disk full"), layout.atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+
+
+def test_layout_reads_no_file_format_and_nothing_imports_the_package_face():
+    assert not [name for name, _ in imports(PACKAGE / "layout.py") if name.split(".")[0] in ("pyarrow", "pandas", "numpy")]
+    submodules = {path.stem for path in PACKAGE.glob("*.py")} | {path.name for path in PACKAGE.iterdir() if path.is_dir()}
+    for path in PACKAGE.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for module, names in imports(path):
+            if module == "lightning_embeddings":
+                assert set(names) <= submodules, f"{path.name} imports {set(names) - submodules} from the package face"
