@@ -3,15 +3,11 @@ into Lightning's hooks."""
 
 from __future__ import annotations
 
-import atexit
 import copy
 import functools
 import importlib.util
-import itertools
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -38,12 +34,10 @@ from typing_extensions import override
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
-from lightning_embeddings.capture import LayerCapture, OutputKey
+from lightning_embeddings.capture import LayerCapture
 from lightning_embeddings.dynamics import K_NEIGHBOURS, knn_accuracy
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.layout import (
-    HOLDER_FILE,
-    LOCK_FILE,
     LONG_PROJECTIONS,
     MANIFEST,
     PLOTS,
@@ -55,14 +49,22 @@ from lightning_embeddings.layout import (
     snapshot_files,
     snapshot_name,
 )
-from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
+from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.loggers import export_to_loggers
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.rundir import (
+    RunDirectory,
+    check_writable,
+    default_parent,
+    resume_state,
+    resumed_dirpath,
+    spawn_note,
+    throwaway,
+)
 
 STAGES = ("fit", "validate", "test")
 KNN_SAMPLES = 2048  # validation rows per layer behind the live k-NN accuracy
-LOCK_FILES = (LOCK_FILE, HOLDER_FILE)
 T = TypeVar("T")
 
 
@@ -231,8 +233,7 @@ class EmbeddingCollector(Callback):
         self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
         self._saved: dict[str, Any] = {}  # the checkpoint's state: set when the fit resumes its run
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
-        self._lock: Optional[RunLock] = None
-        self._created: Optional[Path] = None  # the run directory, when this collector made it
+        self._run = RunDirectory()  # rank 0's hold on the run directory: its lock
         self._checking = False  # the sanity check: hooks and reshapes run, nothing is written
         self._validations = 0  # validation epochs of this fit so far (every_n_epochs counts these)
         self._validated_epoch = -1
@@ -257,7 +258,7 @@ class EmbeddingCollector(Callback):
     @property
     def dirpath(self) -> Optional[Path]:
         """The run directory, known from ``setup`` on; also in the main process after a ``ddp_spawn`` fit."""
-        note = _spawn_note(self._origin[1])
+        note = spawn_note(self._origin[1])
         if os.getpid() == self._origin[0] and note.is_file():  # a spawned rank 0 chose it
             self._dirpath = Path(note.read_text())
             note.unlink(missing_ok=True)
@@ -281,13 +282,13 @@ class EmbeddingCollector(Callback):
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
             self._refuse_a_shared_dirpath(trainer, stage)
             smoke = bool(trainer.fast_dev_run) and self._dirpath_arg is None  # a throwaway run, never in the cwd
-            parent = None if self._dirpath_arg is not None or smoke else _default_parent(trainer)  # every rank
-            self.dirpath = _on_rank_zero(trainer, lambda: self._open(_throwaway() if smoke else parent, stage == "fit"))
+            parent = None if self._dirpath_arg is not None or smoke else default_parent(trainer.loggers, self._root)
+            self.dirpath = _on_rank_zero(trainer, lambda: self._open(throwaway() if smoke else parent, stage == "fit"))
             if trainer.is_global_zero and os.getpid() != self._origin[0]:  # a spawned worker: tell the main process
-                _spawn_note(self._origin[1]).write_text(str(self.dirpath))
+                spawn_note(self._origin[1]).write_text(str(self.dirpath))
         else:
             _on_rank_zero(trainer, lambda: self._open(None, fresh=False))
-        _check_writable(self.dirpath)
+        check_writable(self.dirpath)
         self._captures = [
             LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
         ]
@@ -312,7 +313,7 @@ class EmbeddingCollector(Callback):
             self._training_bounds(trainer, say=True)
         if self._saved:
             def resume() -> Path:  # the checkpoint's run (or its copy), not setup's choice
-                self.dirpath = self._resumed_dirpath(trainer)
+                self.dirpath = resumed_dirpath(self._saved, self._dirpath_arg, Path(trainer.default_root_dir))
                 return self._open(None, fresh=False)
 
             self.dirpath = _on_rank_zero(trainer, resume)
@@ -412,11 +413,8 @@ class EmbeddingCollector(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        run, root = (self.dirpath.resolve(), self._root.resolve()) if self.dirpath and self._root else (None, None)
-        return {"dirpath": str(self.dirpath) if self.dirpath is not None else None,
-                "relative": str(run.relative_to(root)) if run and run.is_relative_to(root) else None,  # to the root
-                "run_id": self._manifest.get("run_id"), "validations": self._validations,
-                "validated_epoch": self._validated_epoch}
+        return {**resume_state(self.dirpath, self._root), "run_id": self._manifest.get("run_id"),
+                "validations": self._validations, "validated_epoch": self._validated_epoch}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -451,72 +449,11 @@ class EmbeddingCollector(Callback):
                 "dirpath=..., or record all the layers with one collector."
             )
 
-    def _resumed_dirpath(self, trainer: pl.Trainer) -> Path:
-        """Rank 0: where a resumed fit records. The checkpoint's run, unless the new trainer points elsewhere, as
-        ModelCheckpoint follows its new dirpath: this collector's own ``dirpath``, or the same place under a new
-        ``default_root_dir`` where that holds the checkpoint's run (a copied or moved experiment); said once."""
-        saved, run_id = Path(self._saved["dirpath"]), self._saved.get("run_id")
-        moved = Path(trainer.default_root_dir) / self._saved["relative"] if self._saved.get("relative") else None
-        if self._dirpath_arg is not None and self._dirpath_arg.resolve() != saved.resolve():
-            target = self._dirpath_arg
-            if holds_run(target) and store.read_manifest(target).get("run_id") != run_id:
-                raise FileExistsError(
-                    f"EmbeddingCollector: this fit resumes the run in {saved} (from its checkpoint), but dirpath "
-                    f"{target} holds another run. Pass the dirpath of that run or of a copy of it, or a new one."
-                )
-        elif (moved is not None and moved.resolve() != saved.resolve() and holds_run(moved)
-              and store.read_manifest(moved).get("run_id") == run_id):
-            target = moved
-        else:
-            return saved
-        rank_zero_warn(f"EmbeddingCollector: resumed from a checkpoint of the run in {saved}; this fit continues the "
-                       f"run in {target}, where this trainer points (as ModelCheckpoint follows its new dirpath). "
-                       f"{saved} is not changed.")
-        return target
-
     def _open(self, parent: Optional[Path], fresh: bool) -> Path:
         """Rank 0: lock the run directory (``dirpath``, or a fresh one under ``parent``) and clean what a killed
         writer left there; return it."""
-        if parent is None:
-            dirpath = self.dirpath if self.dirpath is not None and not fresh else self._dirpath_arg
-            if self._lock is not None and self._lock.dirpath != dirpath:  # resumed: setup's choice gives way
-                self._release_lock()
-            if self._lock is None:
-                self._lock_dir(dirpath)
-        else:  # the first of embeddings, embeddings-v1, ... that holds no run and no writer, as ModelCheckpoint versions
-            self._release_lock()
-            candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
-            dirpath = next(c for c in candidates if not holds_run(c) and self._lock_dir(c, quietly=True))
-        if fresh or self._saved:
-            stray = store.remove_partials(dirpath)
-            if stray:
-                rank_zero_info(f"EmbeddingCollector: removed {len(stray)} unfinished files a stopped writer left in "
-                               f"{dirpath}: {', '.join(p.name for p in stray)}")
-        return dirpath
-
-    def _lock_dir(self, dirpath: Path, quietly: bool = False) -> bool:
-        """Rank 0: take ``dirpath``'s lock (False when another process holds it and ``quietly``)."""
-        existed = dirpath.exists()
-        _check_writable(dirpath)
-        try:
-            self._lock = RunLock(dirpath).acquire()
-        except RunLockedError:
-            if quietly:
-                return False
-            raise
-        self._created = None if existed else dirpath
-        return True
-
-    def _release_lock(self) -> None:
-        """Rank 0: release the lock; remove the run directory again if this collector made it and wrote nothing."""
-        lock, self._lock = self._lock, None
-        if lock is None:
-            return
-        lock.release()
-        created, self._created = self._created, None
-        if created is not None and not any(p.is_file() and p.name not in LOCK_FILES for p in created.rglob("*")):
-            remove_lock_files(created)
-            shutil.rmtree(created, ignore_errors=True)
+        dirpath = self.dirpath if self.dirpath is not None and not fresh else self._dirpath_arg
+        return self._run.open(dirpath if parent is None else None, parent, clean=fresh or bool(self._saved))
 
     def _start_check(self) -> None:
         """The sanity check: run the hooks and reshapes on its batches, write nothing."""
@@ -805,7 +742,7 @@ class EmbeddingCollector(Callback):
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
-        self._release_lock()
+        self._run.release()
 
     def _batch_vectors(self) -> list[Optional[np.ndarray]]:
         """Each layer's vectors of this batch, None for a layer that was not called."""
@@ -966,14 +903,6 @@ def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
     return result
 
 
-def _throwaway() -> Path:
-    """A fresh temporary folder for a ``fast_dev_run``'s run, removed when the process exits (a smoke test's reruns
-    never pile up, in the cwd or in the temporary folder)."""
-    path = Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
 def _missing_label_key(label_key: str, batch: Any) -> str:
     """Why ``label_key`` finds no labels in ``batch``, with what the batch holds."""
     holds = (f"its keys: {', '.join(map(repr, batch))}" if isinstance(batch, Mapping) else
@@ -984,21 +913,6 @@ def _missing_label_key(label_key: str, batch: Any) -> str:
 
 def _reducer_name(reducer: reducers.ReducerSpec) -> str:
     return reducer if isinstance(reducer, str) else type(reducer).__name__
-
-
-def _spawn_note(token: str) -> Path:
-    """Where a spawned rank 0 notes the run directory it chose, for the process that started it."""
-    return Path(tempfile.gettempdir()) / f"lightning-embeddings-{token}.dirpath"
-
-
-def _default_parent(trainer: pl.Trainer) -> Path:
-    """Where ``ModelCheckpoint`` puts its ``checkpoints/``: ``<save_dir>/<name>/<version>`` of the first logger (one
-    folder per run also for W&B and MLflow, whose ``log_dir`` has no version), else ``default_root_dir``."""
-    if not trainer.loggers:
-        return Path(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return Path(logger.save_dir or trainer.default_root_dir, str(logger.name or ""), version)
 
 
 def _last_validation(trainer: pl.Trainer) -> bool:
@@ -1022,19 +936,6 @@ def _per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any)
     if unknown:
         raise ValueError(f"{argument} names {unknown}, which are not in layers={layers}; key it by those specs.")
     return {spec: value.get(spec, default) for spec in layers}
-
-
-def _check_writable(dirpath: Path) -> None:
-    probe = dirpath / f".write-test-{os.getpid()}"
-    try:
-        dirpath.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"EmbeddingCollector cannot write to dirpath {str(dirpath)!r} ({err.strerror or err}); pass a dirpath "
-            "you can write to."
-        ) from err
 
 
 @functools.cache

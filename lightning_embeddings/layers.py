@@ -9,6 +9,8 @@ from typing import Sequence, Union
 
 from torch import nn
 
+from lightning_embeddings.outputs import select_tensor
+
 LayerSpec = Union[int, str]
 ROOT_NAME = "root"
 
@@ -100,7 +102,6 @@ def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
 
     import torch
 
-    from lightning_embeddings.capture import select_tensor
 
     modules = list(model.named_modules())
     rows = [

@@ -47,3 +47,27 @@ def test_layout_reads_no_file_format_and_nothing_imports_the_package_face():
         for module, names in imports(path):
             if module == "lightning_embeddings":
                 assert set(names) <= submodules, f"{path.name} imports {set(names) - submodules} from the package face"
+
+
+RECORDING_SIDE = {"_version", "layout", "outputs", "layers", "reshape", "capture", "batch", "lock", "store"}
+
+
+def package_imports(module: str) -> set[str]:
+    """The package's modules ``module`` imports, lazy imports included."""
+    found = set()
+    for name, names in imports(PACKAGE / f"{module}.py"):
+        if name == "lightning_embeddings":
+            found |= set(names)
+        elif name.startswith("lightning_embeddings."):
+            found.add(name.split(".")[1])
+    return found
+
+
+def test_no_import_circle_on_the_recording_side():
+    """Issue 22: capture and layers imported each other (module_table used capture's select_tensor)."""
+    graph = {module: package_imports(module) & RECORDING_SIDE for module in RECORDING_SIDE}
+
+    def reaches(start: str, target: str, seen: frozenset = frozenset()) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start])
+
+    assert [m for m in sorted(graph) if reaches(m, m)] == []

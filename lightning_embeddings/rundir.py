@@ -1,0 +1,164 @@
+"""Where a run goes: the default directory (where ``ModelCheckpoint`` puts ``checkpoints/``), the first free
+``embeddings``, ``embeddings-v1``, ... there, the run's lock held by rank 0, the run a resumed fit continues, a
+``fast_dev_run``'s throwaway folder, and the note a spawned rank 0 leaves the main process. Lightning-free: the
+callback passes in what the ``Trainer`` knows.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_embeddings.layout import HOLDER_FILE, LOCK_FILE, holds_run
+from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
+from lightning_embeddings.store import read_manifest, remove_partials
+
+
+class RunDirectory:
+    """Rank 0's hold on one run directory: its lock, and whether this process made the folder (then it is removed
+    again if nothing was written into it).
+
+    Example::
+
+        hold = RunDirectory()
+        path = hold.open(None, parent=Path("lightning_logs/version_0"), clean=True)  # .../embeddings, locked
+        hold.release()
+    """
+
+    def __init__(self) -> None:
+        self._lock: Optional[RunLock] = None
+        self._created: Optional[Path] = None
+
+    def open(self, dirpath: Optional[Path], parent: Optional[Path], clean: bool) -> Path:
+        """Lock ``dirpath`` (keeping a lock already held on it), or the first of ``parent``'s ``embeddings``,
+        ``embeddings-v1``, ... that holds no run and no writer, as ``ModelCheckpoint`` versions; with ``clean``,
+        finish or remove what a killed writer left there. Return the directory.
+
+        Raises:
+            PermissionError: the directory cannot be written.
+            RunLockedError: another process writes ``dirpath``.
+        """
+        if parent is None:
+            if self._lock is not None and self._lock.dirpath != dirpath:  # resumed: setup's choice gives way
+                self.release()
+            if self._lock is None:
+                self._take(dirpath)
+        else:
+            self.release()
+            candidates = (parent / ("embeddings" if v == 0 else f"embeddings-v{v}") for v in itertools.count())
+            dirpath = next(c for c in candidates if not holds_run(c) and self._take(c, quietly=True))
+        if clean:
+            stray = remove_partials(dirpath)
+            if stray:
+                rank_zero_info(f"EmbeddingCollector: removed {len(stray)} unfinished files a stopped writer left in "
+                               f"{dirpath}: {', '.join(p.name for p in stray)}")
+        return dirpath
+
+    def release(self) -> None:
+        """Release the lock; remove the run directory again if this process made it and wrote nothing there."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        lock.release()
+        created, self._created = self._created, None
+        if created is not None and not any(p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)
+                                           for p in created.rglob("*")):
+            remove_lock_files(created)
+            shutil.rmtree(created, ignore_errors=True)
+
+    def _take(self, dirpath: Path, quietly: bool = False) -> bool:
+        """Take ``dirpath``'s lock (False when another process holds it and ``quietly``)."""
+        existed = dirpath.exists()
+        check_writable(dirpath)
+        try:
+            self._lock = RunLock(dirpath).acquire()
+        except RunLockedError:
+            if quietly:
+                return False
+            raise
+        self._created = None if existed else dirpath
+        return True
+
+
+def resume_state(dirpath: Optional[Path], root: Optional[Path]) -> dict[str, Optional[str]]:
+    """What a checkpoint keeps of where the run is: its path, and its path relative to the trainer's
+    ``default_root_dir`` where it lies inside (a copied experiment finds its own copy by it)."""
+    if dirpath is None or root is None:
+        return {"dirpath": str(dirpath) if dirpath is not None else None, "relative": None}
+    run, base = dirpath.resolve(), root.resolve()
+    return {"dirpath": str(dirpath), "relative": str(run.relative_to(base)) if run.is_relative_to(base) else None}
+
+
+def resumed_dirpath(saved: Mapping[str, Any], requested: Optional[Path], root: Path) -> Path:
+    """Where a resumed fit records: the checkpoint's run (``saved``: :func:`resume_state` and the ``run_id``),
+    unless the new trainer points elsewhere, as ``ModelCheckpoint`` follows its new dirpath: the collector's own
+    ``requested`` dirpath, or the same place under a new ``default_root_dir`` (``root``) where that holds the
+    checkpoint's run (a copied or moved experiment); said once.
+
+    Raises:
+        FileExistsError: ``requested`` holds another run.
+    """
+    checkpointed, run_id = Path(saved["dirpath"]), saved.get("run_id")
+    moved = root / saved["relative"] if saved.get("relative") else None
+    if requested is not None and requested.resolve() != checkpointed.resolve():
+        target = requested
+        if holds_run(target) and read_manifest(target).get("run_id") != run_id:
+            raise FileExistsError(
+                f"EmbeddingCollector: this fit resumes the run in {checkpointed} (from its checkpoint), but dirpath "
+                f"{target} holds another run. Pass the dirpath of that run or of a copy of it, or a new one."
+            )
+    elif (moved is not None and moved.resolve() != checkpointed.resolve() and holds_run(moved)
+          and read_manifest(moved).get("run_id") == run_id):
+        target = moved
+    else:
+        return checkpointed
+    rank_zero_warn(f"EmbeddingCollector: resumed from a checkpoint of the run in {checkpointed}; this fit continues "
+                   f"the run in {target}, where this trainer points (as ModelCheckpoint follows its new dirpath). "
+                   f"{checkpointed} is not changed.")
+    return target
+
+
+def default_parent(loggers: Sequence[Any], root: Path) -> Path:
+    """Where ``ModelCheckpoint`` puts its ``checkpoints/``: ``<save_dir>/<name>/<version>`` of the first logger (one
+    folder per run also for W&B and MLflow, whose ``log_dir`` has no version), else ``root``
+    (``default_root_dir``)."""
+    if not loggers:
+        return root
+    logger = loggers[0]
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or root, str(logger.name or ""), version)
+
+
+def throwaway() -> Path:
+    """A fresh temporary folder for a ``fast_dev_run``'s run, removed when the process exits (a smoke test's reruns
+    never pile up, in the cwd or in the temporary folder)."""
+    path = Path(tempfile.mkdtemp(prefix="lightning-embeddings-fast_dev_run-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def spawn_note(token: str) -> Path:
+    """Where a spawned rank 0 notes the run directory it chose, for the process that started it (``ddp_spawn``)."""
+    return Path(tempfile.gettempdir()) / f"lightning-embeddings-{token}.dirpath"
+
+
+def check_writable(dirpath: Path) -> None:
+    """Raise ``PermissionError`` naming ``dirpath`` where it cannot be made or written."""
+    probe = dirpath / f".write-test-{os.getpid()}"
+    try:
+        dirpath.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"EmbeddingCollector cannot write to dirpath {str(dirpath)!r} ({err.strerror or err}); pass a dirpath "
+            "you can write to."
+        ) from err

@@ -1,0 +1,66 @@
+"""Where a run goes (rundir.py), without a Trainer: versioned folders, the lock, the folder made and removed again,
+the run a resumed fit continues, the default directory beside ModelCheckpoint's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lightning_embeddings.layout import MANIFEST
+from lightning_embeddings.rundir import RunDirectory, default_parent, resume_state, resumed_dirpath
+
+
+def holds(path: Path, run_id: str) -> Path:
+    """Make ``path`` hold a run with ``run_id`` (what the rules read of it: a manifest)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).write_text(json.dumps({"format": "lightning-embeddings/1", "run_id": run_id}))
+    return path
+
+
+def test_versions_skip_folders_that_hold_a_run_and_an_empty_folder_made_is_removed_again(tmp_path):
+    first = RunDirectory()
+    assert first.open(None, parent=tmp_path, clean=True) == tmp_path / "embeddings"
+    first.release()
+    assert not (tmp_path / "embeddings").exists()  # made and left empty: removed again
+    assert first.open(None, parent=tmp_path, clean=True) == tmp_path / "embeddings"
+    holds(tmp_path / "embeddings", "a")
+    first.release()
+    assert (tmp_path / "embeddings" / MANIFEST).is_file()  # written into: kept
+    second = RunDirectory()
+    assert second.open(None, parent=tmp_path, clean=True) == tmp_path / "embeddings-v1"  # the first holds a run
+    second.release()
+
+
+def test_opening_cleans_what_a_killed_writer_left(tmp_path):
+    run = holds(tmp_path / "run", "a")
+    (run / ".samples.parquet.partial").write_bytes(b"half")
+    hold = RunDirectory()
+    assert hold.open(run, None, clean=False) == run and (run / ".samples.parquet.partial").exists()
+    assert hold.open(run, None, clean=True) == run and not (run / ".samples.parquet.partial").exists()
+    hold.release()
+
+
+def test_a_resumed_fit_continues_the_checkpoints_run_or_its_copy(tmp_path, recwarn):
+    original = holds(tmp_path / "exp" / "run", "a")
+    saved = {**resume_state(original, tmp_path / "exp"), "run_id": "a"}
+    assert saved["relative"] == "run"
+    assert resumed_dirpath(saved, None, tmp_path / "exp") == original and not recwarn.list
+    copy = holds(tmp_path / "copy" / "run", "a")
+    assert resumed_dirpath(saved, None, tmp_path / "copy") == copy  # a copied experiment continues its own copy
+    assert "this fit continues the run in" in str(recwarn.pop(UserWarning).message)
+    holds(tmp_path / "other" / "run", "b")
+    assert resumed_dirpath(saved, None, tmp_path / "other") == original  # another run there: not ours
+    with pytest.raises(FileExistsError, match="holds another run"):
+        resumed_dirpath(saved, tmp_path / "other" / "run", tmp_path / "exp")
+    assert resume_state(tmp_path / "elsewhere", tmp_path / "exp")["relative"] is None
+
+
+def test_the_default_directory_is_where_modelcheckpoint_puts_checkpoints(tmp_path):
+    assert default_parent([], tmp_path) == tmp_path
+    tensorboard = SimpleNamespace(save_dir=str(tmp_path / "logs"), name="lightning_logs", version=3)
+    assert default_parent([tensorboard], tmp_path) == tmp_path / "logs" / "lightning_logs" / "version_3"
+    wandb = SimpleNamespace(save_dir=None, name="project", version="abc123")
+    assert default_parent([wandb], tmp_path) == tmp_path / "project" / "abc123"
