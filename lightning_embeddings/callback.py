@@ -10,32 +10,25 @@ import json
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import WarningCache
-from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader, IterableDataset
-from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture
-from lightning_embeddings.dynamics import K_NEIGHBOURS, knn_accuracy
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.layout import (
     LONG_PROJECTIONS,
@@ -49,8 +42,9 @@ from lightning_embeddings.layout import (
     snapshot_files,
     snapshot_name,
 )
-from lightning_embeddings.outputs import OutputKey
+from lightning_embeddings.live import LiveKnnAccuracy
 from lightning_embeddings.loggers import export_to_loggers
+from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.rundir import (
@@ -62,9 +56,9 @@ from lightning_embeddings.rundir import (
     spawn_note,
     throwaway,
 )
+from lightning_embeddings.train_pass import run_pass, training_bounds, training_loaders
 
 STAGES = ("fit", "validate", "test")
-KNN_SAMPLES = 2048  # validation rows per layer behind the live k-NN accuracy
 T = TypeVar("T")
 
 
@@ -239,7 +233,7 @@ class EmbeddingCollector(Callback):
         self._validated_epoch = -1
         self._snapshot: Optional[dict[str, Any]] = None
         self._split = "val"  # the rows being recorded: "val" or "test", then "train" in record_train's pass
-        self._neighbourhood: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # knn_accuracy's (vectors, labels)
+        self._live = LiveKnnAccuracy()  # the rows behind each layer's knn_accuracy
         self._rank_zero_wait: Optional[Any] = None
         self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
@@ -310,7 +304,7 @@ class EmbeddingCollector(Callback):
         if self.dirpath is None or "fit" not in self.stages:
             return
         if self.record_train:
-            self._training_bounds(trainer, say=True)
+            training_bounds(trainer, self.max_samples, say=True)
         if self._saved:
             def resume() -> Path:  # the checkpoint's run (or its copy), not setup's choice
                 self.dirpath = resumed_dirpath(self._saved, self._dirpath_arg, Path(trainer.default_root_dir))
@@ -478,7 +472,7 @@ class EmbeddingCollector(Callback):
             return
         self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
         self._missing = {capture.layer.column: 0 for capture in self._captures}
-        self._neighbourhood = {capture.layer.column: [] for capture in self._captures}
+        self._live.start([capture.layer.column for capture in self._captures])
         self._start_split("test" if stage == "test" else "val", batches.loaders(dataloaders))
 
     def _start_split(self, split: str, loaders: list[Any], bounds: Optional[list[int]] = None) -> None:
@@ -494,64 +488,19 @@ class EmbeddingCollector(Callback):
         self._orders = {i: batches.sample_order(dl, self._limits[i]) for i, dl in enumerate(loaders)}
 
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``validation_step`` over the training set in a fixed order, eval mode, no gradients, as ``split="train"``
-        rows of the open snapshot, as far as :meth:`_training_bounds`; the random state is left as it was, so
-        training goes on as without the pass. SIGTERM ends it at the next batch, as it ends Lightning's loops."""
-        given = batches.loaders(trainer.train_dataloader)
-        bounds = self._training_bounds(trainer)
+        """The training set as ``split="train"`` rows of the open snapshot (:mod:`~lightning_embeddings.train_pass`)."""
+        bounds = training_bounds(trainer, self.max_samples)
         if bounds is None:
             self._warnings.warn("EmbeddingCollector(record_train=True) records the training set through its DataLoader, "
-                                f"but the trainer's training data is {[type(dl).__name__ for dl in given]}: no "
+                                "but the trainer's training data is "
+                                f"{[type(dl).__name__ for dl in batches.loaders(trainer.train_dataloader)]}: no "
                                 "training rows are recorded.")
             return
-        loaders = [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank, bound)
-                   for dl, bound in zip(given, bounds)]
+        loaders = training_loaders(trainer, bounds)
         self._start_split("train", loaders, bounds)
-        extra = {"dataloader_idx": 0} if len(batches.loaders(trainer.val_dataloaders)) > 1 else {}
-        with isolate_rng(), _silenced(pl_module), torch.no_grad(), trainer.precision_plugin.val_step_context():
-            for i, loader in enumerate(loaders):
-                for batch_idx, batch in enumerate(loader):
-                    if trainer.received_sigterm:
-                        raise SIGTERMException
-                    if self._seen[i] >= self._limits[i]:
-                        break
-                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=i)
-                    self._start_batch(batch, i)
-                    try:
-                        outputs = pl_module.validation_step(batch, batch_idx, **extra)
-                    except Exception as err:
-                        err.add_note(f"EmbeddingCollector(record_train=True) ran validation_step on training batch "
-                                     f"{batch_idx}: it must take training batches too.")
-                        raise
-                    self._end_batch(trainer, outputs, batch, i)
-
-    def _training_bounds(self, trainer: pl.Trainer, say: bool = False) -> Optional[list[int]]:
-        """How many samples of each training loader (per rank) record_train's pass records: as many as one training
-        epoch draws (``limit_train_batches``, a sampler's ``num_samples``), at most ``max_samples``; None where the
-        training data are not DataLoaders. Refused where nothing bounds a loader (an endless stream); ``say``: tell
-        once where the pass records part of the training set."""
-        given = batches.loaders(trainer.train_dataloader)
-        if not all(isinstance(dl, DataLoader) for dl in given):
-            return None
-        bounds = []
-        for dl in given:
-            drawn = batches.samples_per_epoch(dl, trainer.num_training_batches)
-            if drawn is None and self.max_samples is None:
-                raise ValueError(
-                    f"EmbeddingCollector(record_train=True): the training data ({type(dl.dataset).__name__}) has no "
-                    "end: no __len__ and no limit on the epoch, so recording it would never end. Bound it with "
-                    "EmbeddingCollector(max_samples=...), Trainer(limit_train_batches=<int>), or a __len__ on the "
-                    "dataset; or set record_train=False."
-                )
-            bounds.append(min(n for n in (drawn, self.max_samples) if n is not None))
-            size = None if isinstance(dl.dataset, IterableDataset) else len(dl.dataset)
-            recorded = bounds[-1] * trainer.world_size if size is None else min(size, bounds[-1] * trainer.world_size)
-            if say and recorded != size:
-                rank_zero_info(f"EmbeddingCollector(record_train=True) records the first {recorded} of "
-                               f"{'the stream of' if size is None else f'the {size}'} training samples at each recorded"
-                               " validation: as many as one training epoch draws (limit_train_batches, the sampler's "
-                               "num_samples) or max_samples.")
-        return bounds
+        run_pass(trainer, pl_module, loaders, start=self._start_batch,
+                 end=lambda outputs, batch, i: self._end_batch(trainer, outputs, batch, i),
+                 done=lambda i: self._seen[i] >= self._limits[i])
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
         limit = self._limits.get(dataloader_idx)
@@ -586,7 +535,7 @@ class EmbeddingCollector(Callback):
                 self._missing[capture.layer.column] += take
         labels = batches.batch_labels(batch, size, self.label_key)
         logits, predictions = self._logits(outputs, size), self._predictions(outputs, size)
-        keep = self._split != "train" and labels is not None and self._knn_room()
+        keep = self._split != "train" and labels is not None and self._live.room()
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
         if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
             ready.synchronize()  # this thread reads the vectors (kept for knn_accuracy, argmax of a logits layer)
@@ -609,7 +558,7 @@ class EmbeddingCollector(Callback):
         }
         columns = {name: value[:take] for name, value in columns.items() if value is not None}
         if keep:
-            self._keep_for_knn([v if v is None else v[:take] for v in vectors], labels[:take])
+            self._live.keep([v if v is None else v[:take] for v in vectors], labels[:take])
         self._write(trainer, columns, ready)
         self._seen[dataloader_idx] = seen + take
 
@@ -801,32 +750,11 @@ class EmbeddingCollector(Callback):
             return None
         return logits.detach().float().cpu().numpy()
 
-    def _knn_room(self, column: Optional[str] = None) -> int:
-        """How many more rows ``knn_accuracy`` keeps of a layer (of the layer with most room when None)."""
-        room = {c: KNN_SAMPLES - sum(len(held) for _, held in kept) for c, kept in self._neighbourhood.items()}
-        return max(room.values(), default=0) if column is None else room.get(column, 0)
-
-    def _keep_for_knn(self, vectors: list[Optional[np.ndarray]], labels: np.ndarray) -> None:
-        """Keep the first ``KNN_SAMPLES`` labelled validation rows of each layer for its live k-NN accuracy."""
-        for capture, v in zip(self._captures, vectors):
-            room = self._knn_room(capture.layer.column)
-            if v is not None and room > 0:
-                self._neighbourhood[capture.layer.column].append((v[:room].copy(), labels[:room]))
-
     def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
-        """Log each layer's leave-one-out k-NN accuracy on the rows kept; under DDP rank 0's (no collective: a rank
-        with too few labelled rows cannot leave the others waiting)."""
-        kept, self._neighbourhood = self._neighbourhood, {}
-        for column, parts in kept.items():
-            if not parts:
-                continue
-            vectors = torch.from_numpy(np.concatenate([v for v, _ in parts]))
-            labels = pd.factorize(np.concatenate([y for _, y in parts]), use_na_sentinel=True)[0]
-            known = (labels >= 0) & torch.isfinite(vectors).all(1).numpy()
-            if known.sum() <= K_NEIGHBOURS:
-                continue
-            accuracy = knn_accuracy(vectors[known], torch.from_numpy(labels[known]))
-            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy.item(), rank_zero_only=True)
+        """Log each layer's live k-NN accuracy; under DDP rank 0's (no collective: a rank with too few labelled rows
+        cannot leave the others waiting)."""
+        for column, accuracy in self._live.scores().items():
+            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy, rank_zero_only=True)
 
     def _predictions(self, outputs: Any, size: int) -> Optional[np.ndarray]:
         if not isinstance(outputs, Mapping) or "preds" not in outputs:
@@ -861,32 +789,6 @@ class EmbeddingCollector(Callback):
                   for name, value in columns.items() if name not in layer_columns]
         fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self._captures]
         return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
-
-
-@contextmanager
-def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
-    """``self.log``/``self.log_dict`` do nothing, and torchmetrics metrics get their state back afterwards: a pass of
-    ``validation_step`` that must not change what the user logs."""
-    metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
-    saved = [({name: _copied(value) for name, value in m.metric_state.items()}, m._update_count, m._computed)
-             for m in metrics]
-    pl_module.log = pl_module.log_dict = _ignored  # instance attributes, shadowing the methods until deleted
-    try:
-        yield
-    finally:
-        del pl_module.log, pl_module.log_dict
-        for metric, (state, updates, computed) in zip(metrics, saved):
-            for name, value in state.items():
-                setattr(metric, name, value)
-            metric._update_count, metric._computed = updates, computed
-
-
-def _copied(value: Any) -> Any:
-    return value.clone() if isinstance(value, torch.Tensor) else list(value) if isinstance(value, list) else value
-
-
-def _ignored(*args: Any, **kwargs: Any) -> None:
-    return None
 
 
 def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
