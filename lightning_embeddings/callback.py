@@ -6,10 +6,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import json
 import os
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -46,6 +43,7 @@ from lightning_embeddings.live import LiveKnnAccuracy
 from lightning_embeddings.loggers import export_to_loggers
 from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.reshape import Strategy, resolve_strategy
+from lightning_embeddings.recorder import Recorder, refuse_uncalled
 from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.rundir import (
     RunDirectory,
@@ -232,20 +230,14 @@ class EmbeddingCollector(Callback):
         self._validations = 0  # validation epochs of this fit so far (every_n_epochs counts these)
         self._validated_epoch = -1
         self._snapshot: Optional[dict[str, Any]] = None
-        self._split = "val"  # the rows being recorded: "val" or "test", then "train" in record_train's pass
         self._live = LiveKnnAccuracy()  # the rows behind each layer's knn_accuracy
         self._rank_zero_wait: Optional[Any] = None
         self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
-        self._writer: Optional[store.EpochWriter] = None
-        self._pending: list[dict[str, Any]] = []  # batches waiting for a layer's first vectors (its width)
+        self._recorder: Optional[Recorder] = None  # the open snapshot's rows (made in setup, with the captures)
         self._wanted = False
         self._batch_size: Optional[int] = None
-        self._seen: dict[int, int] = defaultdict(int)
-        self._limits: dict[int, Optional[int]] = {}
-        self._orders: dict[int, Optional[np.ndarray]] = {}
         self._called: dict[str, int] = {}
-        self._missing: dict[str, int] = {}
         self._said_missing: set[str] = set()
         self._warnings = WarningCache()
 
@@ -286,6 +278,7 @@ class EmbeddingCollector(Callback):
         self._captures = [
             LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
         ]
+        self._recorder = Recorder(self._captures, self.max_samples, self._warnings.warn)
         for capture in self._captures:
             if capture.sequence_first:
                 self._warnings.info(
@@ -471,21 +464,9 @@ class EmbeddingCollector(Callback):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
             return
         self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
-        self._missing = {capture.layer.column: 0 for capture in self._captures}
         self._live.start([capture.layer.column for capture in self._captures])
-        self._start_split("test" if stage == "test" else "val", batches.loaders(dataloaders))
-
-    def _start_split(self, split: str, loaders: list[Any], bounds: Optional[list[int]] = None) -> None:
-        """Rows from ``loaders`` come next: at most ``max_samples`` (or ``bounds``) of each, never
-        DistributedSampler's padding."""
-        self._split = split
-        self._seen.clear()
-        self._limits = {
-            i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None) if n is not None),
-                   default=None)
-            for i, dl in enumerate(loaders)
-        }
-        self._orders = {i: batches.sample_order(dl, self._limits[i]) for i, dl in enumerate(loaders)}
+        path = snapshot_file(self.dirpath, name, trainer.global_rank, trainer.world_size)
+        self._recorder.start(path, name, "test" if stage == "test" else "val", batches.loaders(dataloaders))
 
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The training set as ``split="train"`` rows of the open snapshot (:mod:`~lightning_embeddings.train_pass`)."""
@@ -497,14 +478,13 @@ class EmbeddingCollector(Callback):
                                 "training rows are recorded.")
             return
         loaders = training_loaders(trainer, bounds)
-        self._start_split("train", loaders, bounds)
+        self._recorder.start_split("train", loaders, bounds)
         run_pass(trainer, pl_module, loaders, start=self._start_batch,
                  end=lambda outputs, batch, i: self._end_batch(trainer, outputs, batch, i),
-                 done=lambda i: self._seen[i] >= self._limits[i])
+                 done=lambda i: not self._recorder.wants(i))
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
-        limit = self._limits.get(dataloader_idx)
-        self._wanted = self._checking or (self._snapshot is not None and (limit is None or self._seen[dataloader_idx] < limit))
+        self._wanted = self._checking or (self._snapshot is not None and self._recorder.wants(dataloader_idx))
         if not self._wanted:
             for capture in self._captures:
                 capture.active = False
@@ -527,15 +507,10 @@ class EmbeddingCollector(Callback):
         size = next((len(v) for v in vectors if v is not None), self._batch_size)
         if size is None:  # no recorded layer ran, and the batch does not say how many samples it holds
             return
-        seen = self._seen[dataloader_idx]
-        limit = self._limits.get(dataloader_idx)
-        take = size if limit is None else min(size, limit - seen)
-        for capture, v in zip(self._captures, vectors):
-            if v is None:
-                self._missing[capture.layer.column] += take
+        recorder = self._recorder
         labels = batches.batch_labels(batch, size, self.label_key)
         logits, predictions = self._logits(outputs, size), self._predictions(outputs, size)
-        keep = self._split != "train" and labels is not None and self._live.room()
+        keep = recorder.split != "train" and labels is not None and self._live.room()
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
         if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
             ready.synchronize()  # this thread reads the vectors (kept for knn_accuracy, argmax of a logits layer)
@@ -545,8 +520,8 @@ class EmbeddingCollector(Callback):
         if predictions is None and logits is not None:
             predictions = logits.argmax(1)
         columns: dict[str, Any] = {
-            "sample_id": self._sample_ids(batch, size, dataloader_idx, seen),
-            "split": np.full(size, self._split),
+            "sample_id": recorder.sample_ids(batches.batch_ids(batch, size, self.id_key), size, dataloader_idx),
+            "split": np.full(size, recorder.split),
             "stage": np.full(size, self._snapshot["stage"]),
             "epoch": np.full(size, self._snapshot["epoch"], dtype=np.int32),
             "step": np.full(size, self._snapshot["step"], dtype=np.int64),
@@ -556,43 +531,22 @@ class EmbeddingCollector(Callback):
             "logits": logits if self.logits is None else None,  # a recorded layer's logits are in its own column
             **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
         }
-        columns = {name: value[:take] for name, value in columns.items() if value is not None}
         if keep:
+            take = recorder.taken(dataloader_idx, size)
             self._live.keep([v if v is None else v[:take] for v in vectors], labels[:take])
-        self._write(trainer, columns, ready)
-        self._seen[dataloader_idx] = seen + take
-
-    def _write(self, trainer: pl.Trainer, columns: dict[str, Any], ready: Any) -> None:
-        """Hand a batch to the snapshot's writer; until every layer has run once (its width unknown), hold it."""
-        if self._writer is None:
-            if any(capture.dim is None for capture in self._captures):
-                if ready is not None:
-                    ready.synchronize()
-                self._pending.append(columns)
-                return
-            path = snapshot_file(self.dirpath, self._snapshot["name"], trainer.global_rank, trainer.world_size)
-            self._writer = store.EpochWriter(path, self._schema(columns))
-            for held in self._pending:
-                self._writer.write(held)
-            self._pending = []
-        self._writer.write(columns, ready)
+        recorder.add(columns, dataloader_idx, size, ready)
 
     def _end_snapshot(self, trainer: pl.Trainer) -> None:
         for capture in self._captures:
             capture.active = False
         if self._checking:
             self._checking = False
-            self._refuse_uncalled(self._called, "any sanity-check step")
+            refuse_uncalled(self._called, "any sanity-check step")
             return
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return
-        pending, self._pending = self._pending, []
-        if pending:
-            self._refuse_uncalled({c.layer.column: c.dim or 0 for c in self._captures}, f"any step of {snapshot['name']}")
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        self._recorder.end()
         missing = self._count_missing(trainer, snapshot["name"])
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
         files = snapshot_files(self.dirpath, snapshot["name"])
@@ -611,19 +565,12 @@ class EmbeddingCollector(Callback):
             self._manifest["versions"] = _versions()
             store.write_manifest(self.dirpath, self._manifest)
 
-    def _refuse_uncalled(self, called: Mapping[str, int], where: str) -> None:
-        never = [column for column, calls in called.items() if not calls]
-        if never:
-            raise ValueError(
-                f"EmbeddingCollector: layer(s) {never} were not called in {where} of validation_step: record "
-                "layers on its forward path (lightning-embeddings layers MODEL --input-shape ... lists what runs)."
-            )
-
     def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
         """Samples of this snapshot, over all ranks, that a layer was not called for; said once per layer."""
-        counts = torch.tensor(list(self._missing.values()), dtype=torch.int64, device=trainer.strategy.root_device)
+        mine = self._recorder.missing
+        counts = torch.tensor(list(mine.values()), dtype=torch.int64, device=trainer.strategy.root_device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum").tolist() if trainer.world_size > 1 else counts.tolist()
-        missing = {column: int(n) for column, n in zip(self._missing, counts) if n}
+        missing = {column: int(n) for column, n in zip(mine, counts) if n}
         for column, n in missing.items():
             if column not in self._said_missing:
                 self._said_missing.add(column)
@@ -687,10 +634,8 @@ class EmbeddingCollector(Callback):
         self._captures = []
         self._snapshot = None
         self._checking = False
-        self._pending = []
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
+        if self._recorder is not None:
+            self._recorder.abort()
         self._run.release()
 
     def _batch_vectors(self) -> list[Optional[np.ndarray]]:
@@ -723,21 +668,6 @@ class EmbeddingCollector(Callback):
             )
         return vectors
 
-    def _sample_ids(self, batch: Any, size: int, dataloader_idx: int, seen: int) -> np.ndarray:
-        ids = batches.batch_ids(batch, size, self.id_key)
-        if ids is not None:
-            return ids
-        order, limit = self._orders.get(dataloader_idx), self._limits.get(dataloader_idx)
-        needed = size if limit is None else min(size, limit - seen)  # the rows kept (the order stops at the limit)
-        if order is not None and seen + needed <= len(order):
-            return order[seen : seen + needed]
-        self._warnings.warn(
-            f"EmbeddingCollector: {'training' if self._split == 'train' else self._split} dataloader {dataloader_idx} "
-            "does not visit its samples in a fixed order (a shuffling sampler or an iterable dataset), so sample_id records each sample's position in the epoch "
-            "and may not name the same sample in two epochs. Use an unshuffled loader, or pass id_key."
-        )
-        return np.arange(seen, seen + size, dtype=np.int64)
-
     def _logits(self, outputs: Any, size: int) -> Optional[np.ndarray]:
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         if logits is None:
@@ -766,30 +696,6 @@ class EmbeddingCollector(Callback):
                 f"(batch of {size}); predictions are not recorded. Return e.g. logits.argmax(-1)."
             )
         return preds
-
-    def _layer_facts(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "column": c.layer.column,
-                "spec": c.layer.spec,
-                "index": c.layer.index,
-                "name": c.layer.name,
-                "type": type(c.layer.module).__name__,
-                "strategy": c.strategy.name,
-                "output_shape": list(c.output_shape or ()),
-                "dim": c.dim,
-            }
-            for c in self._captures
-        ]
-
-    def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
-        """The snapshot file's schema: the batch's key and fact columns, then one vector column per layer."""
-        layer_columns = {c.layer.column for c in self._captures}
-        fields = [pa.field(name, pa.list_(pa.float32(), value.shape[1]) if np.ndim(value) == 2 else pa.array(value).type)
-                  for name, value in columns.items() if name not in layer_columns]
-        fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self._captures]
-        return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": self._layer_facts()})})
-
 
 def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
     """Do ``work`` on rank 0 and give every rank its result, or raise its error on every rank."""

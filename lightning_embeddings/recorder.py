@@ -1,0 +1,176 @@
+"""One snapshot's recording, Lightning-free: which rows of each loader are recorded (at most ``max_samples``, never
+a ``DistributedSampler``'s padding), which sample each row is, how many rows each layer missed, and the writer that
+streams the rows to the snapshot's file, holding batches until every layer has shown its width.
+
+The callback translates Lightning's events into these calls::
+
+    recorder = Recorder(captures, max_samples=1000, warn=print)
+    recorder.start(path, "epoch_0003-step_0000440", "val", loaders)  # a recorded validation begins
+    if recorder.wants(dataloader_idx): ...                   # each batch: switch the layers' hooks on or not
+    recorder.add(columns, dataloader_idx, ids, size)         # the batch's columns (vectors per layer, labels, ...)
+    recorder.end()                                           # the file is complete
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from lightning_embeddings import batch as batches
+from lightning_embeddings import store
+from lightning_embeddings.capture import LayerCapture
+
+
+class Recorder:
+    """The rows of one snapshot, from ``start`` to ``end`` (or ``abort``).
+
+    Args:
+        captures: the layers' forward hooks, in column order; their widths are known after their first batch.
+        max_samples: at most this many rows of each loader (None: all of them).
+        warn: says a warning once (the callback's ``WarningCache.warn``).
+    """
+
+    def __init__(self, captures: Sequence[LayerCapture], max_samples: Optional[int], warn: Callable[[str], None]) -> None:
+        self.captures = list(captures)
+        self.max_samples = max_samples
+        self.warn = warn
+        self.split = "val"  # the rows being recorded: "val" or "test", then "train" in record_train's pass
+        self.missing: dict[str, int] = {}  # rows each layer was not called for
+        self._path: Optional[Path] = None
+        self._name = ""
+        self._writer: Optional[store.EpochWriter] = None
+        self._pending: list[dict[str, Any]] = []  # batches waiting for a layer's first vectors (its width)
+        self._seen: dict[int, int] = defaultdict(int)
+        self._limits: dict[int, Optional[int]] = {}
+        self._orders: dict[int, Optional[np.ndarray]] = {}
+
+    def start(self, path: Path, name: str, split: str, loaders: list[Any]) -> None:
+        """Snapshot ``name`` begins; its rows go to ``path`` (written there only when complete)."""
+        self._path, self._name = path, name
+        self.missing = {capture.layer.column: 0 for capture in self.captures}
+        self.start_split(split, loaders)
+
+    def start_split(self, split: str, loaders: list[Any], bounds: Optional[list[int]] = None) -> None:
+        """Rows from ``loaders`` come next: at most ``max_samples`` (or ``bounds``) of each, never
+        DistributedSampler's padding."""
+        self.split = split
+        self._seen.clear()
+        self._limits = {
+            i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None) if n is not None),
+                   default=None)
+            for i, dl in enumerate(loaders)
+        }
+        self._orders = {i: batches.sample_order(dl, self._limits[i]) for i, dl in enumerate(loaders)}
+
+    def wants(self, dataloader_idx: int) -> bool:
+        """Whether the next batch of this loader holds rows to record."""
+        limit = self._limits.get(dataloader_idx)
+        return limit is None or self._seen[dataloader_idx] < limit
+
+    def taken(self, dataloader_idx: int, size: int) -> int:
+        """How many rows of a batch of ``size`` are recorded: all, or those up to the loader's limit."""
+        limit = self._limits.get(dataloader_idx)
+        return size if limit is None else min(size, limit - self._seen[dataloader_idx])
+
+    def sample_ids(self, given: Optional[np.ndarray], size: int, dataloader_idx: int) -> np.ndarray:
+        """The ids of a batch's rows: ``given`` (an ``id_key``), else their indices in the loader's fixed order,
+        else (a shuffled loader; warned once) their positions in the epoch."""
+        if given is not None:
+            return given
+        seen, order = self._seen[dataloader_idx], self._orders.get(dataloader_idx)
+        needed = self.taken(dataloader_idx, size)  # the rows kept (the order stops at the limit)
+        if order is not None and seen + needed <= len(order):
+            return order[seen : seen + needed]
+        self.warn(
+            f"EmbeddingCollector: {'training' if self.split == 'train' else self.split} dataloader {dataloader_idx} "
+            "does not visit its samples in a fixed order (a shuffling sampler or an iterable dataset), so sample_id "
+            "records each sample's position in the epoch and may not name the same sample in two epochs. Use an "
+            "unshuffled loader, or pass id_key."
+        )
+        return np.arange(seen, seen + size, dtype=np.int64)
+
+    def add(self, columns: Mapping[str, Any], dataloader_idx: int, size: int, ready: Any = None) -> None:
+        """Record a batch of ``size`` rows: ``columns`` hold its keys and facts and one array (None: not called)
+        per layer; rows past the loader's limit are dropped. ``ready``: a CUDA event the vectors' copy waits on."""
+        take = self.taken(dataloader_idx, size)
+        for capture in self.captures:
+            if columns.get(capture.layer.column) is None:
+                self.missing[capture.layer.column] += take
+        self._write({name: value[:take] for name, value in columns.items() if value is not None}, ready)
+        self._seen[dataloader_idx] += take
+
+    def end(self) -> bool:
+        """Close the snapshot's file; whether one was written.
+
+        Raises:
+            ValueError: a layer was never called in the snapshot (its width unknown), naming it.
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            refuse_uncalled({c.layer.column: c.dim or 0 for c in self.captures}, f"any step of {self._name}")
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        return writer is not None
+
+    def abort(self) -> None:
+        """Discard the unfinished snapshot: nothing of it is left on disk."""
+        self._pending = []
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _write(self, columns: dict[str, Any], ready: Any) -> None:
+        """Hand a batch to the snapshot's writer; until every layer has run once (its width unknown), hold it."""
+        if self._writer is None:
+            if any(capture.dim is None for capture in self.captures):
+                if ready is not None:
+                    ready.synchronize()
+                self._pending.append(columns)
+                return
+            self._writer = store.EpochWriter(self._path, self._schema(columns))
+            for held in self._pending:
+                self._writer.write(held)
+            self._pending = []
+        self._writer.write(columns, ready)
+
+    def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
+        """The snapshot file's schema: the batch's key and fact columns, then one vector column per layer."""
+        layer_columns = {c.layer.column for c in self.captures}
+        fields = [pa.field(name, pa.list_(pa.float32(), value.shape[1]) if np.ndim(value) == 2 else pa.array(value).type)
+                  for name, value in columns.items() if name not in layer_columns]
+        fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self.captures]
+        return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": layer_facts(self.captures)})})
+
+
+def layer_facts(captures: Sequence[LayerCapture]) -> list[dict[str, Any]]:
+    """What a snapshot file says of each layer: its spec, index, name, type, reshape, output shape and width."""
+    return [
+        {
+            "column": c.layer.column,
+            "spec": c.layer.spec,
+            "index": c.layer.index,
+            "name": c.layer.name,
+            "type": type(c.layer.module).__name__,
+            "strategy": c.strategy.name,
+            "output_shape": list(c.output_shape or ()),
+            "dim": c.dim,
+        }
+        for c in captures
+    ]
+
+
+def refuse_uncalled(called: Mapping[str, int], where: str) -> None:
+    """Raise for the layers ``called`` counts no call of (``where``: in which steps)."""
+    never = [column for column, calls in called.items() if not calls]
+    if never:
+        raise ValueError(
+            f"EmbeddingCollector: layer(s) {never} were not called in {where} of validation_step: record "
+            "layers on its forward path (lightning-embeddings layers MODEL --input-shape ... lists what runs)."
+        )
