@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -151,3 +151,28 @@ def ordered_loader(loader: DataLoader, num_replicas: int = 1, rank: int = 0, lim
 
 def _loader_batch_size(loader: DataLoader) -> int:
     return loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 1
+
+
+def step_logits(outputs: Any, size: int, warn: Callable[[str], None]) -> Optional[np.ndarray]:
+    """The ``logits`` that ``validation_step`` returned for a batch of ``size``, as float32 ``(size, classes)``; None
+    when it returned none, or (``warn``-ed once) something else than a ``(batch, classes)`` tensor."""
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+    if logits is None:
+        return None
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != size:
+        warn("EmbeddingCollector: validation_step returned 'logits' that are not a (batch, classes) tensor (batch "
+             f"of {size}, got {getattr(logits, 'shape', type(logits).__name__)}); logits are not recorded.")
+        return None
+    return logits.detach().float().cpu().numpy()
+
+
+def step_predictions(outputs: Any, size: int, warn: Callable[[str], None]) -> Optional[np.ndarray]:
+    """The ``preds`` that ``validation_step`` returned for a batch of ``size``, one per sample; None when it returned
+    none, or (``warn``-ed once) not one value per sample."""
+    if not isinstance(outputs, Mapping) or "preds" not in outputs:
+        return None
+    preds = per_sample(outputs["preds"], size)
+    if preds is None:
+        warn("EmbeddingCollector: validation_step returned 'preds' that do not hold one value per sample "
+             f"(batch of {size}); predictions are not recorded. Return e.g. logits.argmax(-1).")
+    return preds

@@ -4,7 +4,6 @@ into Lightning's hooks."""
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.util
 import os
 import uuid
@@ -15,7 +14,6 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -25,7 +23,7 @@ from typing_extensions import override
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
-from lightning_embeddings.capture import LayerCapture
+from lightning_embeddings.capture import LayerCapture, batch_vectors
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.layout import (
     LONG_PROJECTIONS,
@@ -499,7 +497,7 @@ class EmbeddingCollector(Callback):
         if not self._wanted:
             return
         self._wanted = False
-        vectors = self._batch_vectors()
+        vectors = batch_vectors(self._captures, self._warnings.warn, self._called if self._checking else None)
         if self.label_key is not None and not (isinstance(batch, Mapping) and self.label_key in batch):
             self._warnings.warn(_missing_label_key(self.label_key, batch))  # once: in the sanity check where it runs
         if self._checking:
@@ -509,7 +507,8 @@ class EmbeddingCollector(Callback):
             return
         recorder = self._recorder
         labels = batches.batch_labels(batch, size, self.label_key)
-        logits, predictions = self._logits(outputs, size), self._predictions(outputs, size)
+        logits = batches.step_logits(outputs, size, self._warnings.warn)
+        predictions = batches.step_predictions(outputs, size, self._warnings.warn)
         keep = recorder.split != "train" and labels is not None and self._live.room()
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
         if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
@@ -553,16 +552,8 @@ class EmbeddingCollector(Callback):
         if trainer.is_global_zero and files:
             if missing:
                 snapshot["missing"] = missing
-            self._manifest.setdefault("snapshots", []).append(snapshot)
-            schema = pq.read_schema(files[0])
-            self._manifest["layers"] = store.layer_metadata(schema)
             logits = next((c.layer.column for c in self._captures if c.layer.spec == self.logits), None)
-            if logits is not None or "logits" in schema.names:
-                self._manifest["logits"] = logits or "logits"
-            self._manifest.setdefault("run_id", uuid.uuid4().hex)  # the same in a copy: resume finds it there
-            self._manifest["pictures"] = {"png": self.plots, "html": self.html}  # what EmbeddingRun.reduce draws
-            self._manifest.setdefault("reducer", None)
-            self._manifest["versions"] = _versions()
+            store.add_snapshot(self._manifest, snapshot, files[0], logits, {"png": self.plots, "html": self.html})
             store.write_manifest(self.dirpath, self._manifest)
 
     def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
@@ -638,64 +629,12 @@ class EmbeddingCollector(Callback):
             self._recorder.abort()
         self._run.release()
 
-    def _batch_vectors(self) -> list[Optional[np.ndarray]]:
-        """Each layer's vectors of this batch, None for a layer that was not called."""
-        vectors = []
-        for capture in self._captures:
-            if capture.vectors is None:
-                vectors.append(None)
-                continue
-            if self._checking:
-                self._called[capture.layer.column] += 1
-            if capture.calls > 1:
-                self._warnings.warn(
-                    f"EmbeddingCollector: layer {capture.layer.column!r} ran {capture.calls} times in one validation "
-                    "step; its first call's output is recorded."
-                )
-            if capture.strategy.name == "mean" and len(capture.output_shape or ()) == 2:
-                self._warnings.warn(
-                    f"EmbeddingCollector: 'mean' on layer {capture.layer.column!r} with output (B, "
-                    f"{', '.join(map(str, capture.output_shape))}) averages the last dim; for (batch, tokens, dim) "
-                    "outputs use reshape 'token_mean' or 'cls'."
-                )
-            vectors.append(capture.vectors.numpy())
-        sizes = {len(v) for v in vectors if v is not None}
-        if len(sizes) > 1:
-            raise ValueError(
-                "EmbeddingCollector: the recorded layers gave different batch sizes "
-                f"({dict((c.layer.column, len(v)) for c, v in zip(self._captures, vectors) if v is not None)}); "
-                "record layers that keep one row per sample."
-            )
-        return vectors
-
-    def _logits(self, outputs: Any, size: int) -> Optional[np.ndarray]:
-        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
-        if logits is None:
-            return None
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != size:
-            self._warnings.warn(
-                "EmbeddingCollector: validation_step returned 'logits' that are not a (batch, classes) tensor (batch "
-                f"of {size}, got {getattr(logits, 'shape', type(logits).__name__)}); logits are not recorded."
-            )
-            return None
-        return logits.detach().float().cpu().numpy()
-
     def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
         """Log each layer's live k-NN accuracy; under DDP rank 0's (no collective: a rank with too few labelled rows
         cannot leave the others waiting)."""
         for column, accuracy in self._live.scores().items():
             pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy, rank_zero_only=True)
 
-    def _predictions(self, outputs: Any, size: int) -> Optional[np.ndarray]:
-        if not isinstance(outputs, Mapping) or "preds" not in outputs:
-            return None
-        preds = batches.per_sample(outputs["preds"], size)
-        if preds is None:
-            self._warnings.warn(
-                "EmbeddingCollector: validation_step returned 'preds' that do not hold one value per sample "
-                f"(batch of {size}); predictions are not recorded. Return e.g. logits.argmax(-1)."
-            )
-        return preds
 
 def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
     """Do ``work`` on rank 0 and give every rank its result, or raise its error on every rank."""
@@ -744,17 +683,3 @@ def _per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any)
     if unknown:
         raise ValueError(f"{argument} names {unknown}, which are not in layers={layers}; key it by those specs.")
     return {spec: value.get(spec, default) for spec in layers}
-
-
-@functools.cache
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ("lightning-embeddings", "lightning", "torch", "pyarrow", "umap-learn", "pacmap", "scikit-learn")
-    found = {}
-    for name in names:
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return found

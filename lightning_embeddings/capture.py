@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -105,3 +107,36 @@ class LayerCapture:
                 f"{', '.join(map(str, self.output_shape))})): every sample needs one size. Use 'mean' or "
                 "'avg_pool_N_N' (e.g. 'avg_pool_2_2'), which give a fixed size whatever the input's size."
             )
+
+
+def batch_vectors(captures: Sequence[LayerCapture], warn: Callable[[str], None],
+                  called: Optional[dict[str, int]] = None) -> list[Optional[np.ndarray]]:
+    """Each layer's vectors of this batch, None for a layer that was not called; ``called`` (the sanity check)
+    counts the layers that were. Warns once of a layer that ran twice in a step and of ``mean`` over a
+    ``(B, D)`` output.
+
+    Raises:
+        ValueError: the layers gave different batch sizes.
+    """
+    vectors = []
+    for capture in captures:
+        if capture.vectors is None:
+            vectors.append(None)
+            continue
+        if called is not None:
+            called[capture.layer.column] += 1
+        if capture.calls > 1:
+            warn(f"EmbeddingCollector: layer {capture.layer.column!r} ran {capture.calls} times in one validation "
+                 "step; its first call's output is recorded.")
+        if capture.strategy.name == "mean" and len(capture.output_shape or ()) == 2:
+            warn(f"EmbeddingCollector: 'mean' on layer {capture.layer.column!r} with output (B, "
+                 f"{', '.join(map(str, capture.output_shape))}) averages the last dim; for (batch, tokens, dim) "
+                 "outputs use reshape 'token_mean' or 'cls'.")
+        vectors.append(capture.vectors.numpy())
+    if len({len(v) for v in vectors if v is not None}) > 1:
+        raise ValueError(
+            "EmbeddingCollector: the recorded layers gave different batch sizes "
+            f"({dict((c.layer.column, len(v)) for c, v in zip(captures, vectors) if v is not None)}); "
+            "record layers that keep one row per sample."
+        )
+    return vectors

@@ -9,11 +9,13 @@ file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
 import re
 import threading
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -158,6 +160,38 @@ def check_manifest(manifest: Mapping[str, Any], path: Path) -> None:
             fail(f"snapshot {i} is not named by its stage, epoch and step: {snapshot!r}")
     if not isinstance(manifest.get("reducer"), (dict, type(None))):
         fail(f"its 'reducer' is {manifest['reducer']!r}, not an object")
+
+
+def add_snapshot(manifest: dict[str, Any], snapshot: dict[str, Any], file: Path, logits: Optional[str],
+                 pictures: Mapping[str, bool]) -> None:
+    """Add a complete snapshot (``file``: one of its files) to ``manifest``, in place: the snapshot, the layers its
+    file describes, the column that holds logits (``logits``: a recorded layer's, else the ``logits`` column if
+    the file has one), the run's id (kept once made: a copy has it too, so resume knows its copies), the pictures
+    a reduce draws (``{"png": ..., "html": ...}``) and the versions that wrote it."""
+    schema = pq.read_schema(file)
+    manifest.setdefault("snapshots", []).append(snapshot)
+    manifest["layers"] = layer_metadata(schema)
+    if logits is not None or "logits" in schema.names:
+        manifest["logits"] = logits or "logits"
+    manifest.setdefault("run_id", uuid.uuid4().hex)
+    manifest["pictures"] = dict(pictures)
+    manifest.setdefault("reducer", None)
+    manifest["versions"] = writer_versions()
+
+
+@functools.cache
+def writer_versions() -> dict[str, str]:
+    """The versions of the packages that write and map a run, for its manifest."""
+    import importlib.metadata as md
+
+    names = ("lightning-embeddings", "lightning", "torch", "pyarrow", "umap-learn", "pacmap", "scikit-learn")
+    found = {}
+    for name in names:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
 
 
 def write_manifest(dirpath: Path, manifest: Mapping[str, Any], path: Optional[Path] = None) -> None:
