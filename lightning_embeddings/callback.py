@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from typing_extensions import override
 
@@ -24,6 +24,7 @@ from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, batch_vectors
+from lightning_embeddings.finish import finish_run
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.layout import (
     LONG_PROJECTIONS,
@@ -38,11 +39,9 @@ from lightning_embeddings.layout import (
     snapshot_name,
 )
 from lightning_embeddings.live import LiveKnnAccuracy
-from lightning_embeddings.loggers import export_to_loggers
 from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.recorder import Recorder, refuse_uncalled
-from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.rundir import (
     RunDirectory,
     check_writable,
@@ -581,26 +580,9 @@ class EmbeddingCollector(Callback):
                    if not self._validations else "its validations held no batches")
             rank_zero_warn(f"EmbeddingCollector recorded nothing during {_stage(trainer)}: {why}. No run is written.")
         if trainer.is_global_zero and self._manifest.get("snapshots"):
-            run = EmbeddingRun(self.dirpath)
-            reducer, align, kwargs = self.reducer, self.align, self.reducer_kwargs
-            if trainer.fast_dev_run and reducer is not None:  # a smoke test: the whole path, in about a second
-                reducer, align, kwargs = "pca", "last" if align == "aligned" else align, {}
-                rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of "
-                               f"{_reducer_name(self.reducer)}, in the throwaway run {self.dirpath} (removed when this "
-                               "process exits)")
-            maps = run.reduce(reducer, self.n_components, self.seed, align=align, fit_samples=self.fit_samples,
-                              progress=trainer.progress_bar_callback is not None, **kwargs)  # and the pictures
-            if reducer is None:
-                run.write_samples()
-            export_to_loggers(run, trainer.loggers, maps.drawn)
-            rank_zero_info(
-                f"lightning-embeddings: {len(run.snapshots)} snapshots of {len(run.layers)} layers in {self.dirpath}; "
-                f"read them with lightning_embeddings.EmbeddingRun({str(self.dirpath)!r})"
-            )
-            if (self.dirpath / SAMPLES).is_file():
-                split = " --split train" if self.record_train else ""
-                rank_zero_info(f"lightning-embeddings: the samples most likely mislabelled, per layer: "
-                               f"lightning-embeddings samples {self.dirpath} --layer {run.layers[-1]}{split}")
+            finish_run(self.dirpath, self.reducer, self.n_components, self.seed, self.align, self.fit_samples,
+                       self.reducer_kwargs, trainer.loggers, smoke=bool(trainer.fast_dev_run),
+                       progress=trainer.progress_bar_callback is not None, record_train=self.record_train)
         if self._rank_zero_wait is not None:
             torch.distributed.barrier(group=self._rank_zero_wait)
 
@@ -656,10 +638,6 @@ def _missing_label_key(label_key: str, batch: Any) -> str:
              f"it is a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
              + "; label_key names a key of a dict batch, leave it None to take the second item of an (x, y) batch")
     return f"lightning-embeddings: label_key={label_key!r} is not in the batch ({holds}): no labels are recorded."
-
-
-def _reducer_name(reducer: reducers.ReducerSpec) -> str:
-    return reducer if isinstance(reducer, str) else type(reducer).__name__
 
 
 def _last_validation(trainer: pl.Trainer) -> bool:
