@@ -27,12 +27,7 @@ from lightning_embeddings.capture import LayerCapture, batch_vectors
 from lightning_embeddings.finish import finish_run
 from lightning_embeddings.layers import LayerSpec, resolve_layers
 from lightning_embeddings.layout import (
-    LONG_PROJECTIONS,
     MANIFEST,
-    PLOTS,
-    PROJECTIONS,
-    SAMPLES,
-    VECTORS,
     holds_run,
     snapshot_file,
     snapshot_files,
@@ -45,6 +40,7 @@ from lightning_embeddings.recorder import Recorder, refuse_uncalled
 from lightning_embeddings.rundir import (
     RunDirectory,
     check_writable,
+    clear_run,
     default_parent,
     resume_state,
     resumed_dirpath,
@@ -312,10 +308,7 @@ class EmbeddingCollector(Callback):
                 "overwrite=True to replace it, or resume its fit with ckpt_path=..."
             )
         if trainer.is_global_zero:
-            for old in [self.dirpath / MANIFEST, self.dirpath / LONG_PROJECTIONS, self.dirpath / SAMPLES,
-                        *(self.dirpath / VECTORS).glob("*.parquet"),
-                        *(self.dirpath / PROJECTIONS).glob("*.parquet"), *(self.dirpath / PLOTS).glob("*")]:
-                old.unlink(missing_ok=True)
+            clear_run(self.dirpath)
         trainer.strategy.barrier("EmbeddingCollector.overwrite")
 
     @override

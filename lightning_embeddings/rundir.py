@@ -17,7 +17,17 @@ from typing import Any, Optional
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_embeddings.layout import HOLDER_FILE, LOCK_FILE, holds_run
+from lightning_embeddings.layout import (
+    HOLDER_FILE,
+    LOCK_FILE,
+    LONG_PROJECTIONS,
+    MANIFEST,
+    PLOTS,
+    PROJECTIONS,
+    SAMPLES,
+    VECTORS,
+    holds_run,
+)
 from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.store import read_manifest, remove_partials
 
@@ -86,6 +96,14 @@ class RunDirectory:
             raise
         self._created = None if existed else dirpath
         return True
+
+
+def clear_run(dirpath: Path) -> None:
+    """Remove the run in ``dirpath`` (``overwrite=True``): its manifest, snapshots, maps, samples and pictures; what
+    else the folder holds stays."""
+    for old in [dirpath / MANIFEST, dirpath / LONG_PROJECTIONS, dirpath / SAMPLES, *(dirpath / VECTORS).glob("*.parquet"),
+                *(dirpath / PROJECTIONS).glob("*.parquet"), *(dirpath / PLOTS).glob("*")]:
+        old.unlink(missing_ok=True)
 
 
 def resume_state(dirpath: Optional[Path], root: Optional[Path]) -> dict[str, Optional[str]]:

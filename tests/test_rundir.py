@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from lightning_embeddings.layout import MANIFEST
-from lightning_embeddings.rundir import RunDirectory, default_parent, resume_state, resumed_dirpath
+from lightning_embeddings.rundir import RunDirectory, clear_run, default_parent, resume_state, resumed_dirpath
 
 
 def holds(path: Path, run_id: str) -> Path:
@@ -64,3 +64,14 @@ def test_the_default_directory_is_where_modelcheckpoint_puts_checkpoints(tmp_pat
     assert default_parent([tensorboard], tmp_path) == tmp_path / "logs" / "lightning_logs" / "version_3"
     wandb = SimpleNamespace(save_dir=None, name="project", version="abc123")
     assert default_parent([wandb], tmp_path) == tmp_path / "project" / "abc123"
+
+
+def test_clear_run_removes_the_run_and_nothing_else(tmp_path):
+    run = holds(tmp_path / "run", "a")
+    for name in ("vectors/epoch_0000-step_0000001.parquet", "projections/head.1.parquet", "projections.parquet",
+                 "samples.parquet", "plots/head.1-snapshots.png", "checkpoints/last.ckpt", "notes.txt"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"x")
+    clear_run(run)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == [
+        "checkpoints/last.ckpt", "notes.txt"]
