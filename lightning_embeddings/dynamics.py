@@ -415,8 +415,6 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
           of the labelled class; Swayamdipta et al. 2020), ``aum`` (mean of the labelled class's logit minus the
           largest other logit; Pleiss et al. 2020): NaN where no logits are given or the labels are not integers
           in 0..C-1.
-
-        The columns are the same whatever was recorded, so code that selects them runs on any run.
         - ``suspicion``: in [0, 1], higher = more likely a label error: ``1 - knn_agreement``, the same with or
           without predictions and logits. Chosen by ``benchmarks/explore_suspicion.py`` (digits, a small CNN, 40
           epochs, planted label noise, 5 seeds): on training samples with 10-40% symmetric noise, AUROC 0.998-1.000
@@ -425,6 +423,8 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
           and 0.661; the prediction-based signals at most 0.788 and 0.638). Its means with ``1 - confidence`` or
           ``1 - correct`` gained at most 0.015 (held-out samples) and lost some under pair noise
           (``benchmarks/README.md``, "Choosing suspicion").
+
+        The columns are the same whatever was recorded, so code that selects them runs on any run.
 
     Raises:
         ValueError: a snapshot's rows do not match the labels.

@@ -13,8 +13,8 @@ Per layer, under ``<run>/plots/``:
 - ``<layer>-overview.png``: the last ``fit`` snapshot coloured by label with misclassified samples and the most
   likely mislabelled ones marked, the path of each class's median across ``fit``, the paths of the samples that
   moved most and of some that ended misclassified, each fading in from faint first steps to a bold last one (only
-  where the map's paths are faithful: median temporal preservation at least 0.5; else it says why none are drawn), and beside it each class's median distance to its
-  final position over training. Never every sample's path: that is a hairball.
+  where the map's paths are faithful: median temporal preservation at least 0.5; else it says why none are
+  drawn), and beside it each class's median distance to its final position over training. Never every sample's path: that is a hairball.
 - ``<layer>-datamap.png`` (where logits were recorded): the data map of Dataset Cartography (Swayamdipta et al.
   2020), each sample's variability against its confidence in its label across ``fit``, coloured by how often it
   was predicted right, of the training split where recorded (``record_train``), else of the validation split.
@@ -568,7 +568,8 @@ def _mark_suspects(ax: "Axes", rows: pd.DataFrame, suspects: pd.DataFrame, size:
     return _Suspects(ax, names, xy, size, handle)
 
 
-def _id_places(width: float, height: float, reach: float, scale: float, crowded: bool) -> list[tuple[float, float, float]]:
+def _id_places(width: float, height: float, reach: float, scale: float,
+               crowded: bool) -> list[tuple[float, float, float]]:
     """Where an id of ``width`` x ``height`` pixels may go around its marker (``reach`` pixels from its centre to
     its edge; ``scale`` pixels to a point), nearest first: ``(dx, dy, gap)``, the offset in pixels of the id's
     centre and its gap to the marker in points. A ``crowded`` marker (touching another) gets its id further out,
@@ -609,7 +610,8 @@ def _write_ids(fig: Any, marked: Optional[_Suspects]) -> None:
     crowded = ((apart < 2 * reach).sum(axis=1) > 1).tolist()
     for name, (x, y), xy, near in zip(marked.names, centres, marked.xy, crowded):
         probe = ax.text(0.0, 0.0, name, **style)
-        width, height = probe.get_window_extent().width, probe.get_window_extent().height
+        extent = probe.get_window_extent()
+        width, height = extent.width, extent.height
         probe.remove()
         best, least = None, math.inf
         for dx, dy, gap in _id_places(width, height, reach, scale, near):

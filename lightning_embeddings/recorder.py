@@ -36,7 +36,8 @@ class Recorder:
         warn: says a warning once (the callback's ``WarningCache.warn``).
     """
 
-    def __init__(self, captures: Sequence[LayerCapture], max_samples: Optional[int], warn: Callable[[str], None]) -> None:
+    def __init__(self, captures: Sequence[LayerCapture], max_samples: Optional[int],
+                 warn: Callable[[str], None]) -> None:
         self.captures = list(captures)
         self.max_samples = max_samples
         self.warn = warn
@@ -62,8 +63,8 @@ class Recorder:
         self.split = split
         self._seen.clear()
         self._limits = {
-            i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None) if n is not None),
-                   default=None)
+            i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None)
+                    if n is not None), default=None)
             for i, dl in enumerate(loaders)
         }
         self._orders = {i: batches.sample_order(dl, self._limits[i]) for i, dl in enumerate(loaders)}
@@ -143,7 +144,8 @@ class Recorder:
     def _schema(self, columns: Mapping[str, Any]) -> pa.Schema:
         """The snapshot file's schema: the batch's key and fact columns, then one vector column per layer."""
         layer_columns = {c.layer.column for c in self.captures}
-        fields = [pa.field(name, pa.list_(pa.float32(), value.shape[1]) if np.ndim(value) == 2 else pa.array(value).type)
+        fields = [pa.field(name, pa.list_(pa.float32(), value.shape[1]) if np.ndim(value) == 2
+                           else pa.array(value).type)
                   for name, value in columns.items() if name not in layer_columns]
         fields += [pa.field(c.layer.column, pa.list_(pa.float32(), c.dim)) for c in self.captures]
         return pa.schema(fields, metadata={store.METADATA_KEY: json.dumps({"layers": layer_facts(self.captures)})})

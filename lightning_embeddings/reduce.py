@@ -162,8 +162,9 @@ def make_reducer(
     A UMAP that will place ``placing`` rows finds their neighbours with its search index
     (``force_approximation_algorithm=True``, unless ``kwargs`` say otherwise) where ``placing x n_samples`` passes
     ``INDEX_ABOVE_PAIRS``: below 4,096 fitted samples umap-learn otherwise measures each placed row's distance to
-    every fitted row one pair at a time in Python (1-1.5 us a pair here), while the index costs one compile (15-20 s
-    on first use in a process) and then about 0.2 ms a row, at the same trustworthiness.
+    every fitted row one pair at a time in Python (1-1.5 us a pair here), while the index costs one compile (14-16 s
+    on first use in a process, benchmarks/README.md "Many snapshots") and then about 0.2 ms a row, at the same
+    trustworthiness.
 
     Example::
 

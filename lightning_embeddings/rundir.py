@@ -101,8 +101,9 @@ class RunDirectory:
 def clear_run(dirpath: Path) -> None:
     """Remove the run in ``dirpath`` (``overwrite=True``): its manifest, snapshots, maps, samples and pictures; what
     else the folder holds stays."""
-    for old in [dirpath / MANIFEST, dirpath / LONG_PROJECTIONS, dirpath / SAMPLES, *(dirpath / VECTORS).glob("*.parquet"),
-                *(dirpath / PROJECTIONS).glob("*.parquet"), *(dirpath / PLOTS).glob("*")]:
+    for old in [dirpath / MANIFEST, dirpath / LONG_PROJECTIONS, dirpath / SAMPLES,
+                *(dirpath / VECTORS).glob("*.parquet"), *(dirpath / PROJECTIONS).glob("*.parquet"),
+                *(dirpath / PLOTS).glob("*")]:
         old.unlink(missing_ok=True)
 
 

@@ -39,8 +39,9 @@ def test_atomic_write_puts_the_file_in_place_whole_or_leaves_the_old_one(tmp_pat
 
 
 def test_layout_reads_no_file_format_and_nothing_imports_the_package_face():
-    assert not [name for name, _ in imports(PACKAGE / "layout.py") if name.split(".")[0] in ("pyarrow", "pandas", "numpy")]
-    submodules = {path.stem for path in PACKAGE.glob("*.py")} | {path.name for path in PACKAGE.iterdir() if path.is_dir()}
+    formats = ("pyarrow", "pandas", "numpy")
+    assert not [name for name, _ in imports(PACKAGE / "layout.py") if name.split(".")[0] in formats]
+    submodules = {path.stem for path in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if p.is_dir()}
     for path in PACKAGE.glob("*.py"):
         if path.name == "__init__.py":
             continue

@@ -35,7 +35,8 @@ def record(tmp_path, max_samples=None, skip=(), batches=4):
     recorder, the file and what warned."""
     torch.manual_seed(0)
     model = Branchy().eval()
-    captures = [LayerCapture(layer, resolve_strategy("flatten"), None) for layer in resolve_layers(model, ["first", "second"])]
+    captures = [LayerCapture(layer, resolve_strategy("flatten"), None)
+                for layer in resolve_layers(model, ["first", "second"])]
     warned = []
     recorder = Recorder(captures, max_samples, warned.append)
     loader = DataLoader(TensorDataset(torch.arange(48.0).reshape(16, 3)), batch_size=4)
