@@ -176,3 +176,11 @@ def step_predictions(outputs: Any, size: int, warn: Callable[[str], None]) -> Op
         warn("EmbeddingCollector: validation_step returned 'preds' that do not hold one value per sample "
              f"(batch of {size}); predictions are not recorded. Return e.g. logits.argmax(-1).")
     return preds
+
+
+def missing_label_key(label_key: str, batch: Any) -> str:
+    """Why ``label_key`` finds no labels in ``batch``, with what the batch holds."""
+    holds = (f"its keys: {', '.join(map(repr, batch))}" if isinstance(batch, Mapping) else
+             f"it is a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+             + "; label_key names a key of a dict batch, leave it None to take the second item of an (x, y) batch")
+    return f"lightning-embeddings: label_key={label_key!r} is not in the batch ({holds}): no labels are recorded."

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -25,9 +22,8 @@ from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, batch_vectors
 from lightning_embeddings.finish import finish_run
-from lightning_embeddings.layers import LayerSpec, resolve_layers
+from lightning_embeddings.layers import LayerSpec, per_layer, resolve_layers
 from lightning_embeddings.layout import (
-    MANIFEST,
     holds_run,
     snapshot_file,
     snapshot_files,
@@ -35,18 +31,10 @@ from lightning_embeddings.layout import (
 )
 from lightning_embeddings.live import LiveKnnAccuracy
 from lightning_embeddings.outputs import OutputKey
-from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.recorder import Recorder, refuse_uncalled
-from lightning_embeddings.rundir import (
-    RunDirectory,
-    check_writable,
-    clear_run,
-    default_parent,
-    resume_state,
-    resumed_dirpath,
-    spawn_note,
-    throwaway,
-)
+from lightning_embeddings.reshape import Strategy, resolve_strategy
+from lightning_embeddings.rundir import RunDirectory, check_writable, clear_run, continued_manifest, resume_state
+from lightning_embeddings.schedule import Schedule
 from lightning_embeddings.train_pass import run_pass, training_bounds, training_loaders
 
 STAGES = ("fit", "validate", "test")
@@ -70,73 +58,47 @@ class EmbeddingCollector(Callback):
         output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
             for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
         dirpath: where the run is written; one that holds a run is refused (see ``overwrite``). By default
-            ``embeddings`` beside the first logger's run, where ``ModelCheckpoint`` puts ``checkpoints``
-            (``<log_dir>/embeddings`` for TensorBoard/CSV, ``<save_dir>/<project>/<run id>/embeddings`` for W&B and
-            MLflow, ``<default_root_dir>/embeddings`` without a logger), versioned ``embeddings-v1``, ... when that
-            holds a run or another process writes it: a run never fails for it and never overwrites one.
-        every_n_epochs: record the 1st, (n+1)-th, (2n+1)-th, ... epoch in which validation runs (counting only
-            epochs that validate, so ``check_val_every_n_epoch`` does not leave it empty), and the last one;
-            every validation in such an epoch is its own snapshot (``val_check_interval < 1`` gives several).
-        max_samples: record at most this many samples per epoch, split and dataloader: the same first ones every
-            epoch.
-        record_train: at every recorded validation of ``fit``, also record the training samples (``split="train"``
-            rows in the same snapshot; validation rows are ``"val"``): one more pass of ``validation_step`` over the
-            training dataset, in eval mode without gradients, with the training loader's dataset, batch size and
-            collate, in a fixed order (each sample once over all ranks under DDP). The pass takes the first samples
-            in dataset order, as many as one training epoch draws (all of them, or fewer under
-            ``limit_train_batches`` or a sampler's ``num_samples``) and at most ``max_samples``; a stream that
-            nothing bounds is refused before training, and SIGTERM ends the pass at the next batch. It costs one
-            more inference pass per recorded validation (benchmarks/README.md measures it). ``self.log`` does
-            nothing during this pass and torchmetrics metrics keep their state, so what you log is unchanged; other
-            side effects of ``validation_step`` (appending to a list) also happen for the training batches.
-            :meth:`EmbeddingRun.samples` ranks the training samples by how likely their label is wrong.
-        logits: the recorded layer whose vectors are the class logits (``"head.2"``); by default logits are what
-            ``validation_step`` returns under ``"logits"``, when it does. They give each sample's confidence,
-            variability and margin in :meth:`EmbeddingRun.samples`, and its prediction (their argmax) where
-            ``validation_step`` returns no ``"preds"`` (with a logits layer on a GPU, each step then waits for its
-            vectors' copy to the host: return ``"preds"`` to keep it asynchronous).
-        reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``"parametric"`` (:class:`ParametricMap`: one encoder
-            trained on every snapshot, so drawn motion ranks like motion in the vectors), ``None`` (no map), or an
-            object with scikit-learn's ``fit``/``transform`` (a fresh copy is fitted per layer).
+            ``embeddings`` where ``ModelCheckpoint`` puts ``checkpoints`` (beside the first logger's run, else in
+            ``default_root_dir``), versioned ``embeddings-v1``, ... where that holds a run or is being written.
+        every_n_epochs: record the 1st, (n+1)-th, ... epoch in which validation runs, and the last one; each
+            validation in such an epoch is its own snapshot.
+        max_samples: record at most this many samples per epoch, split and dataloader: the same first ones.
+        record_train: also record the training samples (``split="train"``) at every recorded validation of fit:
+            one more ``validation_step`` pass over the training set in a fixed order, at most one epoch's worth
+            and ``max_samples``, without logging; :meth:`EmbeddingRun.samples` ranks them by how likely their
+            label is wrong. README.md's "When things go wrong" says what the pass does with streams and metrics.
+        logits: the recorded layer whose vectors are the class logits (``"head.2"``); by default what
+            ``validation_step`` returns under ``"logits"``. They give confidence, variability and margin in
+            :meth:`EmbeddingRun.samples`, and predictions where ``validation_step`` returns no ``"preds"``.
+        reducer: ``"umap"``, ``"pacmap"``, ``"pca"``, ``"parametric"`` (:class:`ParametricMap`: drawn motion
+            ranks like motion in the vectors), ``None`` (no map), or an object with scikit-learn's
+            ``fit``/``transform`` (a fresh copy is fitted per layer).
         n_components: 2 or 3 dimensional maps.
-        reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}`` or, for
-            ``"parametric"``, ``{"steps": 300}``; names and values are checked here, before training.
+        reducer_kwargs: extra arguments for the named reducer, e.g. ``{"n_neighbors": 30}``; checked here.
         align: how snapshots share one map: ``"last"`` (fit on the last snapshot of fit, place every snapshot
-            through ``transform``, as 3LC does), ``"joint"`` (fit on all snapshots of fit together, then place each:
-            early snapshots keep their own structure), ``"aligned"`` (``umap.AlignedUMAP``). Each snapshot's
-            trustworthiness is measured and stored, with a warning naming ``"joint"`` where ``"last"`` draws a
-            snapshot unfaithfully; see :meth:`EmbeddingRun.reduce` and docs/align.md. ``"parametric"`` always
-            learns from every snapshot of fit (``"aligned"`` does not apply to it).
-        fit_samples: fit each map on at most this many rows (a random sample keeping each snapshot's and each
-            label's share; ``None``: all), then place every row through ``transform`` in batches, so memory stays
-            bounded however many samples and epochs were recorded.
+            through ``transform``, as 3LC does), ``"joint"`` (fit on all snapshots of fit together) or
+            ``"aligned"`` (``umap.AlignedUMAP``); each snapshot's trustworthiness is stored, with a warning where
+            a map is unfaithful (docs/align.md).
+        fit_samples: fit each map on at most this many rows (keeping each snapshot's and label's share; ``None``:
+            all), then place every row in batches: memory stays bounded.
         seed: random state of the reducer, for reproducible maps (``None``: not reproducible, faster UMAP).
-        label_key: the key of the per-sample labels in a dict batch; by default ``label``, ``labels``,
-            ``target``, ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
-        id_key: the key of per-sample dataset ids in a dict batch; by default a sample's id is its index in the
-            validation dataset, read from a sequential sampler's order.
-        stages: what to record: ``"fit"`` (validation during fit), ``"validate"`` (``trainer.validate``),
-            ``"test"`` (``trainer.test``). After a fit, validate/test snapshots go into the fit's run and its map.
-        plots: draw each layer's pictures into ``<dirpath>/plots`` at the end (see :func:`~.plot.plot_run`).
-        html: also write the interactive page ``<dirpath>/plots/embeddings.html`` (needs the ``html`` extra).
+        label_key: the key of the labels in a dict batch; by default ``label``, ``labels``, ``target``,
+            ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
+        id_key: the key of dataset ids in a dict batch; by default a sample's index in the dataset.
+        stages: record validation during ``"fit"``, ``trainer.validate`` (``"validate"``), ``trainer.test``
+            (``"test"``); after a fit, validate/test snapshots join the fit's run and its map.
+        plots: draw each layer's pictures into ``<dirpath>/plots`` at the end.
+        html: also write ``<dirpath>/plots/embeddings.html`` (needs the ``html`` extra).
         overwrite: replace a run already in ``dirpath``; by default that is an error, so nothing is lost.
 
-    With a ``TensorBoardLogger`` the projector files are written to its log directory, a ``WandbLogger`` gets the
-    pictures and a table of the last snapshot's map, an ``MLFlowLogger`` the pictures and ``projections.parquet``.
-
-    Predictions are recorded when ``validation_step`` returns a dict with ``"preds"`` (one value per sample), logits
-    when it returns ``"logits"`` (one row per sample). At every recorded validation each layer's leave-one-out k-NN
-    accuracy on at most 2048 labelled validation samples (rank 0's under DDP) is logged as
-    ``embeddings/<layer>/knn_accuracy``: which layer separates the classes, and when.
-
-    Before the first training step the sanity check's batches run through the hooks and reshapes (nothing is
-    written), so a layer off the validation path, a bad ``output_key`` or reshape fails there. The run directory is
-    locked while the fit writes it: a second process writing it fails at once.
+    Predictions and logits are what ``validation_step`` returns under ``"preds"`` and ``"logits"``. Each recorded
+    validation logs every layer's k-NN accuracy as ``embeddings/<layer>/knn_accuracy``; loggers get the maps
+    (TensorBoard's projector, W&B and MLflow the pictures and tables). The sanity check runs the hooks and
+    reshapes, writing nothing, so a wrong layer fails before training.
 
     Raises:
-        ValueError: an unknown strategy or reducer, a misspelt ``reducer_kwargs`` key, or a bad number, at
-            construction; a layer that is not in the model, or two collectors on one directory, in ``setup``; a
-            layer output that is not one row per sample, in the sanity check.
+        ValueError: a bad argument, at construction; a layer not in the model or two collectors on one
+            directory, in ``setup``; a layer output that is not one row per sample, in the sanity check.
         PermissionError: an unwritable ``dirpath``, in ``setup``.
         RunLockedError: another process is writing ``dirpath``, in ``setup``.
 
@@ -177,9 +139,9 @@ class EmbeddingCollector(Callback):
             raise ValueError(f"layers must be a non-empty list of module indices or names, got {layers!r}.")
         self.layers: list[LayerSpec] = list(layers)
         self._strategies: dict[LayerSpec, Strategy] = {
-            spec: resolve_strategy(value) for spec, value in _per_layer("reshape", reshape, self.layers, "mean").items()
+            spec: resolve_strategy(value) for spec, value in per_layer("reshape", reshape, self.layers, "mean").items()
         }
-        self._output_keys: dict[LayerSpec, Optional[OutputKey]] = _per_layer("output_key", output_key, self.layers, None)
+        self._output_keys: dict[LayerSpec, Optional[OutputKey]] = per_layer("output_key", output_key, self.layers, None)
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}.")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -213,15 +175,10 @@ class EmbeddingCollector(Callback):
             raise ImportError("html=True draws with plotly: pip install 'lightning-embeddings[html]'.")
         self.plots = plots
         self.html = html
-        self._dirpath_arg = Path(dirpath) if dirpath is not None else None
-        self._dirpath: Optional[Path] = None
-        self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
-        self._saved: dict[str, Any] = {}  # the checkpoint's state: set when the fit resumes its run
+        self._run = RunDirectory(Path(dirpath) if dirpath is not None else None)  # where the run is; rank 0's lock
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
-        self._run = RunDirectory()  # rank 0's hold on the run directory: its lock
         self._checking = False  # the sanity check: hooks and reshapes run, nothing is written
-        self._validations = 0  # validation epochs of this fit so far (every_n_epochs counts these)
-        self._validated_epoch = -1
+        self._schedule = Schedule(every_n_epochs)  # which validations of the fit are recorded
         self._snapshot: Optional[dict[str, Any]] = None
         self._live = LiveKnnAccuracy()  # the rows behind each layer's knn_accuracy
         self._rank_zero_wait: Optional[Any] = None
@@ -231,26 +188,21 @@ class EmbeddingCollector(Callback):
         self._wanted = False
         self._batch_size: Optional[int] = None
         self._called: dict[str, int] = {}
-        self._said_missing: set[str] = set()
         self._warnings = WarningCache()
 
     @property
     def dirpath(self) -> Optional[Path]:
         """The run directory, known from ``setup`` on; also in the main process after a ``ddp_spawn`` fit."""
-        note = spawn_note(self._origin[1])
-        if os.getpid() == self._origin[0] and note.is_file():  # a spawned rank 0 chose it
-            self._dirpath = Path(note.read_text())
-            note.unlink(missing_ok=True)
-        return self._dirpath
+        return self._run.path
 
     @dirpath.setter
     def dirpath(self, value: Optional[Path]) -> None:
-        self._dirpath = value
+        self._run.path = value
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, dirpath=str(self._dirpath_arg))
+        return self._generate_state_key(layers=self.layers, dirpath=str(self._run.requested))
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -260,13 +212,12 @@ class EmbeddingCollector(Callback):
         self._root = Path(trainer.default_root_dir)
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
             self._refuse_a_shared_dirpath(trainer, stage)
-            smoke = bool(trainer.fast_dev_run) and self._dirpath_arg is None  # a throwaway run, never in the cwd
-            parent = None if self._dirpath_arg is not None or smoke else default_parent(trainer.loggers, self._root)
-            self.dirpath = _on_rank_zero(trainer, lambda: self._open(throwaway() if smoke else parent, stage == "fit"))
-            if trainer.is_global_zero and os.getpid() != self._origin[0]:  # a spawned worker: tell the main process
-                spawn_note(self._origin[1]).write_text(str(self.dirpath))
+            self.dirpath = _on_rank_zero(trainer, lambda: self._run.choose(
+                stage == "fit", trainer.loggers, self._root, smoke=bool(trainer.fast_dev_run)))
+            if trainer.is_global_zero:
+                self._run.tell_main_process()
         else:
-            _on_rank_zero(trainer, lambda: self._open(None, fresh=False))
+            _on_rank_zero(trainer, lambda: self._run.choose(fresh=False))
         check_writable(self.dirpath)
         self._captures = [
             LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
@@ -291,12 +242,8 @@ class EmbeddingCollector(Callback):
             return
         if self.record_train:
             training_bounds(trainer, self.max_samples, say=True)
-        if self._saved:
-            def resume() -> Path:  # the checkpoint's run (or its copy), not setup's choice
-                self.dirpath = resumed_dirpath(self._saved, self._dirpath_arg, Path(trainer.default_root_dir))
-                return self._open(None, fresh=False)
-
-            self.dirpath = _on_rank_zero(trainer, resume)
+        if self._run.saved:  # the checkpoint's run (or its copy), not setup's choice
+            self.dirpath = _on_rank_zero(trainer, lambda: self._run.resume(Path(trainer.default_root_dir)))
             self._continue_run()
             return
         self._manifest = {}
@@ -329,12 +276,6 @@ class EmbeddingCollector(Callback):
         self._start_batch(batch, dataloader_idx)
 
     @override
-    def on_test_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._start_batch(batch, dataloader_idx)
-
-    @override
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
@@ -342,19 +283,15 @@ class EmbeddingCollector(Callback):
         self._end_batch(trainer, outputs, batch, dataloader_idx)
 
     @override
-    def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._end_batch(trainer, outputs, batch, dataloader_idx)
-
-    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log_knn_accuracy(pl_module)
+        """Log each layer's live k-NN accuracy; under DDP rank 0's (no collective: a rank with too few labelled rows
+        cannot leave the others waiting)."""
+        for column, accuracy in self._live.scores().items():
+            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy, rank_zero_only=True)
 
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log_knn_accuracy(pl_module)
+    on_test_batch_start = on_validation_batch_start  # test batches are recorded as validation batches are
+    on_test_batch_end = on_validation_batch_end
+    on_test_epoch_end = on_validation_epoch_end
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -391,15 +328,12 @@ class EmbeddingCollector(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**resume_state(self.dirpath, self._root), "run_id": self._manifest.get("run_id"),
-                "validations": self._validations, "validated_epoch": self._validated_epoch}
+                **self._schedule.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("dirpath"):
-            self.dirpath = Path(state_dict["dirpath"])
-            self._saved = state_dict
-        self._validations = state_dict.get("validations", 0)
-        self._validated_epoch = state_dict.get("validated_epoch", -1)
+        self._run.load(state_dict)
+        self._schedule.load_state_dict(state_dict)
 
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -415,9 +349,10 @@ class EmbeddingCollector(Callback):
 
     def _refuse_a_shared_dirpath(self, trainer: pl.Trainer, stage: str) -> None:
         """Two collectors of one Trainer never write one directory."""
-        mine = self._dirpath_arg.resolve() if self._dirpath_arg is not None else None
+        mine = self._run.requested.resolve() if self._run.requested is not None else None
         for other in trainer.callbacks:
-            theirs = other._dirpath_arg.resolve() if isinstance(other, EmbeddingCollector) and other._dirpath_arg else None
+            theirs = other._run.requested if isinstance(other, EmbeddingCollector) else None
+            theirs = theirs.resolve() if theirs is not None else None
             if other is self or not isinstance(other, EmbeddingCollector) or stage not in other.stages or theirs != mine:
                 continue
             where = str(mine) if mine is not None else "the default run directory (<log_dir>/embeddings)"
@@ -425,12 +360,6 @@ class EmbeddingCollector(Callback):
                 f"EmbeddingCollector: two collectors of this Trainer would write to {where}. Give each its own "
                 "dirpath=..., or record all the layers with one collector."
             )
-
-    def _open(self, parent: Optional[Path], fresh: bool) -> Path:
-        """Rank 0: lock the run directory (``dirpath``, or a fresh one under ``parent``) and clean what a killed
-        writer left there; return it."""
-        dirpath = self.dirpath if self.dirpath is not None and not fresh else self._dirpath_arg
-        return self._run.open(dirpath if parent is None else None, parent, clean=fresh or bool(self._saved))
 
     def _start_check(self) -> None:
         """The sanity check: run the hooks and reshapes on its batches, write nothing."""
@@ -444,11 +373,8 @@ class EmbeddingCollector(Callback):
         if not self._captures or stage not in self.stages:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
-        if stage == "fit":
-            if epoch != self._validated_epoch:
-                self._validated_epoch, self._validations = epoch, self._validations + 1
-            if (self._validations - 1) % self.every_n_epochs != 0 and not _last_validation(trainer):
-                return
+        if stage == "fit" and not self._schedule.due(epoch, trainer.max_epochs, trainer.check_val_every_n_epoch):
+            return
         name = snapshot_name(stage, epoch, step)
         if any(s["name"] == name for s in self._manifest.get("snapshots", [])):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
@@ -456,7 +382,7 @@ class EmbeddingCollector(Callback):
         self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
         self._live.start([capture.layer.column for capture in self._captures])
         path = snapshot_file(self.dirpath, name, trainer.global_rank, trainer.world_size)
-        self._recorder.start(path, name, "test" if stage == "test" else "val", batches.loaders(dataloaders))
+        self._recorder.start(path, self._snapshot, "test" if stage == "test" else "val", batches.loaders(dataloaders))
 
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The training set as ``split="train"`` rows of the open snapshot (:mod:`~lightning_embeddings.train_pass`)."""
@@ -491,41 +417,28 @@ class EmbeddingCollector(Callback):
         self._wanted = False
         vectors = batch_vectors(self._captures, self._warnings.warn, self._called if self._checking else None)
         if self.label_key is not None and not (isinstance(batch, Mapping) and self.label_key in batch):
-            self._warnings.warn(_missing_label_key(self.label_key, batch))  # once: in the sanity check where it runs
+            self._warnings.warn(batches.missing_label_key(self.label_key, batch))  # once: in the sanity check where it runs
         if self._checking:
             return
         size = next((len(v) for v in vectors if v is not None), self._batch_size)
         if size is None:  # no recorded layer ran, and the batch does not say how many samples it holds
             return
-        recorder = self._recorder
         labels = batches.batch_labels(batch, size, self.label_key)
         logits = batches.step_logits(outputs, size, self._warnings.warn)
         predictions = batches.step_predictions(outputs, size, self._warnings.warn)
-        keep = recorder.split != "train" and labels is not None and self._live.room()
+        keep = self._recorder.split != "train" and labels is not None and self._live.room()
         ready = next((c.copied for c in self._captures if c.copied is not None), None)
         if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
             ready.synchronize()  # this thread reads the vectors (kept for knn_accuracy, argmax of a logits layer)
             ready = None
-        if logits is None and self.logits is not None:
-            logits = next(v for c, v in zip(self._captures, vectors) if c.layer.spec == self.logits)
-        if predictions is None and logits is not None:
-            predictions = logits.argmax(1)
-        columns: dict[str, Any] = {
-            "sample_id": recorder.sample_ids(batches.batch_ids(batch, size, self.id_key), size, dataloader_idx),
-            "split": np.full(size, recorder.split),
-            "stage": np.full(size, self._snapshot["stage"]),
-            "epoch": np.full(size, self._snapshot["epoch"], dtype=np.int32),
-            "step": np.full(size, self._snapshot["step"], dtype=np.int64),
-            "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
-            "label": labels,
-            "prediction": predictions,
-            "logits": logits if self.logits is None else None,  # a recorded layer's logits are in its own column
-            **{capture.layer.column: v for capture, v in zip(self._captures, vectors)},
-        }
         if keep:
-            take = recorder.taken(dataloader_idx, size)
+            take = self._recorder.taken(dataloader_idx, size)
             self._live.keep([v if v is None else v[:take] for v in vectors], labels[:take])
-        recorder.add(columns, dataloader_idx, size, ready)
+        layer_logits = next((v for c, v in zip(self._captures, vectors) if c.layer.spec == self.logits), None)
+        if predictions is None and (logits is not None or layer_logits is not None):
+            predictions = (logits if logits is not None else layer_logits).argmax(1)
+        self._recorder.add(vectors, dataloader_idx, size, batches.batch_ids(batch, size, self.id_key), labels,
+                           predictions, logits if self.logits is None else None, ready)
 
     def _end_snapshot(self, trainer: pl.Trainer) -> None:
         for capture in self._captures:
@@ -538,7 +451,7 @@ class EmbeddingCollector(Callback):
         if snapshot is None:
             return
         self._recorder.end()
-        missing = self._count_missing(trainer, snapshot["name"])
+        missing = self._count_missing(trainer)
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
         files = snapshot_files(self.dirpath, snapshot["name"])
         if trainer.is_global_zero and files:
@@ -548,21 +461,12 @@ class EmbeddingCollector(Callback):
             store.add_snapshot(self._manifest, snapshot, files[0], logits, {"png": self.plots, "html": self.html})
             store.write_manifest(self.dirpath, self._manifest)
 
-    def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
-        """Samples of this snapshot, over all ranks, that a layer was not called for; said once per layer."""
+    def _count_missing(self, trainer: pl.Trainer) -> dict[str, int]:
+        """Samples of this snapshot, over all ranks, that a layer was not called for."""
         mine = self._recorder.missing
         counts = torch.tensor(list(mine.values()), dtype=torch.int64, device=trainer.strategy.root_device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum").tolist() if trainer.world_size > 1 else counts.tolist()
-        missing = {column: int(n) for column, n in zip(mine, counts) if n}
-        for column, n in missing.items():
-            if column not in self._said_missing:
-                self._said_missing.add(column)
-                rank_zero_warn(
-                    f"EmbeddingCollector: layer {column!r} was not called for {n} samples of {name} (validation_step "
-                    "skips it on some batches): they have no vector for it (null in vectors/, left out of its map); "
-                    "the other layers are whole. The manifest counts them per snapshot."
-                )
-        return missing
+        return self._recorder.report_missing(dict(zip(mine, counts)))
 
     def _reduce(self, trainer: pl.Trainer) -> None:
         """Rank 0 fits the maps of every layer while the other ranks wait for it."""
@@ -570,7 +474,7 @@ class EmbeddingCollector(Callback):
             return
         if trainer.is_global_zero and not self._manifest.get("snapshots"):
             why = ("no validation ran (limit_val_batches=0, no val_dataloader, or fit ended before the first one)"
-                   if not self._validations else "its validations held no batches")
+                   if not self._schedule.validations else "its validations held no batches")
             rank_zero_warn(f"EmbeddingCollector recorded nothing during {_stage(trainer)}: {why}. No run is written.")
         if trainer.is_global_zero and self._manifest.get("snapshots"):
             finish_run(self.dirpath, self.reducer, self.n_components, self.seed, self.align, self.fit_samples,
@@ -581,17 +485,7 @@ class EmbeddingCollector(Callback):
 
     def _continue_run(self) -> None:
         """Append to the run already in ``dirpath`` (a resumed fit, or validate/test after fit), if there is one."""
-        if not (self.dirpath / MANIFEST).is_file():
-            return
-        self._manifest = store.read_manifest(self.dirpath)
-        store.check_manifest(self._manifest, self.dirpath / MANIFEST)
-        theirs = [(f["column"], f["strategy"]) for f in self._manifest.get("layers", [])]
-        ours = [(c.layer.column, c.strategy.name) for c in self._captures]
-        if theirs and theirs != ours:
-            raise ValueError(
-                f"EmbeddingCollector: {self.dirpath} holds a run of layers {theirs} (name, reshape), but this collector "
-                f"records {ours}. Record the same layers to add to that run, or pass another dirpath."
-            )
+        self._manifest = continued_manifest(self.dirpath, [(c.layer.column, c.strategy.name) for c in self._captures])
 
     def _release(self) -> None:
         """Remove every hook, discard an unfinished snapshot file, release the run's lock; safe to call twice."""
@@ -603,12 +497,6 @@ class EmbeddingCollector(Callback):
         if self._recorder is not None:
             self._recorder.abort()
         self._run.release()
-
-    def _log_knn_accuracy(self, pl_module: pl.LightningModule) -> None:
-        """Log each layer's live k-NN accuracy; under DDP rank 0's (no collective: a rank with too few labelled rows
-        cannot leave the others waiting)."""
-        for column, accuracy in self._live.scores().items():
-            pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy, rank_zero_only=True)
 
 
 def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
@@ -625,32 +513,6 @@ def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
     return result
 
 
-def _missing_label_key(label_key: str, batch: Any) -> str:
-    """Why ``label_key`` finds no labels in ``batch``, with what the batch holds."""
-    holds = (f"its keys: {', '.join(map(repr, batch))}" if isinstance(batch, Mapping) else
-             f"it is a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-             + "; label_key names a key of a dict batch, leave it None to take the second item of an (x, y) batch")
-    return f"lightning-embeddings: label_key={label_key!r} is not in the batch ({holds}): no labels are recorded."
-
-
-def _last_validation(trainer: pl.Trainer) -> bool:
-    """Whether this epoch's validation is the last one ``max_epochs`` leaves."""
-    if trainer.max_epochs is None or trainer.max_epochs < 1:
-        return False
-    every = trainer.check_val_every_n_epoch or 1
-    return trainer.current_epoch + every > trainer.max_epochs - 1
-
-
 def _stage(trainer: pl.Trainer) -> str:
     """``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``: what the trainer is running."""
     return trainer.state.fn.value if trainer.state.fn is not None else ""
-
-
-def _per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any) -> dict[LayerSpec, Any]:
-    """One value for every layer, or a mapping from layer spec to value (layers it leaves out get ``default``)."""
-    if not isinstance(value, Mapping):
-        return {spec: value for spec in layers}
-    unknown = [key for key in value if key not in layers]
-    if unknown:
-        raise ValueError(f"{argument} names {unknown}, which are not in layers={layers}; key it by those specs.")
-    return {spec: value.get(spec, default) for spec in layers}

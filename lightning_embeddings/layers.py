@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 from torch import nn
 
@@ -172,3 +173,13 @@ def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
         for (_, module), mode in zip(modules, training):
             module.training = mode
     return rows
+
+
+def per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any) -> dict[LayerSpec, Any]:
+    """One value for every layer, or a mapping from layer spec to value (layers it leaves out get ``default``)."""
+    if not isinstance(value, Mapping):
+        return {spec: value for spec in layers}
+    unknown = [key for key in value if key not in layers]
+    if unknown:
+        raise ValueError(f"{argument} names {unknown}, which are not in layers={layers}; key it by those specs.")
+    return {spec: value.get(spec, default) for spec in layers}

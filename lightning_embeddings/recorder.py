@@ -5,10 +5,11 @@ streams the rows to the snapshot's file, holding batches until every layer has s
 The callback translates Lightning's events into these calls::
 
     recorder = Recorder(captures, max_samples=1000, warn=print)
-    recorder.start(path, "epoch_0003-step_0000440", "val", loaders)  # a recorded validation begins
-    if recorder.wants(dataloader_idx): ...                   # each batch: switch the layers' hooks on or not
-    recorder.add(columns, dataloader_idx, ids, size)         # the batch's columns (vectors per layer, labels, ...)
-    recorder.end()                                           # the file is complete
+    snapshot = {"name": "epoch_0003-step_0000440", "stage": "fit", "epoch": 3, "step": 440}
+    recorder.start(path, snapshot, "val", loaders)         # a recorded validation begins
+    if recorder.wants(dataloader_idx): ...                 # each batch: switch the layers' hooks on or not
+    recorder.add(vectors, dataloader_idx, size, labels=y)  # its vectors (one array per layer), labels, ...
+    recorder.end()                                         # the file is complete
 """
 
 from __future__ import annotations
@@ -44,16 +45,18 @@ class Recorder:
         self.split = "val"  # the rows being recorded: "val" or "test", then "train" in record_train's pass
         self.missing: dict[str, int] = {}  # rows each layer was not called for
         self._path: Optional[Path] = None
-        self._name = ""
+        self._snapshot: Mapping[str, Any] = {}
+        self._said_missing: set[str] = set()
         self._writer: Optional[store.EpochWriter] = None
         self._pending: list[dict[str, Any]] = []  # batches waiting for a layer's first vectors (its width)
         self._seen: dict[int, int] = defaultdict(int)
         self._limits: dict[int, Optional[int]] = {}
         self._orders: dict[int, Optional[np.ndarray]] = {}
 
-    def start(self, path: Path, name: str, split: str, loaders: list[Any]) -> None:
-        """Snapshot ``name`` begins; its rows go to ``path`` (written there only when complete)."""
-        self._path, self._name = path, name
+    def start(self, path: Path, snapshot: Mapping[str, Any], split: str, loaders: list[Any]) -> None:
+        """A snapshot (its ``name``, ``stage``, ``epoch`` and ``step``) begins; its rows go to ``path`` (written
+        there only when complete)."""
+        self._path, self._snapshot = path, snapshot
         self.missing = {capture.layer.column: 0 for capture in self.captures}
         self.start_split(split, loaders)
 
@@ -96,15 +99,43 @@ class Recorder:
         )
         return np.arange(seen, seen + size, dtype=np.int64)
 
-    def add(self, columns: Mapping[str, Any], dataloader_idx: int, size: int, ready: Any = None) -> None:
-        """Record a batch of ``size`` rows: ``columns`` hold its keys and facts and one array (None: not called)
-        per layer; rows past the loader's limit are dropped. ``ready``: a CUDA event the vectors' copy waits on."""
+    def add(self, vectors: Sequence[Any], dataloader_idx: int, size: int, ids: Optional[np.ndarray] = None,
+            labels: Optional[np.ndarray] = None, predictions: Optional[np.ndarray] = None,
+            logits: Optional[np.ndarray] = None, ready: Any = None) -> None:
+        """Record a batch of ``size`` rows: its ``vectors`` (one array per layer, None for a layer not called),
+        its ``ids`` (None: their place in the loader's order), labels, predictions and logits (each may be None);
+        rows past the loader's limit are dropped. ``ready``: a CUDA event the vectors' copy waits on."""
         take = self.taken(dataloader_idx, size)
-        for capture in self.captures:
-            if columns.get(capture.layer.column) is None:
+        columns: dict[str, Any] = {
+            "sample_id": self.sample_ids(ids, size, dataloader_idx),
+            "split": np.full(size, self.split),
+            "stage": np.full(size, self._snapshot["stage"]),
+            "epoch": np.full(size, self._snapshot["epoch"], dtype=np.int32),
+            "step": np.full(size, self._snapshot["step"], dtype=np.int64),
+            "dataloader_idx": np.full(size, dataloader_idx, dtype=np.int32),
+            "label": labels,
+            "prediction": predictions,
+            "logits": logits,
+            **{capture.layer.column: v for capture, v in zip(self.captures, vectors)},
+        }
+        for capture, v in zip(self.captures, vectors):
+            if v is None:
                 self.missing[capture.layer.column] += take
         self._write({name: value[:take] for name, value in columns.items() if value is not None}, ready)
         self._seen[dataloader_idx] += take
+
+    def report_missing(self, totals: Mapping[str, int]) -> dict[str, int]:
+        """The layers that missed rows of this snapshot (``totals``: :attr:`missing` summed over ranks), with how
+        many; each layer said once per fit."""
+        missing = {column: int(n) for column, n in totals.items() if n}
+        for column, n in missing.items():
+            if column not in self._said_missing:
+                self._said_missing.add(column)
+                self.warn(f"EmbeddingCollector: layer {column!r} was not called for {n} samples of "
+                          f"{self._snapshot['name']} (validation_step skips it on some batches): they have no vector "
+                          "for it (null in vectors/, left out of its map); the other layers are whole. The manifest "
+                          "counts them per snapshot.")
+        return missing
 
     def end(self) -> bool:
         """Close the snapshot's file; whether one was written.
@@ -114,7 +145,7 @@ class Recorder:
         """
         pending, self._pending = self._pending, []
         if pending:
-            refuse_uncalled({c.layer.column: c.dim or 0 for c in self.captures}, f"any step of {self._name}")
+            refuse_uncalled({c.layer.column: c.dim or 0 for c in self.captures}, f"any step of {self._snapshot['name']}")
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

@@ -11,6 +11,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -29,23 +30,72 @@ from lightning_embeddings.layout import (
     holds_run,
 )
 from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
-from lightning_embeddings.store import read_manifest, remove_partials
+from lightning_embeddings.store import check_manifest, read_manifest, remove_partials
 
 
 class RunDirectory:
-    """Rank 0's hold on one run directory: its lock, and whether this process made the folder (then it is removed
-    again if nothing was written into it).
+    """Which directory a collector's run is in, in every process, and rank 0's hold on it: its lock, and whether
+    this process made the folder (then it is removed again if nothing was written into it).
+
+    Args:
+        requested: the collector's ``dirpath`` (None: the default, beside the first logger's files).
 
     Example::
 
         hold = RunDirectory()
-        path = hold.open(None, parent=Path("lightning_logs/version_0"), clean=True)  # .../embeddings, locked
+        hold.path = hold.choose(fresh=True, root=Path("lightning_logs"))  # lightning_logs/embeddings, locked
         hold.release()
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requested: Optional[Path] = None) -> None:
+        self.requested = requested
+        self.saved: dict[str, Any] = {}  # a checkpoint's state (resume_state and run_id): the fit resumes its run
+        self._path: Optional[Path] = None
+        self._origin = (os.getpid(), uuid.uuid4().hex)  # to find the run again after ddp_spawn's worker chose it
         self._lock: Optional[RunLock] = None
         self._created: Optional[Path] = None
+
+    @property
+    def path(self) -> Optional[Path]:
+        """The run directory, once chosen; also in the main process after a ``ddp_spawn`` fit."""
+        note = spawn_note(self._origin[1])
+        if os.getpid() == self._origin[0] and note.is_file():  # a spawned rank 0 chose it
+            self._path = Path(note.read_text())
+            note.unlink(missing_ok=True)
+        return self._path
+
+    @path.setter
+    def path(self, value: Optional[Path]) -> None:
+        self._path = value
+
+    def choose(self, fresh: bool, loggers: Sequence[Any] = (), root: Optional[Path] = None, smoke: bool = False) -> Path:
+        """Rank 0: lock the run directory and return it: the one chosen before (validate or test after a fit, a
+        resumed fit) unless ``fresh`` (a new fit), else ``requested``, else the first free ``embeddings``, ... beside
+        the first of ``loggers`` or in ``root`` (a ``fast_dev_run``, ``smoke``: in a throwaway folder). A fresh or
+        resumed run is cleaned of what a killed writer left."""
+        clean = fresh or bool(self.saved)
+        if self.path is not None and not fresh:
+            return self.open(self.path, None, clean)
+        if self.requested is not None:
+            return self.open(self.requested, None, clean)
+        return self.open(None, throwaway() if smoke else default_parent(loggers, root or Path.cwd()), clean)
+
+    def resume(self, root: Path) -> Path:
+        """Rank 0, a fit resumed from a checkpoint that holds ``saved``: lock its run, or the copy this trainer
+        points at (see :func:`resumed_dirpath`; ``root``: its ``default_root_dir``)."""
+        self.path = resumed_dirpath(self.saved, self.requested, root)
+        return self.choose(fresh=False)
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """A checkpoint's state (:func:`resume_state` and the ``run_id``): the run a resumed fit continues."""
+        if state.get("dirpath"):
+            self.path = Path(state["dirpath"])
+            self.saved = dict(state)
+
+    def tell_main_process(self) -> None:
+        """In a spawned worker (``ddp_spawn``), note the chosen directory for the process that started it."""
+        if os.getpid() != self._origin[0]:
+            spawn_note(self._origin[1]).write_text(str(self._path))
 
     def open(self, dirpath: Optional[Path], parent: Optional[Path], clean: bool) -> Path:
         """Lock ``dirpath`` (keeping a lock already held on it), or the first of ``parent``'s ``embeddings``,
@@ -143,6 +193,27 @@ def resumed_dirpath(saved: Mapping[str, Any], requested: Optional[Path], root: P
                    f"the run in {target}, where this trainer points (as ModelCheckpoint follows its new dirpath). "
                    f"{checkpointed} is not changed.")
     return target
+
+
+def continued_manifest(dirpath: Path, layers: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The manifest of the run in ``dirpath`` that a resumed fit, or validate/test after fit, adds to (empty where
+    there is none), checked: it records the same ``layers`` (column, reshape) as the collector.
+
+    Raises:
+        RunError: the manifest is not one this version reads.
+        ValueError: the run records other layers, naming both.
+    """
+    if not (dirpath / MANIFEST).is_file():
+        return {}
+    manifest = read_manifest(dirpath)
+    check_manifest(manifest, dirpath / MANIFEST)
+    theirs = [(f["column"], f["strategy"]) for f in manifest.get("layers", [])]
+    if theirs and theirs != list(layers):
+        raise ValueError(
+            f"EmbeddingCollector: {dirpath} holds a run of layers {theirs} (name, reshape), but this collector "
+            f"records {list(layers)}. Record the same layers to add to that run, or pass another dirpath."
+        )
+    return manifest
 
 
 def default_parent(loggers: Sequence[Any], root: Path) -> Path:

@@ -41,7 +41,7 @@ def record(tmp_path, max_samples=None, skip=(), batches=4):
     recorder = Recorder(captures, max_samples, warned.append)
     loader = DataLoader(TensorDataset(torch.arange(48.0).reshape(16, 3)), batch_size=4)
     path = tmp_path / "vectors" / "epoch_0000-step_0000001.parquet"
-    recorder.start(path, "epoch_0000-step_0000001", "val", [loader])
+    recorder.start(path, {"name": "epoch_0000-step_0000001", "stage": "fit", "epoch": 0, "step": 1}, "val", [loader])
     for index, (x,) in zip(range(batches), loader):
         if not recorder.wants(0):
             break
@@ -51,9 +51,8 @@ def record(tmp_path, max_samples=None, skip=(), batches=4):
             capture.active = True
         with torch.no_grad():
             model(x)
-        columns = {"sample_id": recorder.sample_ids(None, len(x), 0), "epoch": np.zeros(len(x), np.int32),
-                   **{c.layer.column: None if c.vectors is None else c.vectors.numpy() for c in captures}}
-        recorder.add(columns, 0, len(x))
+        labels = x[:, 0].long().numpy() % 2
+        recorder.add([None if c.vectors is None else c.vectors.numpy() for c in captures], 0, len(x), labels=labels)
     return model, recorder, path, warned
 
 
@@ -63,6 +62,11 @@ def test_rows_up_to_max_samples_in_the_loaders_order_with_their_vectors(tmp_path
     assert recorder.end() and path.is_file() and warned == []
     table = pq.read_table(path)
     assert table.column("sample_id").to_pylist() == [0, 1, 2, 3, 4, 5]
+    assert table.column("label").to_pylist() == [0, 1, 0, 1, 0, 1]
+    assert set(table.column_names) == {"sample_id", "split", "stage", "epoch", "step", "dataloader_idx", "label",
+                                       "first", "second"}  # no predictions or logits given: no such columns
+    assert {name: set(table.column(name).to_pylist()) for name in ("split", "stage", "epoch", "step")} == {
+        "split": {"val"}, "stage": {"fit"}, "epoch": {0}, "step": {1}}
     inputs = torch.arange(18.0).reshape(6, 3)
     with torch.no_grad():
         np.testing.assert_allclose(column_vectors(table.column("first")), model.first(inputs).numpy(), rtol=1e-6)
@@ -71,11 +75,15 @@ def test_rows_up_to_max_samples_in_the_loaders_order_with_their_vectors(tmp_path
 
 
 def test_a_layer_skipped_on_the_first_batches_is_null_there_and_counted(tmp_path):
-    _, recorder, path, _ = record(tmp_path, skip=(0, 1))  # its width is unknown until batch 2: batches are held
+    _, recorder, path, warned = record(tmp_path, skip=(0, 1))  # its width is unknown until batch 2: batches are held
     assert recorder.end()
     second = pq.read_table(path).column("second").to_pylist()
     assert second[:8] == [None] * 8 and all(v is not None for v in second[8:])
     assert recorder.missing == {"first": 0, "second": 8}
+    assert recorder.report_missing({"first": 0, "second": 8}) == {"second": 8}
+    assert recorder.report_missing({"first": 0, "second": 3}) == {"second": 3}
+    said = [w for w in warned if "not called for" in w]
+    assert said == [said[0]] and "'second' was not called for 8 samples of epoch_0000-step_0000001" in said[0]
 
 
 def test_a_layer_never_called_is_refused_and_abort_leaves_no_file(tmp_path):

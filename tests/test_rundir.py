@@ -10,7 +10,14 @@ from types import SimpleNamespace
 import pytest
 
 from lightning_embeddings.layout import MANIFEST
-from lightning_embeddings.rundir import RunDirectory, clear_run, default_parent, resume_state, resumed_dirpath
+from lightning_embeddings.rundir import (
+    RunDirectory,
+    clear_run,
+    continued_manifest,
+    default_parent,
+    resume_state,
+    resumed_dirpath,
+)
 
 
 def holds(path: Path, run_id: str) -> Path:
@@ -75,3 +82,42 @@ def test_clear_run_removes_the_run_and_nothing_else(tmp_path):
     clear_run(run)
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == [
         "checkpoints/last.ckpt", "notes.txt"]
+
+
+def test_a_continued_run_must_record_the_same_layers(tmp_path):
+    assert continued_manifest(tmp_path / "nothing", [("head.1", "flatten")]) == {}
+    run = holds(tmp_path / "run", "a")
+    manifest = json.loads((run / MANIFEST).read_text())
+    layers = [{"column": "head.1", "strategy": "flatten", "dim": 2, "index": 5, "name": "head.1", "spec": "head.1"}]
+    (run / MANIFEST).write_text(json.dumps({**manifest, "layers": layers, "snapshots": []}))
+    assert continued_manifest(run, [("head.1", "flatten")])["run_id"] == "a"
+    with pytest.raises(ValueError, match=r"holds a run of layers \[\('head\.1', 'flatten'\)\].*records \[\('head\.1', 'mean'\)\]"):
+        continued_manifest(run, [("head.1", "mean")])
+
+
+def test_choose_takes_the_chosen_then_the_requested_then_the_default_directory(tmp_path):
+    logger = SimpleNamespace(save_dir=str(tmp_path / "logs"), name="lightning_logs", version=0)
+    default = RunDirectory()
+    default.path = default.choose(fresh=True, loggers=[logger], root=tmp_path)
+    assert default.path == tmp_path / "logs" / "lightning_logs" / "version_0" / "embeddings"
+    assert default.choose(fresh=False) == default.path  # validate/test after the fit: the same run
+    default.release()
+    requested = RunDirectory(tmp_path / "mine")
+    assert requested.choose(fresh=True, loggers=[logger], root=tmp_path) == tmp_path / "mine"
+    requested.release()
+    smoke = RunDirectory()
+    throwaway = smoke.choose(fresh=True, root=tmp_path, smoke=True)
+    assert throwaway.name == "embeddings" and throwaway.parent.name.startswith("lightning-embeddings-fast_dev_run-")
+    assert not throwaway.is_relative_to(tmp_path)
+    smoke.release()
+
+
+def test_a_loaded_checkpoint_state_makes_the_fit_resume_its_run(tmp_path):
+    run = holds(tmp_path / "exp" / "run", "a")
+    hold = RunDirectory()
+    hold.load({"dirpath": None, "relative": None})  # a checkpoint taken before any run was chosen
+    assert hold.path is None and not hold.saved
+    hold.load({**resume_state(run, tmp_path / "exp"), "run_id": "a"})
+    assert hold.path == run and hold.resume(tmp_path / "exp") == run
+    hold.release()
+    assert (run / MANIFEST).is_file()
