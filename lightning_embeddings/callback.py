@@ -20,7 +20,7 @@ from typing_extensions import override
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
-from lightning_embeddings.capture import LayerCapture, batch_vectors
+from lightning_embeddings.capture import LayerCapture
 from lightning_embeddings.finish import finish_run
 from lightning_embeddings.layers import LayerSpec, per_layer, resolve_layers
 from lightning_embeddings.layout import (
@@ -29,9 +29,8 @@ from lightning_embeddings.layout import (
     snapshot_files,
     snapshot_name,
 )
-from lightning_embeddings.live import LiveKnnAccuracy
 from lightning_embeddings.outputs import OutputKey
-from lightning_embeddings.recorder import Recorder, refuse_uncalled
+from lightning_embeddings.recorder import Recorder
 from lightning_embeddings.reshape import Strategy, resolve_strategy
 from lightning_embeddings.rundir import RunDirectory, check_writable, clear_run, continued_manifest, resume_state
 from lightning_embeddings.schedule import Schedule
@@ -177,17 +176,10 @@ class EmbeddingCollector(Callback):
         self.html = html
         self._run = RunDirectory(Path(dirpath) if dirpath is not None else None)  # where the run is; rank 0's lock
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
-        self._checking = False  # the sanity check: hooks and reshapes run, nothing is written
         self._schedule = Schedule(every_n_epochs)  # which validations of the fit are recorded
-        self._snapshot: Optional[dict[str, Any]] = None
-        self._live = LiveKnnAccuracy()  # the rows behind each layer's knn_accuracy
         self._rank_zero_wait: Optional[Any] = None
-        self._captures: list[LayerCapture] = []
         self._manifest: dict[str, Any] = {}
-        self._recorder: Optional[Recorder] = None  # the open snapshot's rows (made in setup, with the captures)
-        self._wanted = False
-        self._batch_size: Optional[int] = None
-        self._called: dict[str, int] = {}
+        self._recorder: Optional[Recorder] = None  # the layers' hooks and the open snapshot's rows (from setup on)
         self._warnings = WarningCache()
 
     @property
@@ -219,11 +211,10 @@ class EmbeddingCollector(Callback):
         else:
             _on_rank_zero(trainer, lambda: self._run.choose(fresh=False))
         check_writable(self.dirpath)
-        self._captures = [
-            LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved
-        ]
-        self._recorder = Recorder(self._captures, self.max_samples, self._warnings.warn)
-        for capture in self._captures:
+        captures = [LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved]
+        logits = next((c.layer.column for c in captures if c.layer.spec == self.logits), None)
+        self._recorder = Recorder(captures, self.max_samples, self._warnings.warn, logits)
+        for capture in captures:
             if capture.sequence_first:
                 self._warnings.info(
                     f"EmbeddingCollector: layer {capture.layer.column!r} ({type(capture.layer.module).__name__}, "
@@ -280,13 +271,13 @@ class EmbeddingCollector(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._end_batch(trainer, outputs, batch, dataloader_idx)
+        self._end_batch(outputs, batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log each layer's live k-NN accuracy; under DDP rank 0's (no collective: a rank with too few labelled rows
         cannot leave the others waiting)."""
-        for column, accuracy in self._live.scores().items():
+        for column, accuracy in (self._recorder.live.scores() if self._recorder is not None else {}).items():
             pl_module.log(f"embeddings/{column}/knn_accuracy", accuracy, rank_zero_only=True)
 
     on_test_batch_start = on_validation_batch_start  # test batches are recorded as validation batches are
@@ -300,7 +291,7 @@ class EmbeddingCollector(Callback):
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After the user's metrics are logged: record the training set (``record_train``), close the snapshot."""
-        if self.record_train and _stage(trainer) == "fit" and self._snapshot is not None:
+        if self.record_train and _stage(trainer) == "fit" and self._recorder and self._recorder.snapshot is not None:
             self._record_train(trainer, pl_module)
         self._end_snapshot(trainer)
         if _stage(trainer) == "validate":
@@ -363,14 +354,12 @@ class EmbeddingCollector(Callback):
 
     def _start_check(self) -> None:
         """The sanity check: run the hooks and reshapes on its batches, write nothing."""
-        if not self._captures or "fit" not in self.stages:
-            return
-        self._checking = True
-        self._called = {capture.layer.column: 0 for capture in self._captures}
+        if self._recorder is not None and "fit" in self.stages:
+            self._recorder.start_check()
 
     def _start_snapshot(self, trainer: pl.Trainer, dataloaders: Any) -> None:
         stage = _stage(trainer)
-        if not self._captures or stage not in self.stages:
+        if self._recorder is None or stage not in self.stages:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
         if stage == "fit" and not self._schedule.due(epoch, trainer.max_epochs, trainer.check_val_every_n_epoch):
@@ -379,10 +368,9 @@ class EmbeddingCollector(Callback):
         if any(s["name"] == name for s in self._manifest.get("snapshots", [])):
             self._warnings.warn(f"EmbeddingCollector: {name} is already recorded in {self.dirpath}; it is kept as is.")
             return
-        self._snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
-        self._live.start([capture.layer.column for capture in self._captures])
         path = snapshot_file(self.dirpath, name, trainer.global_rank, trainer.world_size)
-        self._recorder.start(path, self._snapshot, "test" if stage == "test" else "val", batches.loaders(dataloaders))
+        snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
+        self._recorder.start(path, snapshot, "test" if stage == "test" else "val", batches.loaders(dataloaders))
 
     def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The training set as ``split="train"`` rows of the open snapshot (:mod:`~lightning_embeddings.train_pass`)."""
@@ -395,78 +383,53 @@ class EmbeddingCollector(Callback):
             return
         loaders = training_loaders(trainer, bounds)
         self._recorder.start_split("train", loaders, bounds)
-        run_pass(trainer, pl_module, loaders, start=self._start_batch,
-                 end=lambda outputs, batch, i: self._end_batch(trainer, outputs, batch, i),
+        run_pass(trainer, pl_module, loaders, start=self._start_batch, end=self._end_batch,
                  done=lambda i: not self._recorder.wants(i))
 
     def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
-        self._wanted = self._checking or (self._snapshot is not None and self._recorder.wants(dataloader_idx))
-        if not self._wanted:
-            for capture in self._captures:
-                capture.active = False
-            return
-        mask, size = batches.attention_mask(batch), batches.batch_size(batch)
-        self._batch_size = size
-        for capture in self._captures:
-            capture.start_batch(mask, size)
-            capture.active = True
+        if self._recorder is not None:
+            self._recorder.start_batch(dataloader_idx, batch)
 
-    def _end_batch(self, trainer: pl.Trainer, outputs: Any, batch: Any, dataloader_idx: int) -> None:
-        if not self._wanted:
+    def _end_batch(self, outputs: Any, batch: Any, dataloader_idx: int) -> None:
+        ended = self._recorder.end_batch() if self._recorder is not None else None
+        if ended is None:
             return
-        self._wanted = False
-        vectors = batch_vectors(self._captures, self._warnings.warn, self._called if self._checking else None)
+        vectors, size = ended
         if self.label_key is not None and not (isinstance(batch, Mapping) and self.label_key in batch):
-            self._warnings.warn(batches.missing_label_key(self.label_key, batch))  # once: in the sanity check where it runs
-        if self._checking:
+            self._warnings.warn(batches.missing_label_key(self.label_key, batch))  # once: in the sanity check
+        if self._recorder.checking or size is None:  # None: no layer ran, and the batch does not say its size
             return
-        size = next((len(v) for v in vectors if v is not None), self._batch_size)
-        if size is None:  # no recorded layer ran, and the batch does not say how many samples it holds
-            return
-        labels = batches.batch_labels(batch, size, self.label_key)
-        logits = batches.step_logits(outputs, size, self._warnings.warn)
-        predictions = batches.step_predictions(outputs, size, self._warnings.warn)
-        keep = self._recorder.split != "train" and labels is not None and self._live.room()
-        ready = next((c.copied for c in self._captures if c.copied is not None), None)
-        if ready is not None and (keep or (predictions is None and logits is None and self.logits is not None)):
-            ready.synchronize()  # this thread reads the vectors (kept for knn_accuracy, argmax of a logits layer)
-            ready = None
-        if keep:
-            take = self._recorder.taken(dataloader_idx, size)
-            self._live.keep([v if v is None else v[:take] for v in vectors], labels[:take])
-        layer_logits = next((v for c, v in zip(self._captures, vectors) if c.layer.spec == self.logits), None)
-        if predictions is None and (logits is not None or layer_logits is not None):
-            predictions = (logits if logits is not None else layer_logits).argmax(1)
-        self._recorder.add(vectors, dataloader_idx, size, batches.batch_ids(batch, size, self.id_key), labels,
-                           predictions, logits if self.logits is None else None, ready)
+        warn = self._warnings.warn
+        self._recorder.add(vectors, dataloader_idx, size, batches.batch_ids(batch, size, self.id_key),
+                           batches.batch_labels(batch, size, self.label_key),
+                           batches.step_predictions(outputs, size, warn), batches.step_logits(outputs, size, warn))
 
     def _end_snapshot(self, trainer: pl.Trainer) -> None:
-        for capture in self._captures:
-            capture.active = False
-        if self._checking:
-            self._checking = False
-            refuse_uncalled(self._called, "any sanity-check step")
+        if self._recorder is None:
             return
-        snapshot, self._snapshot = self._snapshot, None
+        if self._recorder.checking:
+            self._recorder.end_check()
+            return
+        snapshot = self._recorder.snapshot
         if snapshot is None:
             return
         self._recorder.end()
-        missing = self._count_missing(trainer)
+        missing = self._count_missing(trainer, snapshot["name"])
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
         files = snapshot_files(self.dirpath, snapshot["name"])
         if trainer.is_global_zero and files:
             if missing:
                 snapshot["missing"] = missing
-            logits = next((c.layer.column for c in self._captures if c.layer.spec == self.logits), None)
-            store.add_snapshot(self._manifest, snapshot, files[0], logits, {"png": self.plots, "html": self.html})
+            marks = {"png": self.plots, "html": self.html}
+            store.add_snapshot(self._manifest, snapshot, files[0], self._recorder.logits, marks)
             store.write_manifest(self.dirpath, self._manifest)
 
-    def _count_missing(self, trainer: pl.Trainer) -> dict[str, int]:
-        """Samples of this snapshot, over all ranks, that a layer was not called for."""
+    def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
+        """Samples of snapshot ``name``, over all ranks, that a layer was not called for."""
         mine = self._recorder.missing
         counts = torch.tensor(list(mine.values()), dtype=torch.int64, device=trainer.strategy.root_device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum").tolist() if trainer.world_size > 1 else counts.tolist()
-        return self._recorder.report_missing(dict(zip(mine, counts)))
+        return self._recorder.report_missing(dict(zip(mine, counts)), name)
 
     def _reduce(self, trainer: pl.Trainer) -> None:
         """Rank 0 fits the maps of every layer while the other ranks wait for it."""
@@ -485,17 +448,14 @@ class EmbeddingCollector(Callback):
 
     def _continue_run(self) -> None:
         """Append to the run already in ``dirpath`` (a resumed fit, or validate/test after fit), if there is one."""
-        self._manifest = continued_manifest(self.dirpath, [(c.layer.column, c.strategy.name) for c in self._captures])
+        layers = [(c.layer.column, c.strategy.name) for c in self._recorder.captures]
+        self._manifest = continued_manifest(self.dirpath, layers)
 
     def _release(self) -> None:
         """Remove every hook, discard an unfinished snapshot file, release the run's lock; safe to call twice."""
-        for capture in self._captures:
-            capture.remove()
-        self._captures = []
-        self._snapshot = None
-        self._checking = False
         if self._recorder is not None:
-            self._recorder.abort()
+            self._recorder.remove()
+        self._recorder = None
         self._run.release()
 
 
