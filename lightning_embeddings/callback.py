@@ -8,36 +8,37 @@ import importlib.util
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from typing_extensions import override
 
 from lightning_embeddings import batch as batches
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
-from lightning_embeddings.capture import LayerCapture
-from lightning_embeddings.finish import finish_run
+from lightning_embeddings.capture import LayerCapture, sequence_first_notes
+from lightning_embeddings.finish import finish_run, say_kept, say_nothing_recorded
 from lightning_embeddings.layers import LayerSpec, per_layer, resolve_layers
-from lightning_embeddings.layout import (
-    holds_run,
-    snapshot_file,
-    snapshot_files,
-    snapshot_name,
-)
+from lightning_embeddings.layout import holds_run, snapshot_file, snapshot_files, snapshot_name
 from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.recorder import Recorder
 from lightning_embeddings.reshape import Strategy, resolve_strategy
-from lightning_embeddings.rundir import RunDirectory, check_writable, clear_run, continued_manifest, resume_state
+from lightning_embeddings.rundir import (
+    RunDirectory,
+    check_writable,
+    continued_manifest,
+    on_rank_zero,
+    refuse_shared,
+    replace_run,
+    resume_state,
+)
 from lightning_embeddings.schedule import Schedule
-from lightning_embeddings.train_pass import run_pass, training_bounds, training_loaders
+from lightning_embeddings.train_pass import record_training_set, training_bounds
 
 STAGES = ("fit", "validate", "test")
-T = TypeVar("T")
 
 
 class EmbeddingCollector(Callback):
@@ -48,12 +49,9 @@ class EmbeddingCollector(Callback):
     Args:
         layers: the layers to record: an ``int`` is a position in ``pl_module.named_modules()`` (0 is the
             LightningModule itself, as 3LC counts), a ``str`` a module name such as ``"backbone.layer4.1"``.
-        reshape: how a layer's output becomes one vector per sample, for every layer or as a mapping from layer
-            spec to strategy: ``"mean"`` (average over dims 2.., ``(B, C, H, W) -> (B, C)``), ``"token_mean"``
-            (``(B, T, D) -> (B, D)``, padding left out where the batch has an ``attention_mask``), ``"cls"``
-            (token 0), ``"flatten"``, ``"avg_pool_N_N"`` (pool a ``(B, C, H, W)`` map to ``N x N``, then flatten),
-            a callable ``Tensor[B, ...] -> Tensor[B, D]``, or its import path (``"package.module:function"`` or
-            ``"package.module.function"``).
+        reshape: how a layer's output becomes one vector per sample, for every layer or per layer spec:
+            ``"mean"`` (over dims 2..), ``"token_mean"`` (over tokens, padding left out), ``"cls"``, ``"flatten"``,
+            ``"avg_pool_N_N"``, a callable ``Tensor[B, ...] -> Tensor[B, D]`` or its import path.
         output_key: which part of a tuple, list, dict or ``ModelOutput`` output to record (an index or a key),
             for every layer or as a mapping from layer spec; by default ``last_hidden_state`` or the first tensor.
         dirpath: where the run is written; one that holds a run is refused (see ``overwrite``). By default
@@ -62,10 +60,8 @@ class EmbeddingCollector(Callback):
         every_n_epochs: record the 1st, (n+1)-th, ... epoch in which validation runs, and the last one; each
             validation in such an epoch is its own snapshot.
         max_samples: record at most this many samples per epoch, split and dataloader: the same first ones.
-        record_train: also record the training samples (``split="train"``) at every recorded validation of fit:
-            one more ``validation_step`` pass over the training set in a fixed order, at most one epoch's worth
-            and ``max_samples``, without logging; :meth:`EmbeddingRun.samples` ranks them by how likely their
-            label is wrong. README.md's "When things go wrong" says what the pass does with streams and metrics.
+        record_train: also record the training samples (``split="train"``) at every recorded validation of fit,
+            in one more ``validation_step`` pass without logging (README.md: "Find label errors").
         logits: the recorded layer whose vectors are the class logits (``"head.2"``); by default what
             ``validation_step`` returns under ``"logits"``. They give confidence, variability and margin in
             :meth:`EmbeddingRun.samples`, and predictions where ``validation_step`` returns no ``"preds"``.
@@ -90,25 +86,21 @@ class EmbeddingCollector(Callback):
         html: also write ``<dirpath>/plots/embeddings.html`` (needs the ``html`` extra).
         overwrite: replace a run already in ``dirpath``; by default that is an error, so nothing is lost.
 
-    Predictions and logits are what ``validation_step`` returns under ``"preds"`` and ``"logits"``. Each recorded
-    validation logs every layer's k-NN accuracy as ``embeddings/<layer>/knn_accuracy``; loggers get the maps
-    (TensorBoard's projector, W&B and MLflow the pictures and tables). The sanity check runs the hooks and
-    reshapes, writing nothing, so a wrong layer fails before training.
+    Predictions are what ``validation_step`` returns under ``"preds"``. Each recorded validation logs every layer's
+    ``embeddings/<layer>/knn_accuracy``; loggers get the maps. The sanity check runs the hooks and reshapes, writing
+    nothing, so a wrong layer fails before training.
 
     Raises:
         ValueError: a bad argument, at construction; a layer not in the model or two collectors on one
             directory, in ``setup``; a layer output that is not one row per sample, in the sanity check.
-        PermissionError: an unwritable ``dirpath``, in ``setup``.
-        RunLockedError: another process is writing ``dirpath``, in ``setup``.
+        PermissionError, RunLockedError: ``dirpath`` is unwritable, or another process writes it, in ``setup``.
 
     Example::
 
         collector = EmbeddingCollector(layers=[3, "head.1"], reshape={3: "avg_pool_2_2", "head.1": "flatten"})
         trainer = Trainer(max_epochs=5, callbacks=[collector])
         trainer.fit(model, datamodule)
-        run = EmbeddingRun(collector.dirpath)
-        ids, X = run.vectors("head.1", epoch=4)
-        run.projections("head.1")
+        EmbeddingRun(collector.dirpath).projections("head.1")
     """
 
     def __init__(
@@ -134,25 +126,14 @@ class EmbeddingCollector(Callback):
         html: bool = False,
         overwrite: bool = False,
     ) -> None:
-        if isinstance(layers, (str, int)) or not layers:
-            raise ValueError(f"layers must be a non-empty list of module indices or names, got {layers!r}.")
+        _check_arguments(layers, max_samples, logits, stages, html)
         self.layers: list[LayerSpec] = list(layers)
+        self._schedule = Schedule(every_n_epochs)  # which validations of the fit are recorded
         self._strategies: dict[LayerSpec, Strategy] = {
             spec: resolve_strategy(value) for spec, value in per_layer("reshape", reshape, self.layers, "mean").items()
         }
         self._output_keys: dict[LayerSpec, Optional[OutputKey]] = per_layer("output_key", output_key, self.layers, None)
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}.")
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-            raise ValueError(f"max_samples must be None or an int >= 1, got {max_samples!r}.")
-        reducers.check_reducer(reducer, align)
-        if n_components not in (2, 3):
-            raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
-        reducers.check_reducer_kwargs(reducer, n_components, seed, dict(reducer_kwargs or {}))
-        reducers.check_fit_samples(fit_samples, n_components)
-        if logits is not None and logits not in self.layers:
-            raise ValueError(f"logits={logits!r} must be one of layers={self.layers}: the recorded layer that gives the "
-                             "class logits.")
+        reducers.check_map(reducer, n_components, seed, align, fit_samples, dict(reducer_kwargs or {}))
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
         self.record_train = record_train
@@ -166,17 +147,11 @@ class EmbeddingCollector(Callback):
         self.label_key = label_key
         self.id_key = id_key
         self.overwrite = overwrite
-        unknown = [stage for stage in stages if stage not in STAGES]
-        if isinstance(stages, str) or unknown:
-            raise ValueError(f"stages takes some of {STAGES}, got {stages!r}.")
         self.stages = tuple(stages)
-        if html and importlib.util.find_spec("plotly") is None:
-            raise ImportError("html=True draws with plotly: pip install 'lightning-embeddings[html]'.")
         self.plots = plots
         self.html = html
         self._run = RunDirectory(Path(dirpath) if dirpath is not None else None)  # where the run is; rank 0's lock
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
-        self._schedule = Schedule(every_n_epochs)  # which validations of the fit are recorded
         self._rank_zero_wait: Optional[Any] = None
         self._manifest: dict[str, Any] = {}
         self._recorder: Optional[Recorder] = None  # the layers' hooks and the open snapshot's rows (from setup on)
@@ -204,24 +179,20 @@ class EmbeddingCollector(Callback):
         self._root = Path(trainer.default_root_dir)
         if stage == "fit" or self.dirpath is None:  # validate/test after fit go into the fit's run
             self._refuse_a_shared_dirpath(trainer, stage)
-            self.dirpath = _on_rank_zero(trainer, lambda: self._run.choose(
+            self.dirpath = on_rank_zero(trainer, lambda: self._run.choose(
                 stage == "fit", trainer.loggers, self._root, smoke=bool(trainer.fast_dev_run)))
             if trainer.is_global_zero:
                 self._run.tell_main_process()
         else:
-            _on_rank_zero(trainer, lambda: self._run.choose(fresh=False))
+            on_rank_zero(trainer, lambda: self._run.choose(fresh=False))
         check_writable(self.dirpath)
         captures = [LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved]
         logits = next((c.layer.column for c in captures if c.layer.spec == self.logits), None)
         self._recorder = Recorder(captures, self.max_samples, self._warnings.warn, logits)
-        for capture in captures:
-            if capture.sequence_first:
-                self._warnings.info(
-                    f"EmbeddingCollector: layer {capture.layer.column!r} ({type(capture.layer.module).__name__}, "
-                    "batch_first=False) returns (T, B, ...): it is recorded per sample, with the batch dim moved first."
-                )
-        if stage != "fit":
-            self._continue_run()
+        for note in sequence_first_notes(captures):
+            self._warnings.info(note)
+        if stage != "fit":  # validate/test after fit: add to the fit's run
+            self._manifest = continued_manifest(self.dirpath, self._recorder.layers())
         if trainer.world_size > 1 and torch.distributed.is_initialized() and self._rank_zero_wait is None:
             # rank 0 may reduce for long at the end: the other ranks wait on a group with a long timeout
             self._rank_zero_wait = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=7))
@@ -234,25 +205,19 @@ class EmbeddingCollector(Callback):
         if self.record_train:
             training_bounds(trainer, self.max_samples, say=True)
         if self._run.saved:  # the checkpoint's run (or its copy), not setup's choice
-            self.dirpath = _on_rank_zero(trainer, lambda: self._run.resume(Path(trainer.default_root_dir)))
-            self._continue_run()
+            self.dirpath = on_rank_zero(trainer, lambda: self._run.resume(Path(trainer.default_root_dir)))
+            self._manifest = continued_manifest(self.dirpath, self._recorder.layers())
             return
         self._manifest = {}
-        if not holds_run(self.dirpath):
-            return
-        if not self.overwrite:
-            raise FileExistsError(
-                f"EmbeddingCollector: {self.dirpath} already holds a run. Pass another dirpath, delete it, set "
-                "overwrite=True to replace it, or resume its fit with ckpt_path=..."
-            )
-        if trainer.is_global_zero:
-            clear_run(self.dirpath)
-        trainer.strategy.barrier("EmbeddingCollector.overwrite")
+        if holds_run(self.dirpath):  # replaced (overwrite=True) by rank 0 while the others wait, or refused
+            replace_run(self.dirpath, self.overwrite, clear=trainer.is_global_zero)
+            trainer.strategy.barrier("EmbeddingCollector.overwrite")
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            self._start_check()
+        if trainer.sanity_checking:  # the hooks and reshapes run on its batches, nothing is written
+            if self._recorder is not None and "fit" in self.stages:
+                self._recorder.start_check()
         else:
             self._start_snapshot(trainer, trainer.val_dataloaders)
 
@@ -264,7 +229,8 @@ class EmbeddingCollector(Callback):
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._start_batch(batch, dataloader_idx)
+        if self._recorder is not None:
+            self._recorder.start_batch(dataloader_idx, batch)
 
     @override
     def on_validation_batch_end(
@@ -292,7 +258,7 @@ class EmbeddingCollector(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After the user's metrics are logged: record the training set (``record_train``), close the snapshot."""
         if self.record_train and _stage(trainer) == "fit" and self._recorder and self._recorder.snapshot is not None:
-            self._record_train(trainer, pl_module)
+            record_training_set(trainer, pl_module, self._recorder, self.max_samples, self._end_batch)
         self._end_snapshot(trainer)
         if _stage(trainer) == "validate":
             self._reduce(trainer)
@@ -310,11 +276,8 @@ class EmbeddingCollector(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Discard the unfinished snapshot, release the run; say what is kept and the command that finishes it."""
         self._release()
-        kept = len(self._manifest.get("snapshots") or []) if trainer.is_global_zero else 0
-        if kept and self.dirpath is not None:
-            rank_zero_warn(f"lightning-embeddings: the fit stopped ({type(exception).__name__}); {kept} complete "
-                           f"snapshot{'s' * (kept != 1)} kept in {self.dirpath}, without new maps or pictures. Make "
-                           f"them with: lightning-embeddings reduce {self.dirpath}")
+        if trainer.is_global_zero and self.dirpath is not None:
+            say_kept(self.dirpath, len(self._manifest.get("snapshots") or []), exception)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -331,31 +294,16 @@ class EmbeddingCollector(Callback):
         """A checkpoint whose collector of the same layers had another ``dirpath`` (a copied experiment given a new
         one): restore that collector's state, as Lightning restores ModelCheckpoint's whatever its dirpath."""
         states = checkpoint.get("callbacks") or {}
-        if self.state_key in states:
-            return
         prefix = self._generate_state_key(layers=self.layers, dirpath="")[: -len("''}")]
         same_layers = [state for key, state in states.items() if isinstance(key, str) and key.startswith(prefix)]
-        if len(same_layers) == 1:
+        if self.state_key not in states and len(same_layers) == 1:
             self.load_state_dict(copy.deepcopy(same_layers[0]))
 
     def _refuse_a_shared_dirpath(self, trainer: pl.Trainer, stage: str) -> None:
         """Two collectors of one Trainer never write one directory."""
-        mine = self._run.requested.resolve() if self._run.requested is not None else None
-        for other in trainer.callbacks:
-            theirs = other._run.requested if isinstance(other, EmbeddingCollector) else None
-            theirs = theirs.resolve() if theirs is not None else None
-            if other is self or not isinstance(other, EmbeddingCollector) or stage not in other.stages or theirs != mine:
-                continue
-            where = str(mine) if mine is not None else "the default run directory (<log_dir>/embeddings)"
-            raise ValueError(
-                f"EmbeddingCollector: two collectors of this Trainer would write to {where}. Give each its own "
-                "dirpath=..., or record all the layers with one collector."
-            )
-
-    def _start_check(self) -> None:
-        """The sanity check: run the hooks and reshapes on its batches, write nothing."""
-        if self._recorder is not None and "fit" in self.stages:
-            self._recorder.start_check()
+        others = [c._run.requested for c in trainer.callbacks
+                  if isinstance(c, EmbeddingCollector) and c is not self and stage in c.stages]
+        refuse_shared(self._run.requested, others)
 
     def _start_snapshot(self, trainer: pl.Trainer, dataloaders: Any) -> None:
         stage = _stage(trainer)
@@ -371,24 +319,6 @@ class EmbeddingCollector(Callback):
         path = snapshot_file(self.dirpath, name, trainer.global_rank, trainer.world_size)
         snapshot = {"name": name, "stage": stage, "epoch": epoch, "step": step}
         self._recorder.start(path, snapshot, "test" if stage == "test" else "val", batches.loaders(dataloaders))
-
-    def _record_train(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The training set as ``split="train"`` rows of the open snapshot (:mod:`~lightning_embeddings.train_pass`)."""
-        bounds = training_bounds(trainer, self.max_samples)
-        if bounds is None:
-            self._warnings.warn("EmbeddingCollector(record_train=True) records the training set through its DataLoader, "
-                                "but the trainer's training data is "
-                                f"{[type(dl).__name__ for dl in batches.loaders(trainer.train_dataloader)]}: no "
-                                "training rows are recorded.")
-            return
-        loaders = training_loaders(trainer, bounds)
-        self._recorder.start_split("train", loaders, bounds)
-        run_pass(trainer, pl_module, loaders, start=self._start_batch, end=self._end_batch,
-                 done=lambda i: not self._recorder.wants(i))
-
-    def _start_batch(self, batch: Any, dataloader_idx: int) -> None:
-        if self._recorder is not None:
-            self._recorder.start_batch(dataloader_idx, batch)
 
     def _end_batch(self, outputs: Any, batch: Any, dataloader_idx: int) -> None:
         ended = self._recorder.end_batch() if self._recorder is not None else None
@@ -414,7 +344,10 @@ class EmbeddingCollector(Callback):
         if snapshot is None:
             return
         self._recorder.end()
-        missing = self._count_missing(trainer, snapshot["name"])
+        mine = self._recorder.missing  # rows each layer missed: summed over the ranks, said once per layer
+        counts = torch.tensor(list(mine.values()), dtype=torch.int64, device=trainer.strategy.root_device)
+        counts = trainer.strategy.reduce(counts, reduce_op="sum") if trainer.world_size > 1 else counts
+        missing = self._recorder.report_missing(dict(zip(mine, counts.tolist())), snapshot["name"])
         trainer.strategy.barrier("EmbeddingCollector.snapshot_end")
         files = snapshot_files(self.dirpath, snapshot["name"])
         if trainer.is_global_zero and files:
@@ -424,32 +357,18 @@ class EmbeddingCollector(Callback):
             store.add_snapshot(self._manifest, snapshot, files[0], self._recorder.logits, marks)
             store.write_manifest(self.dirpath, self._manifest)
 
-    def _count_missing(self, trainer: pl.Trainer, name: str) -> dict[str, int]:
-        """Samples of snapshot ``name``, over all ranks, that a layer was not called for."""
-        mine = self._recorder.missing
-        counts = torch.tensor(list(mine.values()), dtype=torch.int64, device=trainer.strategy.root_device)
-        counts = trainer.strategy.reduce(counts, reduce_op="sum").tolist() if trainer.world_size > 1 else counts.tolist()
-        return self._recorder.report_missing(dict(zip(mine, counts)), name)
-
     def _reduce(self, trainer: pl.Trainer) -> None:
         """Rank 0 fits the maps of every layer while the other ranks wait for it."""
         if self.dirpath is None or _stage(trainer) not in self.stages:
             return
         if trainer.is_global_zero and not self._manifest.get("snapshots"):
-            why = ("no validation ran (limit_val_batches=0, no val_dataloader, or fit ended before the first one)"
-                   if not self._schedule.validations else "its validations held no batches")
-            rank_zero_warn(f"EmbeddingCollector recorded nothing during {_stage(trainer)}: {why}. No run is written.")
-        if trainer.is_global_zero and self._manifest.get("snapshots"):
+            say_nothing_recorded(_stage(trainer), validated=self._schedule.validations > 0)
+        elif trainer.is_global_zero:
             finish_run(self.dirpath, self.reducer, self.n_components, self.seed, self.align, self.fit_samples,
                        self.reducer_kwargs, trainer.loggers, smoke=bool(trainer.fast_dev_run),
                        progress=trainer.progress_bar_callback is not None, record_train=self.record_train)
         if self._rank_zero_wait is not None:
             torch.distributed.barrier(group=self._rank_zero_wait)
-
-    def _continue_run(self) -> None:
-        """Append to the run already in ``dirpath`` (a resumed fit, or validate/test after fit), if there is one."""
-        layers = [(c.layer.column, c.strategy.name) for c in self._recorder.captures]
-        self._manifest = continued_manifest(self.dirpath, layers)
 
     def _release(self) -> None:
         """Remove every hook, discard an unfinished snapshot file, release the run's lock; safe to call twice."""
@@ -459,18 +378,19 @@ class EmbeddingCollector(Callback):
         self._run.release()
 
 
-def _on_rank_zero(trainer: pl.Trainer, work: Callable[[], T]) -> T:
-    """Do ``work`` on rank 0 and give every rank its result, or raise its error on every rank."""
-    result, error = None, None
-    if trainer.is_global_zero:
-        try:
-            result = work()
-        except Exception as err:  # raised below on every rank, so none waits for rank 0 forever
-            error = err
-    result, error = trainer.strategy.broadcast((result, error))
-    if error is not None:
-        raise error
-    return result
+def _check_arguments(layers: Any, max_samples: Any, logits: Any, stages: Any, html: bool) -> None:
+    """Raise for constructor arguments that can never work, quoting the value and what is allowed."""
+    if isinstance(layers, (str, int)) or not layers:
+        raise ValueError(f"layers must be a non-empty list of module indices or names, got {layers!r}.")
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise ValueError(f"max_samples must be None or an int >= 1, got {max_samples!r}.")
+    if logits is not None and logits not in layers:
+        raise ValueError(f"logits={logits!r} must be one of layers={list(layers)}: the recorded layer that gives the "
+                         "class logits.")
+    if isinstance(stages, str) or [stage for stage in stages if stage not in STAGES]:
+        raise ValueError(f"stages takes some of {STAGES}, got {stages!r}.")
+    if html and importlib.util.find_spec("plotly") is None:
+        raise ImportError("html=True draws with plotly: pip install 'lightning-embeddings[html]'.")
 
 
 def _stage(trainer: pl.Trainer) -> str:

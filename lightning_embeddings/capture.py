@@ -109,6 +109,13 @@ class LayerCapture:
             )
 
 
+def sequence_first_notes(captures: Sequence[LayerCapture]) -> list[str]:
+    """What to tell of each sequence-first layer (``batch_first=False``): it is recorded per sample all the same."""
+    return [f"EmbeddingCollector: layer {c.layer.column!r} ({type(c.layer.module).__name__}, batch_first=False) "
+            "returns (T, B, ...): it is recorded per sample, with the batch dim moved first."
+            for c in captures if c.sequence_first]
+
+
 def batch_vectors(captures: Sequence[LayerCapture], warn: Callable[[str], None],
                   called: Optional[dict[str, int]] = None) -> list[Optional[np.ndarray]]:
     """Each layer's vectors of this batch, None for a layer that was not called; ``called`` (the sanity check)

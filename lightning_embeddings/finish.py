@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.layout import SAMPLES
@@ -53,3 +53,20 @@ def finish_run(
         split = " --split train" if record_train else ""
         rank_zero_info(f"lightning-embeddings: the samples most likely mislabelled, per layer: "
                        f"lightning-embeddings samples {dirpath} --layer {run.layers[-1]}{split}")
+
+
+def say_nothing_recorded(stage: str, validated: bool) -> None:
+    """Warn that ``stage`` recorded nothing (``validated``: validation ran, but held no batches), so no run is
+    written."""
+    why = ("its validations held no batches" if validated else
+           "no validation ran (limit_val_batches=0, no val_dataloader, or fit ended before the first one)")
+    rank_zero_warn(f"EmbeddingCollector recorded nothing during {stage}: {why}. No run is written.")
+
+
+def say_kept(dirpath: Path, kept: int, exception: BaseException) -> None:
+    """After a fit stopped by ``exception``: how many complete snapshots are kept in ``dirpath`` and the command
+    that makes their maps and pictures (nothing said where none are kept)."""
+    if kept:
+        rank_zero_warn(f"lightning-embeddings: the fit stopped ({type(exception).__name__}); {kept} complete "
+                       f"snapshot{'s' * (kept != 1)} kept in {dirpath}, without new maps or pictures. Make them "
+                       f"with: lightning-embeddings reduce {dirpath}")

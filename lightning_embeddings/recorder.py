@@ -65,6 +65,10 @@ class Recorder:
         self._limits: dict[int, Optional[int]] = {}
         self._orders: dict[int, Optional[np.ndarray]] = {}
 
+    def layers(self) -> list[tuple[str, str]]:
+        """Each recorded layer's column and reshape, as a run's manifest lists them."""
+        return [(capture.layer.column, capture.strategy.name) for capture in self.captures]
+
     def start_check(self) -> None:
         """The sanity check begins: its batches run through the hooks and reshapes, nothing is kept."""
         self.checking = True

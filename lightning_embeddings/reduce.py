@@ -154,6 +154,24 @@ def check_fit_samples(fit_samples: Optional[int], n_components: int) -> None:
         raise ValueError(f"fit_samples must be None or an int >= {fewest} for a {n_components}-D map, got {fit_samples!r}.")
 
 
+def check_map(reducer: Any, n_components: int, seed: Optional[int] = None, align: str = "last",
+              fit_samples: Optional[int] = FIT_SAMPLES, kwargs: Optional[dict[str, Any]] = None) -> None:
+    """Raise at once for map arguments that can never work: the reducer and ``align`` (:func:`check_reducer`),
+    ``n_components``, ``fit_samples``, and where ``kwargs`` are given the reducer's arguments and ``seed``
+    (:func:`check_reducer_kwargs`).
+
+    Example::
+
+        check_map("umap", 2, seed=0, kwargs={"n_neigbors": 30})  # ValueError: ... did you mean 'n_neighbors'?
+    """
+    check_reducer(reducer, align)
+    if n_components not in (2, 3):
+        raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
+    if kwargs is not None:
+        check_reducer_kwargs(reducer, n_components, seed, kwargs)
+    check_fit_samples(fit_samples, n_components)
+
+
 def make_reducer(
     reducer: Union[str, ReducerLike], n_components: int, seed: Optional[int], n_samples: int, placing: int = 0,
     **kwargs: Any,

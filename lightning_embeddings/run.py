@@ -547,14 +547,11 @@ class EmbeddingRun:
             maps = EmbeddingRun(path).reduce(reducer="pacmap", n_components=3)
             maps["head.1"].groupby("epoch")[["x", "y", "z"]].mean()
         """
-        reducers.check_reducer(reducer, align)
+        reducers.check_map(reducer, n_components, align=align, fit_samples=fit_samples)
         if reducer is None:
             return Maps(self, [])
         if reducers.fits_snapshots(reducer):  # trained on every snapshot of fit together, whatever align says
             align = "joint"
-        if n_components not in (2, 3):
-            raise ValueError(f"n_components must be 2 or 3, got {n_components!r}.")
-        reducers.check_fit_samples(fit_samples, n_components)
         snapshots = self.manifest["snapshots"]
         if not snapshots:
             rank_zero_warn(f"{self.path} has no complete snapshot: nothing to reduce.")

@@ -1,7 +1,7 @@
 """Where a run goes: the default directory (where ``ModelCheckpoint`` puts ``checkpoints/``), the first free
 ``embeddings``, ``embeddings-v1``, ... there, the run's lock held by rank 0, the run a resumed fit continues, a
 ``fast_dev_run``'s throwaway folder, and the note a spawned rank 0 leaves the main process. Lightning-free: the
-callback passes in what the ``Trainer`` knows.
+callback passes in what the ``Trainer`` knows (``on_rank_zero`` takes the trainer, for its strategy's broadcast).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -31,6 +31,8 @@ from lightning_embeddings.layout import (
 )
 from lightning_embeddings.lock import RunLock, RunLockedError, remove_lock_files
 from lightning_embeddings.store import check_manifest, read_manifest, remove_partials
+
+T = TypeVar("T")
 
 
 class RunDirectory:
@@ -148,6 +150,21 @@ class RunDirectory:
         return True
 
 
+def on_rank_zero(trainer: Any, work: Callable[[], T]) -> T:
+    """Do ``work`` on rank 0 of ``trainer`` (choosing or locking the run directory) and give every rank its
+    result, or raise its error on every rank."""
+    result, error = None, None
+    if trainer.is_global_zero:
+        try:
+            result = work()
+        except Exception as err:  # raised below on every rank, so none waits for rank 0 forever
+            error = err
+    result, error = trainer.strategy.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
 def clear_run(dirpath: Path) -> None:
     """Remove the run in ``dirpath`` (``overwrite=True``): its manifest, snapshots, maps, samples and pictures; what
     else the folder holds stays."""
@@ -155,6 +172,36 @@ def clear_run(dirpath: Path) -> None:
                 *(dirpath / VECTORS).glob("*.parquet"), *(dirpath / PROJECTIONS).glob("*.parquet"),
                 *(dirpath / PLOTS).glob("*")]:
         old.unlink(missing_ok=True)
+
+
+def refuse_shared(mine: Optional[Path], others: Sequence[Optional[Path]]) -> None:
+    """Two collectors of one Trainer never write one directory: ``mine`` is this collector's requested dirpath,
+    ``others`` those of the Trainer's other collectors of the stage (None: the default directory).
+
+    Raises:
+        ValueError: another resolves to the same directory, naming it.
+    """
+    resolved = mine.resolve() if mine is not None else None
+    if any((other.resolve() if other is not None else None) == resolved for other in others):
+        where = str(resolved) if resolved is not None else "the default run directory (<log_dir>/embeddings)"
+        raise ValueError(f"EmbeddingCollector: two collectors of this Trainer would write to {where}. Give each its "
+                         "own dirpath=..., or record all the layers with one collector.")
+
+
+def replace_run(dirpath: Path, overwrite: bool, clear: bool = True) -> None:
+    """A new fit records into ``dirpath``, which holds a run: remove that run (``overwrite``; only where ``clear``,
+    rank 0 under DDP) or refuse.
+
+    Raises:
+        FileExistsError: without ``overwrite``, naming the ways out.
+    """
+    if not overwrite:
+        raise FileExistsError(
+            f"EmbeddingCollector: {dirpath} already holds a run. Pass another dirpath, delete it, set overwrite=True "
+            "to replace it, or resume its fit with ckpt_path=..."
+        )
+    if clear:
+        clear_run(dirpath)
 
 
 def resume_state(dirpath: Optional[Path], root: Optional[Path]) -> dict[str, Optional[str]]:

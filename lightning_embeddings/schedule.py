@@ -19,6 +19,8 @@ class Schedule:
     """
 
     def __init__(self, every_n_epochs: int) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}.")
         self.every_n_epochs = every_n_epochs
         self.validations = 0  # epochs of this fit that validated so far
         self._epoch = -1  # the last of them

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics import Metric
 
 from lightning_embeddings import batch as batches
+from lightning_embeddings.recorder import Recorder
 
 
 def training_bounds(trainer: pl.Trainer, max_samples: Optional[int], say: bool = False) -> Optional[list[int]]:
@@ -55,6 +56,22 @@ def training_loaders(trainer: pl.Trainer, bounds: list[int]) -> list[DataLoader]
     """The training loaders again, in dataset order, each rank its own share of the first ``bounds`` samples."""
     return [batches.ordered_loader(dl, trainer.world_size, trainer.global_rank, bound)
             for dl, bound in zip(batches.loaders(trainer.train_dataloader), bounds)]
+
+
+def record_training_set(trainer: pl.Trainer, pl_module: pl.LightningModule, recorder: Recorder,
+                        max_samples: Optional[int], end: Callable[[Any, Any, int], None]) -> None:
+    """Record the training set as the ``split="train"`` rows of ``recorder``'s open snapshot (``end(outputs,
+    batch, i)`` hands each step's rows to it); training data that are not DataLoaders record nothing, said once."""
+    bounds = training_bounds(trainer, max_samples)
+    if bounds is None:
+        given = [type(dl).__name__ for dl in batches.loaders(trainer.train_dataloader)]
+        recorder.warn("EmbeddingCollector(record_train=True) records the training set through its DataLoader, but "
+                      f"the trainer's training data is {given}: no training rows are recorded.")
+        return
+    loaders = training_loaders(trainer, bounds)
+    recorder.start_split("train", loaders, bounds)
+    run_pass(trainer, pl_module, loaders, start=lambda batch, i: recorder.start_batch(i, batch), end=end,
+             done=lambda i: not recorder.wants(i))
 
 
 def run_pass(

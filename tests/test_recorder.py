@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_embeddings.capture import LayerCapture
+from lightning_embeddings.capture import LayerCapture, sequence_first_notes
 from lightning_embeddings.layers import resolve_layers
 from lightning_embeddings.recorder import Recorder
 from lightning_embeddings.reshape import resolve_strategy
@@ -129,3 +129,10 @@ def test_the_sanity_check_runs_the_hooks_keeps_nothing_and_names_a_layer_never_c
     assert model.first._forward_hooks and model.second._forward_hooks
     recorder.remove()
     assert not model.first._forward_hooks and not model.second._forward_hooks  # the model carries none of ours
+
+
+def test_sequence_first_layers_are_told_once_each():
+    model = nn.Sequential(nn.GRU(3, 4), nn.Linear(4, 2), nn.GRU(2, 2, batch_first=True))
+    captures = [LayerCapture(layer, resolve_strategy("mean"), None) for layer in resolve_layers(model, ["0", "1", "2"])]
+    notes = sequence_first_notes(captures)
+    assert len(notes) == 1 and "layer '0' (GRU, batch_first=False) returns (T, B, ...)" in notes[0]

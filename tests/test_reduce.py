@@ -538,3 +538,25 @@ def test_rows_read_in_any_order_come_back_in_that_order(unreduced_run):
     everything = unreduced_run._read(rows, "head.1", np.arange(150))
     for positions in ([5, 7, 6, 8], [3, 2, 1, 0], [0, 149, 1, 148], list(range(10, 20))):
         np.testing.assert_array_equal(unreduced_run._read(rows, "head.1", np.array(positions)), everything[positions])
+
+
+@pytest.mark.parametrize(("arguments", "error"), [
+    ({"n_components": 4}, r"n_components must be 2 or 3, got 4"),
+    ({"align": "aligned", "reducer": "pca"}, r"align='aligned' uses umap.AlignedUMAP"),
+    ({"fit_samples": 2}, r"fit_samples must be None or an int >= 4"),
+    ({"kwargs": {"n_componets": 3}}, r"'n_componets': did you mean 'n_components'"),
+])
+def test_check_map_refuses_arguments_that_can_never_work(arguments, error):
+    given = {"reducer": "pca", "n_components": 2, **arguments}
+    with pytest.raises(ValueError, match=error):
+        reducers.check_map(**given)
+    reducers.check_map("pca", 3, seed=1, fit_samples=None, kwargs={"svd_solver": "full"})  # all fine: no error
+
+
+def test_reduce_refuses_a_bad_n_components_before_writing(fit_digits):
+    _, collector = fit_digits(reducer="pca", plots=False, trainer_kwargs={"max_epochs": 1})
+    run = EmbeddingRun(collector.dirpath)
+    before = {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"n_components must be 2 or 3, got 1"):
+        run.reduce(reducer="pca", n_components=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file()} == before

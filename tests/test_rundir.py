@@ -15,6 +15,7 @@ from lightning_embeddings.rundir import (
     clear_run,
     continued_manifest,
     default_parent,
+    replace_run,
     resume_state,
     resumed_dirpath,
 )
@@ -121,3 +122,13 @@ def test_a_loaded_checkpoint_state_makes_the_fit_resume_its_run(tmp_path):
     assert hold.path == run and hold.resume(tmp_path / "exp") == run
     hold.release()
     assert (run / MANIFEST).is_file()
+
+
+def test_replacing_a_run_needs_overwrite_and_only_rank_zero_clears(tmp_path):
+    run = holds(tmp_path / "run", "a")
+    with pytest.raises(FileExistsError, match=r"already holds a run\. Pass another dirpath, delete it, set overwrite=True"):
+        replace_run(run, overwrite=False)
+    replace_run(run, overwrite=True, clear=False)  # another rank: waits for rank 0, removes nothing
+    assert (run / MANIFEST).is_file()
+    replace_run(run, overwrite=True)
+    assert not (run / MANIFEST).exists()
