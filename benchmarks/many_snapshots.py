@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     import umap
 
     from lightning_embeddings import EmbeddingRun
-    from lightning_embeddings.reduce import faithfulness
+    from lightning_embeddings.faithfulness import trustworthiness as faithfulness
 
     with tempfile.TemporaryDirectory() as tmp:
         fit = record(Path(tmp) / "run", args.epochs)

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from lightning_embeddings import ParametricMap
-    from lightning_embeddings.dynamics import temporal_preservation
-    from lightning_embeddings.reduce import faithfulness
+    from lightning_embeddings.faithfulness import temporal_preservation
+    from lightning_embeddings.faithfulness import trustworthiness as faithfulness
 
     data = snapshots(args.run_dir, args.layer)
     print(f"{args.layer}: {data.shape[0]} snapshots x {data.shape[1]} samples x {data.shape[2]} dims; "

@@ -66,8 +66,8 @@ def train(root: Path, epochs: int, example: str) -> Path:
 
 def measure(run: Any, column: str, split: str) -> dict[str, float]:
     """TP and trust (min / median) of one layer's map of ``split``, over the fit snapshots."""
-    from lightning_embeddings.dynamics import temporal_preservation
-    from lightning_embeddings.reduce import faithfulness
+    from lightning_embeddings.faithfulness import temporal_preservation
+    from lightning_embeddings.faithfulness import trustworthiness as faithfulness
 
     frame = run.projections(column)
     frame = frame[(frame["stage"] == "fit") & (frame["split"] == split)]

@@ -28,15 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.reduce import (
-    ALIGNS,
-    FAITHFUL,
-    FAITHFUL_MOTION,
-    FIT_SAMPLES,
-    REDUCER_NAMES,
-    check_reducer_kwargs,
-    faithful_paths_advice,
-)
+from lightning_embeddings.faithfulness import FAITHFUL, FAITHFUL_MOTION, NEIGHBOURS_WRONG, faithful_paths_advice, map_advice
+from lightning_embeddings.reduce import ALIGNS, FIT_SAMPLES, REDUCER_NAMES, check_reducer_kwargs
 
 PROG = "lightning-embeddings"
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
@@ -617,7 +610,7 @@ def describe_run(run) -> dict[str, Any]:
         {key: facts.get(key) for key in ("column", "index", "type", "strategy", "output_shape", "dim")}
         for facts in run.manifest["layers"]
     ]
-    snapshots = [{**snapshot, "samples": len(run._rows(snapshot))} for snapshot in _progress(run.snapshots)]
+    snapshots = [{**snapshot, "samples": len(run.rows(snapshot))} for snapshot in _progress(run.snapshots)]
     reducer = run.manifest.get("reducer")
     return {"path": str(run.path), "layers": layers, "snapshots": snapshots, "reducer": reducer}
 
@@ -679,9 +672,8 @@ def _info(args: argparse.Namespace) -> None:
         print("\ntrustworthiness per snapshot (10 neighbours; 1 is faithful):")
         print(table)
         if low:
-            print(f"  ! below {FAITHFUL}: there, neighbours in the picture are often not neighbours in the vectors; "
-                  f"try: lightning-embeddings reduce RUN_DIR --align "
-                  f"{'aligned --reducer umap' if reducer.get('align') == 'joint' else 'joint'}")
+            how = "parametric" if name == "parametric" or name.endswith(".ParametricMap") else align
+            print(f"  ! below {FAITHFUL}: there, {NEIGHBOURS_WRONG}. {map_advice(how, args.run_dir)}")
     motion = {column: record["temporal_preservation"] for column, record in records.items()
               if record.get("temporal_preservation")}
     if motion:

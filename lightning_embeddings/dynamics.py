@@ -16,7 +16,8 @@ In each layer's own vector space (cosine distance, never the map): arrays in, ar
     knn_accuracy(vectors, labels)               leave-one-out k-NN accuracy (torch): the live per-layer signal
     sample_dynamics(labels, snapshots)          per sample across fit: agreement, movement, learned and forgotten,
                                                 cartography, AUM, suspicion
-    temporal_preservation(map_a, map_b, ...)    whether the map's movements rank as the vectors' do
+
+How far the map itself can be believed is :mod:`~lightning_embeddings.faithfulness`'s.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import logsumexp
-from scipy.stats import spearmanr
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_embeddings.store import sample_keys
@@ -483,36 +483,3 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
         columns.update(confidence=confidence, variability=variability, aum=_mean_std(margin, n)[0])
     columns["suspicion"] = 1.0 - columns["knn_agreement"]
     return pd.DataFrame(columns)
-
-
-def temporal_preservation(map_a: np.ndarray, map_b: np.ndarray, vectors_a: np.ndarray,
-                          vectors_b: np.ndarray) -> float:
-    """Whether a map's movements rank as the vectors' do between two snapshots: the Spearman correlation between
-    each sample's displacement in the map (``map_a`` -> ``map_b``) and in its own vector space (``vectors_a`` ->
-    ``vectors_b``), both Euclidean (the temporal preservation of DeepVisualInsight and TimeVis).
-
-    Args:
-        map_a, map_b: ``(n, 2)`` or ``(n, 3)`` positions, rows aligned.
-        vectors_a, vectors_b: ``(n, D)`` vectors of the same samples.
-
-    Returns:
-        In [-1, 1] (1: the samples that move most in the vectors move most in the map); NaN when fewer than 3 rows
-        are finite on both sides or a side's displacements are all equal.
-
-    Raises:
-        ValueError: the four arrays do not have the same number of rows.
-
-    Example::
-
-        temporal_preservation(maps[3][["x", "y"]].to_numpy(), maps[4][["x", "y"]].to_numpy(), vectors[3], vectors[4])
-    """
-    if not len(map_a) == len(map_b) == len(vectors_a) == len(vectors_b):
-        raise ValueError(f"map_a, map_b, vectors_a and vectors_b must have the same rows, got {len(map_a)}, "
-                         f"{len(map_b)}, {len(vectors_a)}, {len(vectors_b)}.")
-    in_map = np.linalg.norm(np.asarray(map_b, np.float64) - np.asarray(map_a, np.float64), axis=1)
-    in_vectors = np.linalg.norm(np.asarray(vectors_b, np.float64) - np.asarray(vectors_a, np.float64), axis=1)
-    keep = np.isfinite(in_map) & np.isfinite(in_vectors)
-    in_map, in_vectors = in_map[keep], in_vectors[keep]
-    if len(in_map) < 3 or any(np.ptp(side) <= 1e-9 * side.max() for side in (in_map, in_vectors)):
-        return float("nan")  # equal displacements (up to rounding) have no ranks
-    return float(spearmanr(in_map, in_vectors).statistic)

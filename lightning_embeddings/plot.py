@@ -55,9 +55,17 @@ from lightning_embeddings.dynamics import (
     movers,
 )
 from lightning_embeddings.export import recorded_samples, sample_columns
+from lightning_embeddings.faithfulness import (
+    FAITHFUL,
+    FAITHFUL_MOTION,
+    MOTION_WRONG,
+    NEIGHBOURS_WRONG,
+    faithful_paths_advice,
+    unfaithful_paths,
+    unfaithful_snapshots,
+)
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import HTML_NAME, PLOTS, SPLIT, atomic_write, file_stem, projection_file, snapshot_name
-from lightning_embeddings.reduce import FAITHFUL, FAITHFUL_MOTION, faithful_paths_advice, unfaithful_paths
 from lightning_embeddings.run import EmbeddingRun
 from lightning_embeddings.store import sample_keys
 
@@ -1277,16 +1285,15 @@ def write_html(
             )
         if info.three_d:
             notes.append(html_escape.escape(_three_d_note(info)) + ".")
-        unfaithful = [snapshot_label(s) for s in info.snapshots
-                      if info.trust.get(s["name"]) is not None and info.trust[s["name"]] < FAITHFUL]
+        unfaithful = set(unfaithful_snapshots(info.trust))
+        unfaithful = [snapshot_label(s) for s in info.snapshots if s["name"] in unfaithful]
         if unfaithful:
             notes.append(f"<span class='warning'>Not faithful (trustworthiness below {FAITHFUL}) at "
-                         f"{html_escape.escape(', '.join(unfaithful))}: neighbours there are often not neighbours "
-                         "in the vectors.</span>")
+                         f"{html_escape.escape(', '.join(unfaithful))}: there, {NEIGHBOURS_WRONG}.</span>")
         paths_note = info.paths_note()
         if paths_note:
-            notes.append(f"<span class='warning'>{html_escape.escape(paths_note[0].upper() + paths_note[1:])}. The "
-                         "samples that move far in the picture are not those that move far in their vectors.</span>")
+            notes.append(f"<span class='warning'>{html_escape.escape(paths_note[0].upper() + paths_note[1:])}. "
+                         f"{MOTION_WRONG[0].upper() + MOTION_WRONG[1:]}.</span>")
         if info.hover:
             notes.append(f"Hover shows each sample's {', '.join(info.hover)} (EmbeddingRun.samples()).")
         figure = _figure(go, info)

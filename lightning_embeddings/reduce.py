@@ -9,8 +9,6 @@ from ``embedding_``, which is why ``embedding_`` is not used.)
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Mapping
 from typing import Any, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
@@ -22,27 +20,6 @@ ALIGNS: tuple[str, ...] = ("last", "joint", "aligned")
 FIT_SAMPLES = 20_000  # by default a map is fitted on at most this many rows
 TRANSFORM_ROWS = 65_536  # rows passed to ``transform`` at once
 INDEX_ABOVE_PAIRS = 20_000_000  # placed rows x fitted rows above which UMAP finds neighbours with its index
-FAITHFUL = 0.8  # below this trustworthiness a snapshot's map is called not faithful
-FAITHFUL_MOTION = 0.5  # below this temporal preservation (Spearman) a map's paths are called not faithful
-FAITHFUL_ROWS = 2_000  # trustworthiness is measured on at most this many samples of a snapshot
-
-
-def unfaithful_paths(motion: Mapping[str, Optional[float]]) -> list[str]:
-    """The snapshots whose incoming paths are not faithful: temporal preservation below ``FAITHFUL_MOTION``.
-
-    Example::
-
-        >>> unfaithful_paths({"epoch_0001-step_0000044": 0.12, "epoch_0002-step_0000066": 0.93})
-        ['epoch_0001-step_0000044']
-    """
-    return [name for name, value in motion.items() if value is not None and value < FAITHFUL_MOTION]
-
-
-def faithful_paths_advice(path: Union[str, "os.PathLike[str]"]) -> str:
-    """How to draw paths that are faithful, in the words every warning, picture and the CLI use: the parametric
-    map, named as an argument and as the command that redraws the run at ``path`` without retraining."""
-    return (f"reducer='parametric' is trained on the samples' motion and draws it faithfully; without retraining: "
-            f"lightning-embeddings reduce {path} --reducer parametric")
 
 
 @runtime_checkable
@@ -289,30 +266,6 @@ def aligned_maps(
     estimator = umap.AlignedUMAP(n_components=n_components, random_state=seed, **kwargs)
     estimator.fit(list(snapshots), relations=relations)
     return [np.asarray(e, dtype=np.float32) for e in estimator.embeddings_], estimator
-
-
-def faithfulness(vectors: np.ndarray, points: np.ndarray) -> Optional[float]:
-    """``sklearn.manifold.trustworthiness`` (10 neighbours) of ``points`` against the ``vectors`` they stand for;
-    None where there are too few samples to tell."""
-    from sklearn.manifold import trustworthiness
-
-    neighbours = min(10, len(vectors) // 2 - 1)
-    return float(trustworthiness(vectors, points, n_neighbors=neighbours)) if neighbours >= 1 else None
-
-
-def collapsed(vectors: np.ndarray, tolerance: float = 1e-6) -> bool:
-    """Whether every row of ``vectors`` is (nearly) the same vector: a dead ReLU, a constant output. Such rows have
-    no neighbours to keep; a map of them is one point (or noise), whatever its trustworthiness says.
-
-    Example::
-
-        >>> collapsed(np.zeros((5, 3))), collapsed(np.eye(3))
-        (True, False)
-    """
-    if len(vectors) < 2:
-        return False
-    spread = float((vectors.max(axis=0) - vectors.min(axis=0)).max())
-    return spread <= tolerance * float(np.abs(vectors).max())
 
 
 def usable(vectors: np.ndarray) -> np.ndarray:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Sized, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_embeddings import reduce as reducers
-from lightning_embeddings.dynamics import SnapshotView, sample_dynamics, temporal_preservation
+from lightning_embeddings import faithfulness
+from lightning_embeddings.dynamics import SnapshotView, sample_dynamics
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import (
     HTML_NAME,
-    KEYS,
     LONG_PROJECTIONS,
     MANIFEST,
     MAP_KEYS,
@@ -30,96 +30,33 @@ from lightning_embeddings.layout import (
     PROJECTOR_OWNER,
     SAMPLES,
     SPLIT,
-    SWITCH,
     TENSORBOARD,
     projection_file,
-    snapshot_file,
-    snapshot_files,
     staged,
 )
-from lightning_embeddings.lock import RunLock, RunLockedError
+from lightning_embeddings.lock import RunLock
+from lightning_embeddings.reader import (
+    MISSING,
+    NON_FINITE,
+    PLACED,
+    SAMPLE_FACTS,
+    RunReader,
+    locate,
+    labelled,
+    row_keys,
+    with_points,
+)
 from lightning_embeddings.store import (
+    METADATA_KEY,
     RunError,
-    check_manifest,
-    column_vectors,
-    finish_switch,
-    read_manifest,
     remove_partials,
-    sample_keys,
     switch,
-    vectors_array,
     write_manifest,
     write_tables,
 )
 
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 SAID_SNAPSHOTS = 8  # per-snapshot figures said one by one up to this many snapshots, summed up above
-SAMPLE_FACTS = ("label", "prediction")
-READ_BUFFER = 2**20  # bytes read from a file at once
-PLACED, NON_FINITE, MISSING = 0, 1, 2  # a row in a map: placed; left out for a NaN/inf value; left out, no vector
-
-
-@dataclass
-class _Rows:
-    """One snapshot's samples: its files, their rows' keys and facts in ``(dataloader_idx, sample_id)`` order
-    (DDP's padding duplicates dropped), and where each of those rows is stored among all the files' rows."""
-
-    files: list[Path]
-    keys: pa.Table
-    stored: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.stored)
-
-    def groups(self) -> np.ndarray:
-        """An integer per row for stratified sampling: its label's code (all 0 without labels)."""
-        if "label" not in self.keys.column_names:
-            return np.zeros(len(self), dtype=np.int64)
-        return pd.factorize(self.keys.column("label").to_numpy(zero_copy_only=False), use_na_sentinel=False)[0]
-
-
-def _with_points(keys: pa.Table, points: np.ndarray) -> pa.Table:
-    """A snapshot's keys and facts with its points as columns ``x, y[, z]``."""
-    for axis, values in zip("xyz", np.asarray(points).T):
-        keys = keys.append_column(axis, pa.array(values, pa.float32()))
-    return keys
-
-
-def _eval_split(snapshot: Mapping[str, Any]) -> str:
-    """The split a snapshot's evaluation loop ran on: ``"test"`` for ``trainer.test``, else ``"val"``."""
-    return "test" if snapshot["stage"] == "test" else "val"
-
-
-def _keys(table: pa.Table) -> np.ndarray:
-    """Each row's :func:`~lightning_embeddings.store.sample_keys`."""
-    return sample_keys(table.column("sample_id").to_numpy(), table.column("dataloader_idx").to_numpy(),
-                       table.column(SPLIT).to_numpy(zero_copy_only=False))
-
-
-def _found(rows: "_Rows", keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of the sorted ``keys`` is among ``rows`` (sorted by key too), and whether it is there at all."""
-    theirs = _keys(rows.keys)
-    found = np.minimum(np.searchsorted(theirs, keys), max(len(rows) - 1, 0))
-    return found, (theirs[found] == keys) if len(rows) else np.zeros(len(keys), dtype=bool)
-
-
-def _batches(path: Path, column: str) -> Iterator[pa.RecordBatch]:
-    """``column`` of a snapshot file, ``TRANSFORM_ROWS`` rows at a time (a column chunk is not read whole), every
-    page's checksum verified.
-
-    Raises:
-        RunError: the file is damaged (a page that fails its checksum, a cut), naming it.
-    """
-    try:
-        source = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER, page_checksum_verification=True)
-        yield from source.iter_batches(batch_size=reducers.TRANSFORM_ROWS, columns=[column])
-    except (OSError, pa.ArrowException) as err:
-        raise RunError(f"{path} is damaged ({err}): its {column!r} vectors cannot be read back as written.") from err
-
-
-def _labelled(rows: "_Rows") -> bool:
-    """Whether any of the rows has a label (``samples()`` ranks by labels)."""
-    return "label" in rows.keys.column_names and rows.keys.column("label").null_count < len(rows)
 
 
 def _skipped(column: str, reason: str) -> dict[str, Any]:
@@ -128,52 +65,9 @@ def _skipped(column: str, reason: str) -> dict[str, Any]:
     return {"skipped": reason}
 
 
-def _warn_unfaithful(column: str, trust: Mapping[str, Optional[float]], how: str, path: Path) -> None:
-    """Say where a layer's map is not faithful (trustworthiness below ``FAITHFUL``) and what may help, by ``how``
-    it was made (its ``align``, or ``"parametric"``): with ``"last"``, that ``align="joint"`` would draw those
-    snapshots by their own structure."""
-    unfaithful = [name for name, value in trust.items() if value is not None and value < reducers.FAITHFUL]
-    if not unfaithful:
-        return
-    advice = {
-        "last": "align='last' draws every snapshot through the map of the last one, so snapshots unlike it (early "
-                "epochs, before the structure formed) come out as the final structure; align='joint' fits on every "
-                "snapshot of fit together and shows each by its own neighbours (docs/align.md: digits, epoch 0, "
-                f"0.79 with 'last', 0.979 with 'joint'): lightning-embeddings reduce {path} --align joint",
-        "joint": f"align='aligned' gives each snapshot its own UMAP: lightning-embeddings reduce {path} --align "
-                 "aligned --reducer umap",
-        "parametric": f"more training may help (lightning-embeddings reduce {path} --reducer parametric --param "
-                      f"steps=3000), or UMAP on every snapshot of fit: lightning-embeddings reduce {path} --align "
-                      "joint --reducer umap",
-        "aligned": "more neighbours (n_neighbors) or another reducer may help",
-    }[how]
-    rank_zero_warn(
-        f"lightning-embeddings: the map of layer {column!r} is not faithful at {_named(unfaithful, trust)} "
-        f"(trustworthiness below {reducers.FAITHFUL}): there, neighbours in the picture are often not neighbours in "
-        f"the vectors. {advice}."
-    )
-
-
-def _named(names: Sequence[str], among: Sized) -> str:
-    """Snapshot names for a message: all of a few, else the first two, the last, and how many of how many."""
-    if len(names) <= 3:
-        return ", ".join(names)
-    return f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)} of {len(among)})"
-
-
-def _warn_unfaithful_paths(motion: Mapping[str, Mapping[str, Optional[float]]], path: Path) -> None:
-    """Say once, for every layer whose drawn paths are not faithful somewhere (temporal preservation below
-    ``FAITHFUL_MOTION``), where, and how to draw faithful ones. ``motion``: layer column -> its figures."""
-    unfaithful = {column: reducers.unfaithful_paths(values) for column, values in motion.items()}
-    said = "; ".join(f"layer {column!r} into {_named(names, motion[column])}"
-                     for column, names in unfaithful.items() if names)
-    if said:
-        rank_zero_warn(
-            f"lightning-embeddings: the drawn paths are not faithful (temporal preservation below "
-            f"{reducers.FAITHFUL_MOTION}: the samples that move far in the map are not those that move far in their "
-            f"vectors) for {said}. {reducers.faithful_paths_advice(path)}. Movement measured in the vectors: "
-            "EmbeddingRun(...).samples()."
-        )
+def _warn(message: Optional[str]) -> None:
+    if message is not None:
+        rank_zero_warn(message)
 
 
 def _facts() -> dict[str, Any]:
@@ -199,15 +93,16 @@ def _measure(facts: dict[str, Any], status: np.ndarray, sample: _Sample, before:
     for key, code in (("left_out", NON_FINITE), ("missing", MISSING)):
         if (status == code).any():
             facts[key][name] = int((status == code).sum())
-    flat = reducers.collapsed(sample.vectors)
+    flat = faithfulness.collapsed(sample.vectors)
     if flat:
         facts["collapsed"].append(name)
-    facts["trustworthiness"][name] = None if flat else reducers.faithfulness(sample.vectors, sample.points)
+    facts["trustworthiness"][name] = None if flat else faithfulness.trustworthiness(sample.vectors, sample.points)
     if before is not None and sample.snapshot["stage"] == "fit":
         _, a, b = np.intersect1d(before.keys, sample.keys, assume_unique=True, return_indices=True)
         motion = np.nan  # no sample placed in both
         if len(a):
-            motion = temporal_preservation(before.points[a], sample.points[b], before.vectors[a], sample.vectors[b])
+            motion = faithfulness.temporal_preservation(before.points[a], sample.points[b], before.vectors[a],
+                                                        sample.vectors[b])
         facts["temporal_preservation"][name] = None if np.isnan(motion) else round(float(motion), 4)
 
 
@@ -235,7 +130,7 @@ class Maps(Mapping[str, pd.DataFrame]):
         return len(self._columns)
 
 
-class EmbeddingRun:
+class EmbeddingRun(RunReader):
     """The vectors and projections of one run directory.
 
     A run holds snapshots: one per recorded validation (several per epoch with ``val_check_interval < 1``), and
@@ -258,132 +153,6 @@ class EmbeddingRun:
         run.reduce(reducer="pca")                   # fit again, no retraining
     """
 
-    def __init__(self, path: Union[str, os.PathLike]) -> None:
-        self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
-            nested = self.path / "embeddings"
-            hint = (
-                f"it holds {nested}: pass that"
-                if (nested / MANIFEST).is_file()
-                else "a run directory holds manifest.json and vectors/, e.g. lightning_logs/version_0/embeddings"
-            )
-            raise FileNotFoundError(f"{self.path} is not an embeddings run: it has no {MANIFEST}; {hint}.")
-        if (self.path / SWITCH).exists():
-            self._finish_switch()
-        self.manifest = read_manifest(self.path)
-        check_manifest(self.manifest, self.path / MANIFEST)
-        self._checked: dict[str, list[Path]] = {}  # snapshot name -> its files, checked
-
-    def _finish_switch(self, wait_s: float = 10.0) -> None:
-        """Before reading: finish the switch to new files a stopped reduce left half done, or wait while another
-        process's reduce switches its files in (a moment)."""
-        waited = time.monotonic() + wait_s
-        while (self.path / SWITCH).exists():
-            try:
-                with RunLock(self.path):
-                    if finish_switch(self.path):
-                        rank_zero_info(f"lightning-embeddings: {self.path}: finished putting in place the new maps "
-                                       "of a reduce that was stopped while it did so")
-                return
-            except RunLockedError as busy:
-                if time.monotonic() > waited:
-                    raise RunError(f"{self.path}: another process has been putting its new maps in place for "
-                                   f"{wait_s:.0f} s ({busy}); open the run again when it is done.") from None
-                time.sleep(0.05)
-            except OSError as err:
-                raise RunError(
-                    f"{self.path / SWITCH}: a reduce was stopped while it put its new maps in place, and they cannot "
-                    f"be finished here ({err}). Open the run once where it is writable (that finishes them), or "
-                    f"run lightning-embeddings reduce {self.path} again."
-                ) from err
-
-    @property
-    def layers(self) -> list[str]:
-        """The recorded layers' column names (module names; ``root`` for the model itself)."""
-        return [layer["column"] for layer in self.manifest["layers"]]
-
-    @property
-    def snapshots(self) -> list[dict[str, Any]]:
-        """Every complete snapshot in the order it was recorded: ``{"name", "stage", "epoch", "step"}``."""
-        return [dict(snapshot) for snapshot in self.manifest["snapshots"]]
-
-    @property
-    def epochs(self) -> list[int]:
-        """The epochs with a complete snapshot recorded during ``fit``, in order."""
-        return sorted({s["epoch"] for s in self.manifest["snapshots"] if s["stage"] == "fit"})
-
-    def layer(self, layer: LayerSpec) -> dict[str, Any]:
-        """The facts of one layer (index, name, type, strategy, output shape, dim), found by its column name,
-        module name, the spec given to the collector, or its index."""
-        for facts in self.manifest["layers"]:
-            keys = (facts["spec"], facts["index"]) if isinstance(layer, int) else (facts["column"], facts["name"], facts["spec"])
-            if layer in keys:
-                return facts
-        described = ", ".join(f"{f['column']!r} (index {f['index']})" for f in self.manifest["layers"])
-        raise ValueError(f"layer {layer!r} was not recorded in {self.path}; recorded: {described}.")
-
-    def vectors(
-        self,
-        layer: LayerSpec,
-        epoch: Optional[int] = None,
-        step: Optional[int] = None,
-        stage: str = "fit",
-        dataloader_idx: Optional[int] = None,
-        split: Optional[Literal["val", "test", "train"]] = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One layer's vectors in one snapshot, ordered by ``(dataloader_idx, sample_id)``.
-
-        The snapshot is the ``stage``'s last one at ``epoch`` (at ``step``, where an epoch has several), or its
-        last one overall when ``epoch`` is None. Its rows of ``split``: by default those of the loop that ran
-        (``"val"``, ``"test"`` for ``trainer.test``); ``"train"`` for the training set (``record_train``).
-
-        A sample recorded without a vector in this layer (a layer that ``validation_step`` calls on some batches
-        only) has a row of NaN.
-
-        Returns:
-            ``(sample_ids, vectors)``: an ``(N,)`` int64 array and an ``(N, D)`` float32 array.
-        """
-        column = self.layer(layer)["column"]
-        snapshot = self._snapshot(stage, epoch, step)
-        rows = self._rows(snapshot, dataloader_idx, split or _eval_split(snapshot))
-        return rows.keys.column("sample_id").to_numpy(), self._read(rows, column, rows.stored)
-
-    def table(
-        self,
-        epochs: Optional[Sequence[int]] = None,
-        layers: Optional[Sequence[LayerSpec]] = None,
-        stages: Optional[Sequence[str]] = None,
-    ) -> pd.DataFrame:
-        """The recorded rows of the chosen snapshots (all by default) as a DataFrame: keys, label/prediction
-        when known, one array-valued column per layer (all NaN for a sample without a vector in that layer)."""
-        columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
-        chosen = [
-            s for s in self.manifest["snapshots"]
-            if (epochs is None or s["epoch"] in epochs) and (stages is None or s["stage"] in stages)
-        ]
-        tables = []
-        for snapshot in chosen:
-            rows = self._rows(snapshot)
-            table = rows.keys
-            for column in columns:
-                table = table.append_column(column, vectors_array(self._read(rows, column, rows.stored)))
-            tables.append(table)
-        return pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=[SPLIT, *KEYS, *columns])
-
-    def projections(self, layer: LayerSpec) -> pd.DataFrame:
-        """One layer's map: ``sample_id, split, stage, epoch, step, dataloader_idx, x, y[, z]``, with ``label`` and
-        ``prediction`` when known; one row per sample and snapshot."""
-        path = projection_file(self.path, self.layer(layer)["column"])
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No projections of layer {layer!r} in {self.path}: the run was not reduced (reducer=None, too few "
-                "samples, or fit ended early). Call EmbeddingRun(...).reduce() to make them."
-            )
-        try:
-            return pd.read_parquet(path, page_checksum_verification=True)
-        except (OSError, pa.ArrowException) as err:
-            raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
-
     def samples(self, layer: LayerSpec, split: Literal["val", "train"] = "val") -> pd.DataFrame:
         """Which samples to look at: one row per sample of ``split``, over the ``fit`` snapshots, measured in the
         layer's own vectors (never in the map), sorted by ``suspicion`` (higher: more likely a label error).
@@ -405,7 +174,7 @@ class EmbeddingRun:
         """
         column = self.layer(layer)["column"]
         path = self.path / SAMPLES
-        if path.is_file():
+        if path.is_file() and self._samples_made_from() in (None, self._samples_source()):
             try:
                 table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)],
                                       page_checksum_verification=True)
@@ -428,16 +197,33 @@ class EmbeddingRun:
     def _write_samples(self, target: Path) -> bool:
         """:meth:`write_samples` into ``target``: every layer and every split with labels; False when none has."""
         fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
-        splits = [split for split in SAMPLE_SPLITS if fit and _labelled(self._rows(fit[-1], split=split))]
+        splits = [split for split in SAMPLE_SPLITS if fit and labelled(self.rows(fit[-1], split=split))]
         if not splits:
             return False
         frames = [self._sample_dynamics(column, split).assign(layer=column, split=split)
                   for column in self.layers for split in splits]
         table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
         first = ["layer", SPLIT]
-        pq.write_table(table.select([*first, *(c for c in table.column_names if c not in first)]), target,
-                       write_page_checksum=True)
+        table = table.select([*first, *(c for c in table.column_names if c not in first)])
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),  # pandas' dtypes kept
+                                               METADATA_KEY: json.dumps(self._samples_source())})
+        pq.write_table(table, target, write_page_checksum=True)
         return True
+
+    def _samples_source(self) -> dict[str, Any]:
+        """What ``samples.parquet`` is computed from: the ``fit`` snapshots, the layers and the logits column."""
+        return {"snapshots": [s["name"] for s in self.manifest["snapshots"] if s["stage"] == "fit"],
+                "layers": [[layer["column"], layer["dim"]] for layer in self.manifest["layers"]],
+                "logits": self.manifest.get("logits")}
+
+    def _samples_made_from(self) -> Optional[dict[str, Any]]:
+        """The :meth:`_samples_source` that ``samples.parquet`` records (None: no file, or one written before it
+        recorded this)."""
+        try:
+            metadata = pq.read_schema(self.path / SAMPLES).metadata or {}
+        except (OSError, pa.ArrowException):
+            return None
+        return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
 
     def _sample_dynamics(self, column: str, split: str) -> pd.DataFrame:
         """:meth:`samples` computed from ``vectors/``: the samples of ``split`` in the last ``fit`` snapshot, over
@@ -445,26 +231,26 @@ class EmbeddingRun:
         fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
         if not fit:
             raise ValueError(f"{self.path} has no snapshot of fit: samples() follows the samples across fit.")
-        last = self._rows(fit[-1], split=split)
+        last = self.rows(fit[-1], split=split)
         if not len(last):
             hint = " (record it with EmbeddingCollector(record_train=True))" if split == "train" else ""
             raise ValueError(f"{self.path} holds no {split!r} rows{hint}; recorded splits: "
-                             f"{sorted(set(self._rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
-        if not _labelled(last):
+                             f"{sorted(set(self.rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
+        if not labelled(last):
             raise ValueError(f"{self.path} has no labels: samples() ranks samples by their labels' agreement with "
                              "their neighbours (pass label_key= to the collector where the batch names them otherwise).")
-        keys, logits = _keys(last.keys), self.manifest.get("logits")
+        keys, logits = row_keys(last.keys), self.manifest.get("logits")
 
         def views() -> Iterator[SnapshotView]:
             for snapshot in fit:
-                rows = self._rows(snapshot, split=split)
-                found, here = _found(rows, keys)
-                vectors = self._aligned(rows, column, found, here)
+                rows = self.rows(snapshot, split=split)
+                found, here = locate(rows, keys)
+                vectors = self.aligned(rows, column, found, here)
                 predictions = None
                 if "prediction" in rows.keys.column_names:
                     stored = pd.Series(rows.keys.column("prediction").to_numpy(zero_copy_only=False)[found])
                     predictions = stored.where(pd.Series(here)).to_numpy()  # NaN/None where the sample is missing
-                scores = None if logits is None else self._aligned(rows, logits, found, here)
+                scores = None if logits is None else self.aligned(rows, logits, found, here)
                 yield SnapshotView(snapshot["epoch"], vectors, predictions, scores)
 
         labels = last.keys.column("label").to_numpy(zero_copy_only=False)
@@ -475,14 +261,6 @@ class EmbeddingRun:
         epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
         frame[epochs] = frame[epochs].astype("Int64")
         return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
-
-    def _aligned(self, rows: _Rows, column: str, found: np.ndarray, here: np.ndarray) -> np.ndarray:
-        """``column``'s vectors of the stored rows at ``found``, a row of NaN where ``here`` is False."""
-        if here.all():
-            return self._read(rows, column, rows.stored[found])
-        vectors = np.full((len(found), self._width(rows, column)), np.nan, dtype=np.float32)
-        vectors[here] = self._read(rows, column, rows.stored[found[here]])
-        return vectors
 
     def reduce(
         self,
@@ -557,7 +335,7 @@ class EmbeddingRun:
             rank_zero_warn(f"{self.path} has no complete snapshot: nothing to reduce.")
             return Maps(self, [])
         fitted_on = [s for s in snapshots if s["stage"] == "fit"] or snapshots
-        largest = max(len(self._rows(s)) for s in snapshots) if align == "aligned" else 0
+        largest = max(len(self.rows(s)) for s in snapshots) if align == "aligned" else 0
         if fit_samples is not None and largest > fit_samples:
             raise ValueError(
                 f"align='aligned' fits every sample of every snapshot (umap.AlignedUMAP has no transform), and "
@@ -570,7 +348,7 @@ class EmbeddingRun:
                                   "seed": seed, "align": align, "fit_samples": fit_samples, "kwargs": reducer_kwargs,
                                   "fitted_on": dict(fitted_on[-1]), "layers": earlier}
         # samples, not rows: a joint fit on 3 samples of 5 snapshots is still a map of 3 samples
-        fewest = min(len(self._rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:]))
+        fewest = min(len(self.rows(s)) for s in (snapshots if align == "aligned" else fitted_on[-1:]))
         with RunLock(self.path):  # one writer at a time; a fit's own collector already holds it
             remove_partials(self.path)
             made: dict[Path, bool] = {}  # final path -> True: its staged file replaces it; False: it is removed
@@ -593,10 +371,12 @@ class EmbeddingRun:
                         raise RuntimeError(f"reducing layer {column!r} failed: {type(error).__name__}: {error}") from error
                     record["layers"][column] = layer
                     made[target] = "skipped" not in layer
-                    _warn_unfaithful(column, layer.get("trustworthiness") or {},
-                                     "parametric" if reducers.fits_snapshots(reducer) else align, self.path)
-                _warn_unfaithful_paths({column: record["layers"][column].get("temporal_preservation") or {}
-                                        for column in columns}, self.path)
+                    how = "parametric" if reducers.fits_snapshots(reducer) else align
+                    _warn(faithfulness.unfaithful_map_warning(column, layer.get("trustworthiness") or {}, how,
+                                                              self.path))
+                _warn(faithfulness.unfaithful_paths_warning(
+                    {column: record["layers"][column].get("temporal_preservation") or {} for column in columns},
+                    self.path))
                 maps = {}  # every layer's map after this reduce, where it is now
                 for column in self.layers:
                     path = projection_file(self.path, column)
@@ -604,8 +384,9 @@ class EmbeddingRun:
                         maps[column] = staged(path) if path in made else path
                 long_file, samples_file = self.path / LONG_PROJECTIONS, self.path / SAMPLES
                 made[long_file] = self._write_long_projections(maps, staged(long_file))
-                made[samples_file] = False  # known before it is written: a failure removes its staged file
-                made[samples_file] = self._write_samples(staged(samples_file))
+                if self._samples_made_from() != self._samples_source():  # a map does not change the dynamics
+                    made[samples_file] = False  # known before it is written: a failure removes its staged file
+                    made[samples_file] = self._write_samples(staged(samples_file))
                 manifest = {**self.manifest, "reducer": record}
                 write_manifest(self.path, manifest, staged(self.path / MANIFEST))
                 made[self.path / MANIFEST] = True
@@ -673,15 +454,15 @@ class EmbeddingRun:
         label keeping its share, rows with a non-finite value or no vector left out; and whether each snapshot's
         share is collapsed (all vectors equal)."""
         # each snapshot's keys are read twice (its size, then its rows) rather than all held at once
-        sizes = [len(self._rows(s)) for s in snapshots]
+        sizes = [len(self.rows(s)) for s in snapshots]
         quotas = reducers.quotas(np.array(sizes), sys.maxsize if fit_samples is None else fit_samples)
         parts = []
         for snapshot, quota in zip(snapshots, quotas):
-            rows = self._rows(snapshot)
-            vectors = self._read(rows, column, rows.stored[reducers.choose_rows(rows.groups(), int(quota), seed)])
+            rows = self.rows(snapshot)
+            vectors = self.read(rows, column, rows.stored[reducers.choose_rows(rows.groups(), int(quota), seed)])
             parts.append(vectors[reducers.usable(vectors)])
         shares = [part for part in parts if len(part)]
-        return np.concatenate(parts), bool(shares) and all(map(reducers.collapsed, shares))
+        return np.concatenate(parts), bool(shares) and all(map(faithfulness.collapsed, shares))
 
     def _trajectories(
         self, column: str, snapshots: Sequence[dict[str, Any]], fit_samples: Optional[int], seed: Optional[int]
@@ -690,15 +471,15 @@ class EmbeddingRun:
         ``fit_samples`` whole trajectories, ``(len(snapshots), samples, dim)``, each label keeping its share of the
         last snapshot's samples, a row of NaN where a sample has no usable vector in a snapshot, samples with none
         in any left out; and whether every snapshot's usable rows are collapsed (all vectors equal)."""
-        last = self._rows(snapshots[-1])
-        keys = _keys(last.keys)[reducers.choose_rows(last.groups(), fit_samples, seed)]
-        stacked = np.stack([self._aligned(rows, column, *_found(rows, keys))
-                            for rows in map(self._rows, snapshots)])
+        last = self.rows(snapshots[-1])
+        keys = row_keys(last.keys)[reducers.choose_rows(last.groups(), fit_samples, seed)]
+        stacked = np.stack([self.aligned(rows, column, *locate(rows, keys))
+                            for rows in map(self.rows, snapshots)])
         usable = reducers.usable(stacked.reshape(-1, stacked.shape[-1])).reshape(stacked.shape[:2])
         stacked[~usable] = np.nan
         shares = [x[ok] for x, ok in zip(stacked, usable) if ok.any()]
         anywhere = usable.any(axis=0)
-        collapsed = bool(shares) and all(map(reducers.collapsed, shares))
+        collapsed = bool(shares) and all(map(faithfulness.collapsed, shares))
         return (stacked if anywhere.all() else stacked[:, anywhere]), collapsed
 
     def _project(
@@ -721,15 +502,15 @@ class EmbeddingRun:
             bar = tqdm(snapshots, desc=f"placing {column}", unit="snapshot", delay=2, disable=not progress, leave=False)
             before = None
             for snapshot in bar:
-                rows = self._rows(snapshot)
-                measured = reducers.choose_rows(np.zeros(len(rows)), reducers.FAITHFUL_ROWS, seed)
-                vectors, points, status = self._read(rows, column, rows.stored[measured], transform)
+                rows = self.rows(snapshot)
+                measured = reducers.choose_rows(np.zeros(len(rows)), faithfulness.FAITHFUL_ROWS, seed)
+                vectors, points, status = self.read(rows, column, rows.stored[measured], transform)
                 placed = status == PLACED
                 measured, vectors = measured[placed[measured]], vectors[placed[measured]]
-                sample = _Sample(snapshot, _keys(rows.keys)[measured], vectors, points[np.cumsum(placed)[measured] - 1])
+                sample = _Sample(snapshot, row_keys(rows.keys)[measured], vectors, points[np.cumsum(placed)[measured] - 1])
                 _measure(facts, status, sample, before)
                 before = sample if snapshot["stage"] == "fit" else before
-                yield _with_points(rows.keys.filter(pa.array(placed)), points)
+                yield with_points(rows.keys.filter(pa.array(placed)), points)
 
         write_tables(path, tables(), self._map_schema(snapshots, n_components))
         return facts
@@ -745,13 +526,13 @@ class EmbeddingRun:
     ) -> dict[str, Any]:
         """``umap.AlignedUMAP`` on every usable sample of every snapshot (it has no ``transform``), written to
         ``path``; return the layer's manifest record."""
-        every = [self._rows(s) for s in snapshots]
+        every = [self.rows(s) for s in snapshots]
         # through the identity, a row's "point" is its vector: the usable vectors, and each row's status
-        read = [self._read(rows, column, rows.stored[:0], lambda v: v)[1:] for rows in every]
+        read = [self.read(rows, column, rows.stored[:0], lambda v: v)[1:] for rows in every]
         vectors = [v for v, _ in read]
         keys = [rows.keys.filter(pa.array(status == PLACED)) for rows, (_, status) in zip(every, read)]
         fewest = min(map(len, vectors))
-        collapsed = [s["name"] for s, v in zip(snapshots, vectors) if reducers.collapsed(v)]
+        collapsed = [s["name"] for s, v in zip(snapshots, vectors) if faithfulness.collapsed(v)]
         if collapsed or fewest < reducers.min_samples(n_components):
             why = f"its vectors are constant (collapsed) at {', '.join(collapsed)}" if collapsed else (
                 f"a snapshot has {fewest} samples with finite vectors (a map needs at least "
@@ -759,13 +540,13 @@ class EmbeddingRun:
             return _skipped(column, f"{why}, and align='aligned' fits a map on every snapshot: use align='joint'")
         rank_zero_info(f"lightning-embeddings: fitting AlignedUMAP on layer {column!r}: {len(snapshots)} snapshots "
                        f"of up to {max(map(len, vectors))} samples x {vectors[0].shape[1]} dims")
-        ids = [_keys(k) for k in keys]
+        ids = [row_keys(k) for k in keys]
         points, estimator = reducers.aligned_maps(vectors, ids, n_components, seed, **reducer_kwargs)
-        write_tables(path, map(_with_points, keys, points), self._map_schema(snapshots, n_components))
+        write_tables(path, map(with_points, keys, points), self._map_schema(snapshots, n_components))
         facts = _facts()
         before = None
         for snapshot, v, xyz, (_, status), sample_ids in zip(snapshots, vectors, points, read, ids):
-            measured = reducers.choose_rows(np.zeros(len(v)), reducers.FAITHFUL_ROWS, seed)
+            measured = reducers.choose_rows(np.zeros(len(v)), faithfulness.FAITHFUL_ROWS, seed)
             sample = _Sample(snapshot, sample_ids[measured], v[measured], xyz[measured])
             _measure(facts, status, sample, before)
             before = sample if snapshot["stage"] == "fit" else before
@@ -881,130 +662,8 @@ class EmbeddingRun:
     def _map_schema(self, snapshots: Sequence[dict[str, Any]], n_components: int) -> pa.Schema:
         """A layer's projections file: ``sample_id, split, stage, epoch, step, dataloader_idx, x, y[, z]``, then the
         sample facts any of ``snapshots`` holds."""
-        stored = pa.unify_schemas([pq.read_schema(path) for snapshot in snapshots for path in self._files(snapshot)])
+        stored = pa.unify_schemas([pq.read_schema(path) for snapshot in snapshots for path in self.files(snapshot)])
         axes = [pa.field(axis, pa.float32()) for axis in "xyz"[:n_components]]
         keys = [pa.field(SPLIT, pa.string()) if c == SPLIT else stored.field(c) for c in MAP_KEYS]
         return pa.schema([*keys, *axes,
                           *(stored.field(c) for c in SAMPLE_FACTS if c in stored.names)])
-
-    def _snapshot(self, stage: str, epoch: Optional[int], step: Optional[int]) -> dict[str, Any]:
-        candidates = [
-            s for s in self.manifest["snapshots"]
-            if s["stage"] == stage and (epoch is None or s["epoch"] == epoch) and (step is None or s["step"] == step)
-        ]
-        if not candidates:
-            recorded = ", ".join(f"{s['stage']} epoch {s['epoch']} step {s['step']}" for s in self.manifest["snapshots"])
-            wanted = f"{stage} epoch {epoch!r}" + ("" if step is None else f" step {step!r}")
-            raise ValueError(f"{wanted} was not recorded in {self.path}; complete snapshots: {recorded or 'none'}.")
-        return candidates[-1]
-
-    def _files(self, snapshot: Mapping[str, Any]) -> list[Path]:
-        """A snapshot's files, checked when first asked for: there, Parquet, with the keys and every layer's
-        column of its recorded dim (each footer read once, not the data).
-
-        Raises:
-            RunError: naming the file and what is wrong with it.
-        """
-        name = snapshot["name"]
-        if name in self._checked:
-            return self._checked[name]
-        files = snapshot_files(self.path, name)
-        if not files:
-            raise RunError(f"{snapshot_file(self.path, name, 0, 1)} is missing: {MANIFEST} lists snapshot {name}, but "
-                           "vectors/ holds no file of it.")
-        for path in files:
-            try:
-                schema = pq.read_schema(path)
-            except (OSError, pa.ArrowException) as err:
-                raise RunError(f"{path} is not a readable Parquet file ({err}): it is damaged or cut short.") from err
-            missing = [key for key in KEYS if key not in schema.names]
-            if missing:
-                raise RunError(f"{path} has no column {', '.join(map(repr, missing))}: it is not a snapshot file of "
-                               "this run; move it out of vectors/.")
-            for layer in self.manifest["layers"]:
-                found = schema.field(layer["column"]).type if layer["column"] in schema.names else None
-                vectors = found is not None and pa.types.is_fixed_size_list(found) and found.value_type == pa.float32()
-                if not vectors or found.list_size != layer["dim"]:
-                    said = "missing" if found is None else f"{found.list_size} values wide" if vectors else f"a {found}"
-                    raise RunError(f"{path}: layer {layer['column']!r} is {said}, but {MANIFEST} records vectors of "
-                                   f"dim {layer['dim']} (fixed_size_list<float32>[{layer['dim']}]).")
-        self._checked[name] = files
-        return files
-
-    def _rows(self, snapshot: dict[str, Any], dataloader_idx: Optional[int] = None,
-              split: Optional[str] = None) -> _Rows:
-        """One snapshot's samples of all ranks (keys and facts, not vectors), DDP's padding duplicates dropped,
-        ordered by ``(split, dataloader_idx, sample_id)``, the training rows last; of one split when given."""
-        files = self._files(snapshot)
-        tables = []
-        for path in files:
-            names = pq.read_schema(path).names
-            try:
-                table = pq.read_table(path, columns=[c for c in (SPLIT, *KEYS, *SAMPLE_FACTS) if c in names],
-                                      page_checksum_verification=True)
-            except (OSError, pa.ArrowException) as err:
-                raise RunError(f"{path} is damaged: {err}") from err
-            if SPLIT not in names:  # written before record_train: every row is the stage's evaluated split
-                table = table.add_column(0, SPLIT, pa.array([_eval_split(snapshot)] * table.num_rows, pa.string()))
-            tables.append(table.cast(table.schema.set(0, pa.field(SPLIT, pa.string()))))
-        table = pa.concat_tables(tables, promote_options="default")
-        keys = _keys(table)
-        chosen = np.ones(table.num_rows, dtype=bool)
-        if dataloader_idx is not None:
-            chosen &= table.column("dataloader_idx").to_numpy() == dataloader_idx
-        if split is not None:
-            chosen &= table.column(SPLIT).to_numpy(zero_copy_only=False) == split
-        stored = np.flatnonzero(chosen)
-        _, first = np.unique(keys[stored], return_index=True)  # sorted by key; a padding duplicate dropped
-        stored = stored[first]
-        return _Rows(files, table.take(stored), stored)
-
-    def _width(self, rows: _Rows, column: str) -> int:
-        """A vector column's width: a layer's recorded dim, else (``logits``) its files'."""
-        if column in self.layers:
-            return self.layer(column)["dim"]
-        return pq.read_schema(rows.files[0]).field(column).type.list_size
-
-    def _read(
-        self,
-        rows: _Rows,
-        column: str,
-        positions: np.ndarray,
-        transform: Optional[Callable[[np.ndarray], Any]] = None,
-    ) -> Any:
-        """The vectors of the stored rows at ``positions``, in that order, read a batch of at most
-        ``TRANSFORM_ROWS`` rows at a time (never the whole column at once).
-
-        With ``transform``, also every stored row's status (``PLACED``; ``NON_FINITE``; ``MISSING``: no vector) and
-        each placed row passed through it batch by batch: ``(vectors, points, status)``, ``points`` and ``status``
-        in ``rows``' order (``points`` of the placed rows only).
-        """
-        wanted_order = np.argsort(positions, kind="stable")
-        wanted = positions[wanted_order]
-        out = np.empty((len(positions), self._width(rows, column)), dtype=np.float32)
-        points, status = [], []
-        start = 0
-        for path in rows.files:
-            for batch in _batches(path, column):
-                array = batch.column(0)
-                vectors = column_vectors(array)
-                lo, hi = np.searchsorted(wanted, [start, start + len(vectors)])
-                into, take = wanted_order[lo:hi], wanted[lo:hi] - start
-                if hi > lo and take[-1] - take[0] == hi - lo - 1 and (np.diff(into) == 1).all():  # a run: copy whole
-                    out[into[0]:into[-1] + 1] = vectors[take[0]:take[-1] + 1]
-                else:
-                    out[into] = vectors[take]
-                if transform is not None:
-                    placed = reducers.usable(vectors)
-                    missing = array.is_null().to_numpy(zero_copy_only=False)
-                    status.append(np.where(placed, PLACED, np.where(missing, MISSING, NON_FINITE)))
-                    if placed.any():
-                        points.append(np.asarray(transform(vectors if placed.all() else vectors[placed]), np.float32))
-                start += len(vectors)
-        if transform is None:
-            return out
-        stored_status = np.concatenate(status) if status else np.zeros(0, dtype=np.int64)
-        index = np.cumsum(stored_status == PLACED) - 1  # a placed stored row's position among the points
-        placed_rows = rows.stored[stored_status[rows.stored] == PLACED]
-        stored_points = np.concatenate(points) if points else np.zeros((0, 0), dtype=np.float32)
-        return out, stored_points[index[placed_rows]], stored_status[rows.stored]

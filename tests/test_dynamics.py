@@ -20,7 +20,6 @@ from lightning_embeddings.dynamics import (
     movers,
     neighbours,
     sample_dynamics,
-    temporal_preservation,
 )
 
 
@@ -260,26 +259,3 @@ def test_suspicion_ranks_a_planted_mislabel_first():
     assert frame.suspicion[6] == 1.0 and (frame.suspicion.drop(6) < 0.5).all()
     empty = sample_dynamics(labels, [], k=3)
     assert len(empty) == 13 and empty.suspicion.isna().all()
-
-
-def test_temporal_preservation_ranks_map_moves_against_vector_moves():
-    rng = np.random.default_rng(2)
-    vectors_a = rng.standard_normal((30, 8))
-    steps = rng.permutation(30) + 1.0
-    direction = rng.standard_normal((30, 8))
-    vectors_b = vectors_a + steps[:, None] * direction / np.linalg.norm(direction, axis=1, keepdims=True)
-    map_a = rng.standard_normal((30, 2))
-    turn = rng.standard_normal((30, 2))
-    turn /= np.linalg.norm(turn, axis=1, keepdims=True)
-    assert temporal_preservation(map_a, map_a + 0.1 * steps[:, None] * turn, vectors_a, vectors_b) == pytest.approx(1)
-    reversed_steps = steps.max() + 1 - steps
-    assert temporal_preservation(map_a, map_a + reversed_steps[:, None] * turn, vectors_a, vectors_b) == (
-        pytest.approx(-1))
-    # non-finite rows are left out
-    map_b = map_a + steps[:, None] * turn
-    map_b[0, 1], vectors_b[1, 3] = np.nan, np.inf
-    assert temporal_preservation(map_a, map_b, vectors_a, vectors_b) == pytest.approx(1)
-    assert math.isnan(temporal_preservation(map_a[:2], map_b[:2], vectors_a[:2], vectors_b[:2]))
-    assert math.isnan(temporal_preservation(map_a, map_a + 1.0, vectors_a, vectors_b))  # every map move equal
-    with pytest.raises(ValueError, match="same rows"):
-        temporal_preservation(map_a, map_b[:5], vectors_a, vectors_b)

@@ -15,7 +15,7 @@ from sklearn.base import clone
 
 from lightning_embeddings import EmbeddingCollector, EmbeddingRun, ParametricMap, parametric
 from lightning_embeddings.cli import main
-from lightning_embeddings.dynamics import temporal_preservation
+from lightning_embeddings.faithfulness import temporal_preservation
 from lightning_embeddings.layout import snapshot_files
 from lightning_embeddings.store import column_vectors, vectors_array
 

@@ -534,10 +534,10 @@ def test_vectors_read_in_batches_equal_the_stored_rows(unreduced_run, monkeypatc
 
 
 def test_rows_read_in_any_order_come_back_in_that_order(unreduced_run):
-    rows = unreduced_run._rows(unreduced_run.snapshots[0])
-    everything = unreduced_run._read(rows, "head.1", np.arange(150))
+    rows = unreduced_run.rows(unreduced_run.snapshots[0])
+    everything = unreduced_run.read(rows, "head.1", np.arange(150))
     for positions in ([5, 7, 6, 8], [3, 2, 1, 0], [0, 149, 1, 148], list(range(10, 20))):
-        np.testing.assert_array_equal(unreduced_run._read(rows, "head.1", np.array(positions)), everything[positions])
+        np.testing.assert_array_equal(unreduced_run.read(rows, "head.1", np.array(positions)), everything[positions])
 
 
 @pytest.mark.parametrize(("arguments", "error"), [
@@ -560,3 +560,31 @@ def test_reduce_refuses_a_bad_n_components_before_writing(fit_digits):
     with pytest.raises(ValueError, match=r"n_components must be 2 or 3, got 1"):
         run.reduce(reducer="pca", n_components=1, progress=False)
     assert {p: p.stat().st_mtime_ns for p in run.path.rglob("*") if p.is_file()} == before
+
+
+def test_a_reduce_changes_the_maps_not_the_samples_dynamics(fit_digits, monkeypatch):
+    """Issue 23: every reduce recomputed samples.parquet (k-NN in every snapshot's vectors, which no map changes)."""
+    _, collector = fit_digits(reducer="pca", plots=False, trainer_kwargs={"max_epochs": 2})
+    run = EmbeddingRun(collector.dirpath)
+    samples = run.path / "samples.parquet"
+    before, written = run.samples("head.1"), samples.stat().st_mtime_ns
+    computed = []
+    monkeypatch.setattr(EmbeddingRun, "_sample_dynamics",
+                        lambda self, *args: computed.append(args) or pytest.fail("dynamics recomputed"))
+    run.reduce(reducer="pca", n_components=3, progress=False)
+    assert computed == [] and samples.stat().st_mtime_ns == written
+    pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), before)
+
+
+def test_samples_made_from_other_snapshots_are_computed_again(fit_digits, monkeypatch):
+    _, collector = fit_digits(reducer="pca", plots=False, trainer_kwargs={"max_epochs": 3})
+    run = EmbeddingRun(collector.dirpath)
+    whole = run.samples("head.1")
+    shorter = {**run.manifest, "snapshots": run.manifest["snapshots"][:2]}  # as if the fit had stopped after two
+    (run.path / "manifest.json").write_text(json.dumps(shorter))
+    run = EmbeddingRun(run.path)
+    stale = run.samples("head.1")  # samples.parquet follows three snapshots: not read, computed from the two
+    assert not stale.equals(whole) and stale["knn_agreement_last"].notna().all()
+    run.reduce(reducer="pca", progress=False)  # computes samples.parquet again, from the two snapshots
+    monkeypatch.setattr(EmbeddingRun, "_sample_dynamics", lambda self, *args: pytest.fail("dynamics recomputed"))
+    pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), stale)
