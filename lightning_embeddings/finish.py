@@ -38,7 +38,7 @@ def finish_run(
     """
     run = EmbeddingRun(dirpath)
     if smoke and reducer is not None:  # the whole path, in about a second
-        name = reducer if isinstance(reducer, str) else type(reducer).__name__
+        name = reducers.display_name(reducer)
         reducer, align, reducer_kwargs = "pca", "last" if align == "aligned" else align, {}
         rank_zero_info(f"lightning-embeddings: fast_dev_run: the map is made with PCA instead of {name}, in the "
                        f"throwaway run {dirpath} (removed when this process exits)")

@@ -194,6 +194,11 @@ def make_reducer(
     return pacmap.PaCMAP(n_components=n_components, random_state=seed, save_tree=True, **kwargs)
 
 
+def display_name(reducer: Union[str, ReducerLike]) -> str:
+    """How messages name a reducer: its name, or its estimator's class."""
+    return reducer if isinstance(reducer, str) else type(reducer).__name__
+
+
 def fits_snapshots(reducer: Union[str, ReducerLike]) -> bool:
     """Whether a reducer is fitted on the aligned snapshots of a layer, ``(T, N, D)`` (``ParametricMap``: it learns
     from every snapshot's neighbours and from the samples' motion between them), not on rows.

@@ -334,13 +334,13 @@ def test_a_reduce_that_runs_out_of_disk_names_the_run_and_says_it_is_unchanged(r
     """Issue 20, item 9: a full disk gave a bare '[Errno 28] No space left on device' naming no file."""
     import errno
 
-    from lightning_embeddings import run as runs
+    from lightning_embeddings import maps
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = _files(run_copy.path)
-    monkeypatch.setattr(runs, "write_manifest", full)
+    monkeypatch.setattr(maps, "write_manifest", full)
     status, out, err = cli(capsys, "reduce", run_copy.path, "--reducer", "pca", "--n-components", "3")
     errors = [line for line in err.splitlines() if line.startswith("lightning-embeddings: error:")]
     assert status == 1 and len(errors) == 1, err
