@@ -444,11 +444,11 @@ def _columns(run, layers: Optional[Sequence[str]]) -> Optional[list[str]]:
     columns = []
     for layer in layers:
         try:
-            columns.append(run.layer(layer)["column"])
+            columns.append(run.column(layer))
         except ValueError:
             if not layer.lstrip("-").isdigit():
                 raise
-            columns.append(run.layer(int(layer))["column"])
+            columns.append(run.column(int(layer)))
     return columns
 
 

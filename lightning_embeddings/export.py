@@ -41,8 +41,9 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PROJECTOR_OWNER, SPLIT, atomic_write, file_stem
 from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.reduce import usable
-from lightning_embeddings.run import SAMPLE_SPLITS, EmbeddingRun
-from lightning_embeddings.store import RunError, read_manifest, write_manifest
+from lightning_embeddings.reader import RunReader
+from lightning_embeddings.run_samples import recorded
+from lightning_embeddings.store import read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
@@ -52,7 +53,7 @@ _TSV_FLOAT = "%.9g"  # 9 significant digits: every float32 reads back exactly
 
 
 def export_tensorboard(
-    run: Union[EmbeddingRun, str, os.PathLike],
+    run: Union[RunReader, str, os.PathLike],
     logdir: Union[str, os.PathLike],
     layers: Optional[Sequence[LayerSpec]] = None,
     max_vectors: int = 10_000,
@@ -96,10 +97,10 @@ def export_tensorboard(
         export_tensorboard(EmbeddingRun("lightning_logs/version_0/embeddings"), "lightning_logs/version_0")
         # then: tensorboard --logdir lightning_logs, Projector tab
     """
-    run = run if isinstance(run, EmbeddingRun) else EmbeddingRun(run)
+    run = run if isinstance(run, RunReader) else RunReader(run)
     if isinstance(max_vectors, bool) or not isinstance(max_vectors, int) or max_vectors < 1:
         raise ValueError(f"max_vectors must be a positive int, got {max_vectors!r}.")
-    columns = [run.layer(layer)["column"] for layer in layers] if layers is not None else run.layers
+    columns = [run.column(layer) for layer in layers] if layers is not None else run.layers
     snapshots = run.snapshots
     if not snapshots:
         raise ValueError(f"{run.path} has no complete snapshot: there is nothing to export.")
@@ -111,7 +112,7 @@ def export_tensorboard(
     return logdir
 
 
-def _write_projector(run: EmbeddingRun, logdir: Path, columns: Sequence[str], last: dict[str, Any], max_vectors: int,
+def _write_projector(run: RunReader, logdir: Path, columns: Sequence[str], last: dict[str, Any], max_vectors: int,
                      progress: bool) -> None:
     """The projector files of ``columns`` (:func:`export_tensorboard`) in ``logdir``."""
     from tqdm.auto import tqdm
@@ -125,7 +126,7 @@ def _write_projector(run: EmbeddingRun, logdir: Path, columns: Sequence[str], la
             projections = run.projections(column)
         except FileNotFoundError:
             projections = None
-        samples = recorded_samples(run, column)
+        samples = recorded(run, column)
         if projections is not None and len(projections):
             tensor, metadata = projector_paths(projections, snapshots, samples)
             entries.append(_write_embedding(logdir, column, "projections", last["step"], tensor, metadata))
@@ -150,7 +151,7 @@ def projector_paths(
     Args:
         projections: the layer's :meth:`~lightning_embeddings.EmbeddingRun.projections`.
         snapshots: the run's snapshots, in order.
-        samples: :func:`recorded_samples` of the layer, whose ``suspicion`` each sample's rows carry (empty
+        samples: :func:`~lightning_embeddings.run_samples.recorded` of the layer, whose ``suspicion`` each sample's rows carry (empty
             cells where None or where a sample has none).
 
     Returns:
@@ -181,34 +182,8 @@ def projector_paths(
     return tensor, metadata
 
 
-def recorded_samples(run: EmbeddingRun, column: str, splits: Sequence[str] = SAMPLE_SPLITS) -> pd.DataFrame:
-    """:meth:`~lightning_embeddings.EmbeddingRun.samples` of a layer for each of ``splits`` the run follows, stacked
-    with a ``split`` column (each split's rows by ``suspicion``, highest first); an empty frame of the key columns
-    and ``suspicion`` where none can be had (a split not recorded, a run without labels).
-
-    Raises:
-        RunError: a file of the run is damaged.
-
-    Example::
-
-        recorded_samples(EmbeddingRun(path), "head.1").groupby("split").head(3)
-    """
-    frames = []
-    for split in splits:
-        try:
-            frames.append(run.samples(column, split=split).assign(**{SPLIT: split}))
-        except RunError:
-            raise
-        except ValueError:  # not recorded, no labels, no fit snapshot: nothing to say about this split
-            continue
-    if not frames:
-        return pd.DataFrame({SPLIT: pd.Series(dtype=object), "dataloader_idx": pd.Series(dtype=np.int64),
-                             "sample_id": pd.Series(dtype=np.int64), "suspicion": pd.Series(dtype=float)})
-    return pd.concat(frames, ignore_index=True)
-
-
 def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
-    """``columns`` of ``samples`` (:func:`recorded_samples`) for each row of ``frame`` (rows of projections or
+    """``columns`` of ``samples`` (:func:`~lightning_embeddings.run_samples.recorded`) for each row of ``frame`` (rows of projections or
     snapshots), matched by ``split, dataloader_idx, sample_id``; NaN where a row's sample has none. Rows without a
     ``split`` column are those of their stage's evaluated split (``test`` for ``trainer.test``, else ``val``).
     Aligned to ``frame``'s index."""
@@ -232,7 +207,7 @@ def _suspicion(frame: pd.DataFrame, samples: Optional[pd.DataFrame]) -> np.ndarr
 
 
 def _last_vectors(
-    run: EmbeddingRun, column: str, snapshot: dict[str, Any], max_vectors: int,
+    run: RunReader, column: str, snapshot: dict[str, Any], max_vectors: int,
     samples: Optional[pd.DataFrame] = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """The layer's vectors in ``snapshot`` with their sample facts (``suspicion`` from ``samples``), a fixed random
@@ -252,7 +227,7 @@ def _last_vectors(
     return vectors, metadata
 
 
-def _record_export(run: EmbeddingRun, logdir: Path) -> None:
+def _record_export(run: RunReader, logdir: Path) -> None:
     """Note ``logdir`` in the run's manifest, relative to the run, and the run in ``logdir`` (``PROJECTOR_OWNER``:
     the run's resolved path), so that a later reduce of this run, and of no copy or moved version of it, writes the
     projector files there again from its new maps."""

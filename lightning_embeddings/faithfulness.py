@@ -94,6 +94,14 @@ def unfaithful_snapshots(trust: Mapping[str, Optional[float]]) -> list[str]:
     return [name for name, value in trust.items() if value is not None and value < FAITHFUL]
 
 
+def panel_warning(align: Optional[str], fitted: bool) -> str:
+    """The words on a picture's panel whose map is not faithful: with ``align="last"`` a panel not fitted on was
+    placed by the final map."""
+    if align == "last" and not fitted:
+        return "not faithful: points placed by the final map"
+    return "not faithful: neighbours here are often not neighbours in the vectors"
+
+
 def unfaithful_paths(motion: Mapping[str, Optional[float]]) -> list[str]:
     """The snapshots whose incoming paths are not faithful: temporal preservation below ``FAITHFUL_MOTION``.
 

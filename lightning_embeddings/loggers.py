@@ -9,12 +9,12 @@ import pandas as pd
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from lightning_embeddings.layout import LONG_PROJECTIONS, file_stem
-from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.reader import RunReader
 
 TABLE_ROWS = 10_000
 
 
-def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Sequence[Path]) -> None:
+def export_to_loggers(run: RunReader, loggers: Sequence[Logger], pictures: Sequence[Path]) -> None:
     """Hand the run to each logger in its own terms (a ``CSVLogger`` gets nothing).
 
     - ``TensorBoardLogger``: the projector files, in its ``log_dir`` (see :func:`~.export.export_tensorboard`).
@@ -43,11 +43,12 @@ def export_to_loggers(run: EmbeddingRun, loggers: Sequence[Logger], pictures: Se
                     logger.experiment.log_artifact(logger.run_id, str(artifact), artifact_path="embeddings")
 
 
-def last_maps(run: EmbeddingRun, rows: int = TABLE_ROWS) -> dict[str, pd.DataFrame]:
+def last_maps(run: RunReader, rows: int = TABLE_ROWS) -> dict[str, pd.DataFrame]:
     """Each reduced layer's map of the last snapshot (its training rows too, with ``record_train``), at most
     ``rows`` rows (a fixed random subset beyond), with each sample's ``suspicion`` from
     :meth:`~lightning_embeddings.EmbeddingRun.samples` (NaN where it has none: no labels, a ``test`` row)."""
-    from lightning_embeddings.export import recorded_samples, sample_columns
+    from lightning_embeddings.export import sample_columns
+    from lightning_embeddings.run_samples import recorded
 
     maps = {}
     for layer in run.layers:
@@ -58,6 +59,6 @@ def last_maps(run: EmbeddingRun, rows: int = TABLE_ROWS) -> dict[str, pd.DataFra
         last = run.snapshots[-1]
         table = projections[(projections["stage"] == last["stage"]) & (projections["step"] == last["step"])]
         table = table.sample(rows, random_state=0) if len(table) > rows else table
-        suspicion = sample_columns(table, recorded_samples(run, layer), ["suspicion"])["suspicion"]
+        suspicion = sample_columns(table, recorded(run, layer), ["suspicion"])["suspicion"]
         maps[layer] = table.assign(suspicion=suspicion)
     return maps

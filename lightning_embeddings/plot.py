@@ -54,19 +54,21 @@ from lightning_embeddings.dynamics import (
     misclassified,
     movers,
 )
-from lightning_embeddings.export import recorded_samples, sample_columns
+from lightning_embeddings.export import sample_columns
 from lightning_embeddings.faithfulness import (
     FAITHFUL,
     FAITHFUL_MOTION,
     MOTION_WRONG,
     NEIGHBOURS_WRONG,
     faithful_paths_advice,
+    panel_warning,
     unfaithful_paths,
     unfaithful_snapshots,
 )
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import HTML_NAME, PLOTS, SPLIT, atomic_write, file_stem, projection_file, snapshot_name
-from lightning_embeddings.run import EmbeddingRun
+from lightning_embeddings.reader import RunReader
+from lightning_embeddings.run_samples import recorded
 from lightning_embeddings.store import sample_keys
 
 if TYPE_CHECKING:
@@ -336,10 +338,7 @@ def panel_title(
     if _known(trustworthiness):
         lines.append(f"trustworthiness {trustworthiness:.2f}")
         if trustworthiness < threshold:
-            if align == "last" and not fitted:
-                warnings.append("not faithful: points placed by the final map")
-            else:
-                warnings.append("not faithful: neighbours here are often not neighbours in the vectors")
+            warnings.append(panel_warning(align, fitted))
     if _known(motion):
         lines.append(f"temporal preservation {motion:.2f}")
     if shown is not None and total is not None and shown < total:
@@ -386,12 +385,12 @@ class _Layer:
                 f"{FAITHFUL_MOTION}): {faithful_paths_advice(self.path)}")
 
 
-def _as_run(run: Union[EmbeddingRun, PathLike]) -> EmbeddingRun:
-    return run if isinstance(run, EmbeddingRun) else EmbeddingRun(run)
+def _as_run(run: Union[RunReader, PathLike]) -> RunReader:
+    return run if isinstance(run, RunReader) else RunReader(run)
 
 
-def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
-    column = run.layer(layer)["column"]
+def _load(run: RunReader, layer: LayerSpec) -> _Layer:
+    column = run.column(layer)
     frame = keyed(_evaluated(run.projections(layer)))
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
@@ -412,7 +411,7 @@ def _load(run: EmbeddingRun, layer: LayerSpec) -> _Layer:
     name = record.get("name") or (facts.get("class") or "reducer").rsplit(".", 1)[-1]
     labels = frame.get("label")
     keep, total = stratified_sample(frame, limit=MAX_POINTS)
-    samples = recorded_samples(run, column)
+    samples = recorded(run, column)
     drawn = samples[(samples[SPLIT] == "val").to_numpy()]
     suspects = drawn[drawn["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in drawn else drawn
     hover = [c for c in HOVER_DYNAMICS if c in drawn and drawn[c].notna().any()]
@@ -946,12 +945,12 @@ def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]])
               ncols=2 if per_class["label"].nunique() > 10 else 1, loc="upper right")
 
 
-def _output_dir(run: EmbeddingRun, path: Optional[PathLike]) -> Path:
+def _output_dir(run: RunReader, path: Optional[PathLike]) -> Path:
     return Path(path) if path is not None else run.path / PLOTS
 
 
 def plot_layer(
-    run: Union[EmbeddingRun, PathLike], layer: LayerSpec, path: Optional[PathLike] = None
+    run: Union[RunReader, PathLike], layer: LayerSpec, path: Optional[PathLike] = None
 ) -> list[Path]:
     """Draw one layer's PNGs: ``<layer>-snapshots.png``, ``<layer>-overview.png`` and, where logits were
     recorded, ``<layer>-datamap.png`` (``<layer>`` the column as :func:`~.store.file_stem` names files: ``head.1``
@@ -1016,9 +1015,9 @@ def layer_pictures(directory: Path, column: str) -> list[Path]:
     return [directory / f"{file_stem(column)}-{kind}.png" for kind in ("snapshots", "overview", "datamap")]
 
 
-def _with_projections(run: EmbeddingRun, layers: Optional[Sequence[LayerSpec]]) -> list[str]:
+def _with_projections(run: RunReader, layers: Optional[Sequence[LayerSpec]]) -> list[str]:
     """The chosen layers' columns that have projections; the others are warned about and left out."""
-    columns = [run.layer(layer)["column"] for layer in layers] if layers is not None else run.layers
+    columns = [run.column(layer) for layer in layers] if layers is not None else run.layers
     record = ((run.manifest.get("reducer") or {}).get("layers")) or {}
     present = []
     for column in columns:
@@ -1031,7 +1030,7 @@ def _with_projections(run: EmbeddingRun, layers: Optional[Sequence[LayerSpec]]) 
 
 
 def plot_run(
-    run: Union[EmbeddingRun, PathLike],
+    run: Union[RunReader, PathLike],
     layers: Optional[Sequence[LayerSpec]] = None,
     html: bool = False,
     path: Optional[PathLike] = None,
@@ -1234,7 +1233,7 @@ h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; margin-top: 2em; }}
 
 
 def write_html(
-    run: Union[EmbeddingRun, PathLike],
+    run: Union[RunReader, PathLike],
     layers: Optional[Sequence[LayerSpec]] = None,
     path: Optional[PathLike] = None,
 ) -> Path:

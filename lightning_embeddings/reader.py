@@ -179,6 +179,10 @@ class RunReader:
         described = ", ".join(f"{f['column']!r} (index {f['index']})" for f in self.manifest["layers"])
         raise ValueError(f"layer {layer!r} was not recorded in {self.path}; recorded: {described}.")
 
+    def column(self, layer: LayerSpec) -> str:
+        """The column (file and table name) of a layer given as :meth:`layer` takes it."""
+        return self.layer(layer)["column"]
+
     def vectors(
         self,
         layer: LayerSpec,
@@ -200,7 +204,7 @@ class RunReader:
         Returns:
             ``(sample_ids, vectors)``: an ``(N,)`` int64 array and an ``(N, D)`` float32 array.
         """
-        column = self.layer(layer)["column"]
+        column = self.column(layer)
         snapshot = self.snapshot(stage, epoch, step)
         rows = self.rows(snapshot, dataloader_idx, split or eval_split(snapshot))
         return rows.keys.column("sample_id").to_numpy(), self.read(rows, column, rows.stored)
@@ -213,7 +217,7 @@ class RunReader:
     ) -> pd.DataFrame:
         """The recorded rows of the chosen snapshots (all by default) as a DataFrame: keys, label/prediction
         when known, one array-valued column per layer (all NaN for a sample without a vector in that layer)."""
-        columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
+        columns = [self.column(layer) for layer in layers] if layers is not None else self.layers
         chosen = [
             s for s in self.manifest["snapshots"]
             if (epochs is None or s["epoch"] in epochs) and (stages is None or s["stage"] in stages)
@@ -230,7 +234,7 @@ class RunReader:
     def projections(self, layer: LayerSpec) -> pd.DataFrame:
         """One layer's map: ``sample_id, split, stage, epoch, step, dataloader_idx, x, y[, z]``, with ``label`` and
         ``prediction`` when known; one row per sample and snapshot."""
-        path = projection_file(self.path, self.layer(layer)["column"])
+        path = projection_file(self.path, self.column(layer))
         if not path.is_file():
             raise FileNotFoundError(
                 f"No projections of layer {layer!r} in {self.path}: the run was not reduced (reducer=None, too few "

@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_embeddings import reduce as reducers
-from lightning_embeddings.dynamics import SnapshotView, sample_dynamics
+from lightning_embeddings import run_samples
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import (
     HTML_NAME,
     PLOTS,
     PROJECTOR_OWNER,
     SAMPLES,
-    SPLIT,
     TENSORBOARD,
     projection_file,
     staged,
 )
 from lightning_embeddings.lock import RunLock
 from lightning_embeddings.maps import MapSettings, write_maps
-from lightning_embeddings.reader import (
-    RunReader,
-    locate,
-    labelled,
-    row_keys,
-)
-from lightning_embeddings.store import METADATA_KEY, RunError
+from lightning_embeddings.reader import RunReader
 
-SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 
 
 class Maps(Mapping[str, pd.DataFrame]):
@@ -94,8 +84,8 @@ class EmbeddingRun(RunReader):
         :func:`~lightning_embeddings.dynamics.sample_dynamics`: k-NN label agreement (cosine, 10 neighbours) per
         snapshot's mean and last, movement between snapshots, the epoch it settled; with predictions: how often
         correct, the epoch it was learned, forgetting events; with logits: confidence, variability and margin (AUM).
-        Read from ``samples.parquet`` (written at the end of fit and by :meth:`reduce`), else computed, one snapshot
-        in memory at a time. ``split="train"`` needs ``EmbeddingCollector(record_train=True)``.
+        Read from ``samples.parquet`` (written at the end of fit, and by :meth:`reduce` where the ``fit`` snapshots
+        changed since), else computed, one snapshot in memory at a time. ``split="train"`` needs ``EmbeddingCollector(record_train=True)``.
 
         Raises:
             ValueError: ``split`` was not recorded, or the run has no labels or no ``fit`` snapshot.
@@ -105,95 +95,17 @@ class EmbeddingRun(RunReader):
             suspects = EmbeddingRun(path).samples("head.1", split="train").head(20)
             suspects[["sample_id", "label", "suspicion", "knn_agreement", "forgetting_events"]]
         """
-        column = self.layer(layer)["column"]
-        path = self.path / SAMPLES
-        if path.is_file() and self._samples_made_from() in (None, self._samples_source()):
-            try:
-                table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)],
-                                      page_checksum_verification=True)
-            except (OSError, pa.ArrowException) as err:
-                raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
-            if table.num_rows:
-                return table.drop_columns(["layer", SPLIT]).to_pandas()
-        return self._sample_dynamics(column, split)
+        return run_samples.samples(self, self.column(layer), split)
 
     def write_samples(self) -> Optional[Path]:
         """Write ``samples.parquet``: :meth:`samples` of every layer and recorded split (``layer`` and ``split``
         columns first); None, and no file, where the run has no labelled ``fit`` snapshot."""
         path = self.path / SAMPLES
         with RunLock(self.path):
-            if not self._write_samples(staged(path)):
+            if not run_samples.write(self, staged(path)):
                 return None
             os.replace(staged(path), path)
         return path
-
-    def _write_samples(self, target: Path) -> bool:
-        """:meth:`write_samples` into ``target``: every layer and every split with labels; False when none has."""
-        fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
-        splits = [split for split in SAMPLE_SPLITS if fit and labelled(self.rows(fit[-1], split=split))]
-        if not splits:
-            return False
-        frames = [self._sample_dynamics(column, split).assign(layer=column, split=split)
-                  for column in self.layers for split in splits]
-        table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
-        first = ["layer", SPLIT]
-        table = table.select([*first, *(c for c in table.column_names if c not in first)])
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),  # pandas' dtypes kept
-                                               METADATA_KEY: json.dumps(self._samples_source())})
-        pq.write_table(table, target, write_page_checksum=True)
-        return True
-
-    def _samples_source(self) -> dict[str, Any]:
-        """What ``samples.parquet`` is computed from: the ``fit`` snapshots, the layers and the logits column."""
-        return {"snapshots": [s["name"] for s in self.manifest["snapshots"] if s["stage"] == "fit"],
-                "layers": [[layer["column"], layer["dim"]] for layer in self.manifest["layers"]],
-                "logits": self.manifest.get("logits")}
-
-    def _samples_made_from(self) -> Optional[dict[str, Any]]:
-        """The :meth:`_samples_source` that ``samples.parquet`` records (None: no file, or one written before it
-        recorded this)."""
-        try:
-            metadata = pq.read_schema(self.path / SAMPLES).metadata or {}
-        except (OSError, pa.ArrowException):
-            return None
-        return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
-
-    def _sample_dynamics(self, column: str, split: str) -> pd.DataFrame:
-        """:meth:`samples` computed from ``vectors/``: the samples of ``split`` in the last ``fit`` snapshot, over
-        every ``fit`` snapshot (a sample missing from one has a NaN row there)."""
-        fit = [s for s in self.manifest["snapshots"] if s["stage"] == "fit"]
-        if not fit:
-            raise ValueError(f"{self.path} has no snapshot of fit: samples() follows the samples across fit.")
-        last = self.rows(fit[-1], split=split)
-        if not len(last):
-            hint = " (record it with EmbeddingCollector(record_train=True))" if split == "train" else ""
-            raise ValueError(f"{self.path} holds no {split!r} rows{hint}; recorded splits: "
-                             f"{sorted(set(self.rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
-        if not labelled(last):
-            raise ValueError(f"{self.path} has no labels: samples() ranks samples by their labels' agreement with "
-                             "their neighbours (pass label_key= to the collector where the batch names them otherwise).")
-        keys, logits = row_keys(last.keys), self.manifest.get("logits")
-
-        def views() -> Iterator[SnapshotView]:
-            for snapshot in fit:
-                rows = self.rows(snapshot, split=split)
-                found, here = locate(rows, keys)
-                vectors = self.aligned(rows, column, found, here)
-                predictions = None
-                if "prediction" in rows.keys.column_names:
-                    stored = pd.Series(rows.keys.column("prediction").to_numpy(zero_copy_only=False)[found])
-                    predictions = stored.where(pd.Series(here)).to_numpy()  # NaN/None where the sample is missing
-                scores = None if logits is None else self.aligned(rows, logits, found, here)
-                yield SnapshotView(snapshot["epoch"], vectors, predictions, scores)
-
-        labels = last.keys.column("label").to_numpy(zero_copy_only=False)
-        frame = sample_dynamics(labels, views())
-        first = ["sample_id", "dataloader_idx", "label", "suspicion"]
-        frame = pd.concat([last.keys.select(first[:3]).to_pandas(), frame], axis=1)
-        frame = frame[[*first, *(c for c in frame.columns if c not in first)]]
-        epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
-        frame[epochs] = frame[epochs].astype("Int64")
-        return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
     def reduce(
         self,
@@ -238,6 +150,9 @@ class EmbeddingRun(RunReader):
         snapshot (a dead ReLU) is ``collapsed`` there: its trustworthiness is None, a warning says so, and where
         every snapshot it is fitted on is collapsed it is skipped.
 
+        A map does not change the samples' dynamics: ``samples.parquet`` is computed again only where it is missing
+        or the ``fit`` snapshots, layers or logits it was computed from changed.
+
         All or nothing: the maps, ``projections.parquet`` and the manifest are written under temporary names and
         switched in once every layer is done; when a layer fails, no file changes. The reduced layers' pictures
         under ``plots/`` and the page are then drawn again from the new maps, where they were or where the run wants
@@ -274,11 +189,11 @@ class EmbeddingRun(RunReader):
                 f"{self.path} has snapshots of {largest} samples, more than fit_samples={fit_samples}. Use "
                 "align='joint', or raise fit_samples (None: no limit) if memory allows."
             )
-        columns = [self.layer(layer)["column"] for layer in layers] if layers is not None else self.layers
+        columns = [self.column(layer) for layer in layers] if layers is not None else self.layers
         settings = MapSettings(reducer, n_components, seed, align, fit_samples, reducer_kwargs, progress)
-        stale = self._samples_made_from() != self._samples_source()  # a map does not change the dynamics
+        stale = run_samples.stale(self)  # a map does not change the dynamics
         with RunLock(self.path):  # the new maps and the pictures drawn from them, one writer at a time
-            self.manifest = write_maps(self, settings, columns, self._write_samples if stale else None)
+            self.manifest = write_maps(self, settings, columns, partial(run_samples.write, self) if stale else None)
             made = [column for column in columns if "skipped" not in self.manifest["reducer"]["layers"][column]]
             return Maps(self, made, *self._refresh_views(columns))
 

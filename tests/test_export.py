@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import DigitsCNN, fit_collector
-from lightning_embeddings import EmbeddingRun, export
+from lightning_embeddings import EmbeddingRun, run_samples
 from lightning_embeddings.export import PROJECTOR_CONFIG, export_tensorboard, projector_paths
 from lightning_embeddings.store import RunError
 
@@ -240,18 +240,18 @@ def test_record_train_rows_have_their_split_paths_and_suspicion(tmp_path):
     assert not np.allclose(first.get_group("val").astype(float), first.get_group("train").astype(float))
     _, vectors = read_embedding(logdir, entries["head.1/vectors"])
     assert sorted(vectors["split"].unique()) == ["train", "val"] and (vectors["suspicion"] != "").all()
-    samples = export.recorded_samples(run, "head.1")
+    samples = run_samples.recorded(run, "head.1")
     assert list(samples.groupby("split", sort=False).size().items()) == [("val", 60), ("train", 60)]
 
 
 def test_suspicion_empty_where_samples_has_none_and_a_damaged_file_said(run, copy_of, tmp_path, monkeypatch):
     copy = copy_of(run)
 
-    def unlabelled(self, layer, split="val"):
+    def unlabelled(run, column, split="val"):
         raise ValueError("no labels")
 
     with monkeypatch.context() as patched:
-        patched.setattr(EmbeddingRun, "samples", unlabelled)
+        patched.setattr(run_samples, "samples", unlabelled)
         logdir = export_tensorboard(copy, tmp_path / "tb", layers=["head.1"], progress=False)
     for entry in read_config(logdir):
         _, metadata = read_embedding(logdir, entry)

@@ -73,3 +73,14 @@ def test_no_import_circle_on_the_recording_side():
         return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start])
 
     assert [m for m in sorted(graph) if reaches(m, m)] == []
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    """Issue 23: run imported export and plot (lazily, to redraw after a reduce) while both imported run."""
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    graph = {module: package_imports(module) & modules for module in modules}
+
+    def reaches(start: str, target: str, seen: frozenset = frozenset()) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start])
+
+    assert [m for m in sorted(graph) if reaches(m, m)] == []

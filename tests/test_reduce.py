@@ -24,6 +24,7 @@ from torch import nn
 
 from lightning_embeddings import EmbeddingRun
 from lightning_embeddings import reduce as reducers
+from lightning_embeddings import run_samples
 
 LAYERS = ["features.1", "head.1"]  # what the default specs [3, "head.1"] resolve to on DigitsCNN
 N_VAL = 449  # int(1797 * 0.25): the digits validation set
@@ -569,8 +570,7 @@ def test_a_reduce_changes_the_maps_not_the_samples_dynamics(fit_digits, monkeypa
     samples = run.path / "samples.parquet"
     before, written = run.samples("head.1"), samples.stat().st_mtime_ns
     computed = []
-    monkeypatch.setattr(EmbeddingRun, "_sample_dynamics",
-                        lambda self, *args: computed.append(args) or pytest.fail("dynamics recomputed"))
+    monkeypatch.setattr(run_samples, "compute", lambda *args: computed.append(args) or pytest.fail("recomputed"))
     run.reduce(reducer="pca", n_components=3, progress=False)
     assert computed == [] and samples.stat().st_mtime_ns == written
     pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), before)
@@ -586,5 +586,5 @@ def test_samples_made_from_other_snapshots_are_computed_again(fit_digits, monkey
     stale = run.samples("head.1")  # samples.parquet follows three snapshots: not read, computed from the two
     assert not stale.equals(whole) and stale["knn_agreement_last"].notna().all()
     run.reduce(reducer="pca", progress=False)  # computes samples.parquet again, from the two snapshots
-    monkeypatch.setattr(EmbeddingRun, "_sample_dynamics", lambda self, *args: pytest.fail("dynamics recomputed"))
+    monkeypatch.setattr(run_samples, "compute", lambda *args: pytest.fail("dynamics recomputed"))
     pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), stale)

@@ -1,0 +1,148 @@
+"""The samples' dynamics of a run (``samples.parquet``): computed from every ``fit`` snapshot's vectors where the
+snapshots are complete, recorded with what they were computed from, read back while that holds, computed afresh
+where it does not. What :meth:`EmbeddingRun.samples` returns and the pictures and exports mark.
+
+Example::
+
+    samples(RunReader(path), "head.1", "train").head(20)  # the training samples most likely mislabelled
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lightning_embeddings.dynamics import SnapshotView, sample_dynamics
+from lightning_embeddings.layout import SAMPLES, SPLIT
+from lightning_embeddings.reader import RunReader, labelled, locate, row_keys
+from lightning_embeddings.store import METADATA_KEY, RunError
+
+SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
+
+
+def samples(run: RunReader, column: str, split: str = "val") -> pd.DataFrame:
+    """One layer's samples of ``split`` by ``suspicion`` (see :meth:`EmbeddingRun.samples`): read from
+    ``samples.parquet`` where it was computed from the run as it is (or says nothing of it), else computed.
+
+    Raises:
+        ValueError: ``split`` was not recorded, or the run has no labels or no ``fit`` snapshot.
+        RunError: ``samples.parquet`` is damaged.
+    """
+    path = run.path / SAMPLES
+    if path.is_file() and made_from(run) in (None, source(run)):
+        try:
+            table = pq.read_table(path, filters=[("layer", "==", column), (SPLIT, "==", split)],
+                                  page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as err:
+            raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
+        if table.num_rows:
+            return table.drop_columns(["layer", SPLIT]).to_pandas()
+    return compute(run, column, split)
+
+
+def stale(run: RunReader) -> bool:
+    """Whether ``samples.parquet`` is missing or was computed from other snapshots, layers or logits."""
+    return made_from(run) != source(run)
+
+
+def recorded(run: RunReader, column: str, splits: Sequence[str] = SAMPLE_SPLITS) -> pd.DataFrame:
+    """:func:`samples` of a layer for each of ``splits`` the run follows, stacked with a ``split`` column (each
+    split's rows by ``suspicion``, highest first); an empty frame of the key columns and ``suspicion`` where none
+    can be had (a split not recorded, a run without labels).
+
+    Raises:
+        RunError: a file of the run is damaged.
+
+    Example::
+
+        recorded(EmbeddingRun(path), "head.1").groupby("split").head(3)
+    """
+    frames = []
+    for split in splits:
+        try:
+            frames.append(samples(run, column, split).assign(**{SPLIT: split}))
+        except RunError:
+            raise
+        except ValueError:  # not recorded, no labels, no fit snapshot: nothing to say about this split
+            continue
+    if not frames:
+        return pd.DataFrame({SPLIT: pd.Series(dtype=object), "dataloader_idx": pd.Series(dtype=np.int64),
+                             "sample_id": pd.Series(dtype=np.int64), "suspicion": pd.Series(dtype=float)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def write(run: RunReader, target: Path) -> bool:
+    """``samples.parquet`` written to ``target``: every layer and every split with labels; False when none has."""
+    fit = [s for s in run.manifest["snapshots"] if s["stage"] == "fit"]
+    splits = [split for split in SAMPLE_SPLITS if fit and labelled(run.rows(fit[-1], split=split))]
+    if not splits:
+        return False
+    frames = [compute(run, column, split).assign(layer=column, split=split)
+              for column in run.layers for split in splits]
+    table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+    first = ["layer", SPLIT]
+    table = table.select([*first, *(c for c in table.column_names if c not in first)])
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),  # pandas' dtypes kept
+                                           METADATA_KEY: json.dumps(source(run))})
+    pq.write_table(table, target, write_page_checksum=True)
+    return True
+
+def source(run: RunReader) -> dict[str, Any]:
+    """What ``samples.parquet`` is computed from: the ``fit`` snapshots, the layers and the logits column."""
+    return {"snapshots": [s["name"] for s in run.manifest["snapshots"] if s["stage"] == "fit"],
+            "layers": [[layer["column"], layer["dim"]] for layer in run.manifest["layers"]],
+            "logits": run.manifest.get("logits")}
+
+def made_from(run: RunReader) -> Optional[dict[str, Any]]:
+    """The :func:`source` that ``samples.parquet`` records (None: no file, or one written before it
+    recorded this)."""
+    try:
+        metadata = pq.read_schema(run.path / SAMPLES).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+
+def compute(run: RunReader, column: str, split: str) -> pd.DataFrame:
+    """:func:`samples` computed from ``vectors/``: the samples of ``split`` in the last ``fit`` snapshot, over
+    every ``fit`` snapshot (a sample missing from one has a NaN row there)."""
+    fit = [s for s in run.manifest["snapshots"] if s["stage"] == "fit"]
+    if not fit:
+        raise ValueError(f"{run.path} has no snapshot of fit: samples() follows the samples across fit.")
+    last = run.rows(fit[-1], split=split)
+    if not len(last):
+        hint = " (record it with EmbeddingCollector(record_train=True))" if split == "train" else ""
+        raise ValueError(f"{run.path} holds no {split!r} rows{hint}; recorded splits: "
+                         f"{sorted(set(run.rows(fit[-1]).keys.column(SPLIT).to_pylist()))}.")
+    if not labelled(last):
+        raise ValueError(f"{run.path} has no labels: samples() ranks samples by their labels' agreement with "
+                         "their neighbours (pass label_key= to the collector where the batch names them otherwise).")
+    keys, logits = row_keys(last.keys), run.manifest.get("logits")
+
+    def views() -> Iterator[SnapshotView]:
+        for snapshot in fit:
+            rows = run.rows(snapshot, split=split)
+            found, here = locate(rows, keys)
+            vectors = run.aligned(rows, column, found, here)
+            predictions = None
+            if "prediction" in rows.keys.column_names:
+                stored = pd.Series(rows.keys.column("prediction").to_numpy(zero_copy_only=False)[found])
+                predictions = stored.where(pd.Series(here)).to_numpy()  # NaN/None where the sample is missing
+            scores = None if logits is None else run.aligned(rows, logits, found, here)
+            yield SnapshotView(snapshot["epoch"], vectors, predictions, scores)
+
+    labels = last.keys.column("label").to_numpy(zero_copy_only=False)
+    frame = sample_dynamics(labels, views())
+    first = ["sample_id", "dataloader_idx", "label", "suspicion"]
+    frame = pd.concat([last.keys.select(first[:3]).to_pandas(), frame], axis=1)
+    frame = frame[[*first, *(c for c in frame.columns if c not in first)]]
+    epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
+    frame[epochs] = frame[epochs].astype("Int64")
+    return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+
