@@ -755,10 +755,8 @@ def _reduce(args: argparse.Namespace) -> None:
             print(f"  {path}  ({pq.ParquetFile(path).metadata.num_rows} rows, fitted on {record['samples']}{said})")
         elif "skipped" in record:
             print(f"  {column}: not reduced: {record['skipped']}")
-    for written in (run.path / "projections.parquet", run.path / "samples.parquet"):
-        if written.is_file():
-            print(f"  {written}")
-    print(f"  {run.path / 'manifest.json'}")  # the pictures drawn again: said by the reduce's log
+    for written in maps.written:  # the pictures drawn again: said by the reduce's log
+        print(f"  {written}")
 
 
 # -------------------------------------------------------------------------------------------------------- samples

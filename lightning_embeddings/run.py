@@ -16,6 +16,8 @@ from lightning_embeddings import run_samples
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import (
     HTML_NAME,
+    LONG_PROJECTIONS,
+    MANIFEST,
     PLOTS,
     PROJECTOR_OWNER,
     SAMPLES,
@@ -32,14 +34,17 @@ from lightning_embeddings.reader import RunReader
 class Maps(Mapping[str, pd.DataFrame]):
     """What :meth:`EmbeddingRun.reduce` made: layer column -> its projections, read from disk when asked for.
 
-    ``drawn`` lists the pictures (and the page) drawn from the new maps, ``removed`` those of layers left without a
-    map, ``exported`` the TensorBoard projector exports of the run written again from the new maps.
+    ``written`` lists the run's files the reduce put in place besides the maps (``projections.parquet``,
+    ``samples.parquet`` where the dynamics were computed again, ``manifest.json`` last), ``drawn`` the pictures (and
+    the page) drawn from the new maps, ``removed`` those of layers left without a map, ``exported`` the TensorBoard
+    projector exports of the run written again from the new maps.
     """
 
     def __init__(self, run: "EmbeddingRun", columns: Sequence[str], drawn: Sequence[Path] = (),
-                 removed: Sequence[Path] = (), exported: Sequence[Path] = ()) -> None:
+                 removed: Sequence[Path] = (), exported: Sequence[Path] = (), written: Sequence[Path] = ()) -> None:
         self._run, self._columns = run, list(columns)
         self.drawn, self.removed, self.exported = list(drawn), list(removed), list(exported)
+        self.written = list(written)
 
     def __getitem__(self, column: str) -> pd.DataFrame:
         if column not in self._columns:
@@ -195,7 +200,9 @@ class EmbeddingRun(RunReader):
         with RunLock(self.path):  # the new maps and the pictures drawn from them, one writer at a time
             self.manifest = write_maps(self, settings, columns, partial(run_samples.write, self) if stale else None)
             made = [column for column in columns if "skipped" not in self.manifest["reducer"]["layers"][column]]
-            return Maps(self, made, *self._refresh_views(columns))
+            written = [path for path in (self.path / LONG_PROJECTIONS, self.path / SAMPLES)
+                       if path.is_file() and (stale or path.name != SAMPLES)]
+            return Maps(self, made, *self._refresh_views(columns), written=[*written, self.path / MANIFEST])
 
     def _refresh_views(self, columns: Sequence[str]) -> tuple[list[Path], list[Path], list[Path]]:
         """After a reduce, so that every picture and export shows the new maps: draw the pictures of ``columns``

@@ -571,8 +571,9 @@ def test_a_reduce_changes_the_maps_not_the_samples_dynamics(fit_digits, monkeypa
     before, written = run.samples("head.1"), samples.stat().st_mtime_ns
     computed = []
     monkeypatch.setattr(run_samples, "compute", lambda *args: computed.append(args) or pytest.fail("recomputed"))
-    run.reduce(reducer="pca", n_components=3, progress=False)
+    maps = run.reduce(reducer="pca", n_components=3, progress=False)
     assert computed == [] and samples.stat().st_mtime_ns == written
+    assert [path.name for path in maps.written] == ["projections.parquet", "manifest.json"]  # what the CLI lists
     pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), before)
 
 
@@ -585,6 +586,7 @@ def test_samples_made_from_other_snapshots_are_computed_again(fit_digits, monkey
     run = EmbeddingRun(run.path)
     stale = run.samples("head.1")  # samples.parquet follows three snapshots: not read, computed from the two
     assert not stale.equals(whole) and stale["knn_agreement_last"].notna().all()
-    run.reduce(reducer="pca", progress=False)  # computes samples.parquet again, from the two snapshots
+    maps = run.reduce(reducer="pca", progress=False)  # computes samples.parquet again, from the two snapshots
+    assert [path.name for path in maps.written] == ["projections.parquet", "samples.parquet", "manifest.json"]
     monkeypatch.setattr(run_samples, "compute", lambda *args: pytest.fail("dynamics recomputed"))
     pd.testing.assert_frame_equal(EmbeddingRun(run.path).samples("head.1"), stale)
