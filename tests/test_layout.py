@@ -84,3 +84,33 @@ def test_no_import_circle_anywhere_in_the_package():
         return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph[start])
 
     assert [m for m in sorted(graph) if reaches(m, m)] == []
+
+
+def code_lines(path: Path) -> dict[str, int]:
+    """Each function's lines of code in ``path`` (no blank lines, comments or docstrings), by qualified name."""
+    import io
+    import tokenize
+
+    source = path.read_text()
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    code = set()
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in skip:
+            code.update(range(token.start[0], token.end[0] + 1))
+    return {node.name: len([n for n in range(node.lineno, node.end_lineno + 1) if n in code and n not in docstrings])
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+# issue 24 cuts these; the list may only shrink
+LONG_FUNCTIONS = {"cli.build_parser", "cli._info", "layers.module_table", "plot._overview_figure"}
+
+
+def test_no_function_over_sixty_lines_of_code():
+    long = {f"{path.stem}.{name}" for path in PACKAGE.glob("*.py") for name, n in code_lines(path).items() if n > 60}
+    assert long <= LONG_FUNCTIONS, long - LONG_FUNCTIONS
