@@ -25,10 +25,6 @@ from conftest import DigitsCNN, fit_collector  # noqa: E402
 
 from lightning_embeddings import EmbeddingRun, dynamics, plot  # noqa: E402
 from lightning_embeddings.plot import (  # noqa: E402
-    CATEGORICAL,
-    CONTINUOUS,
-    UNKNOWN,
-    label_palette,
     panel_title,
     plot_layer,
     plot_run,
@@ -37,7 +33,7 @@ from lightning_embeddings.plot import (  # noqa: E402
 )
 
 N_VAL = 449  # digits validation samples
-RED = np.array([0xC0, 0x00, 0x00]) / 255  # plot.WARNING
+RED = np.array([0xC0, 0x00, 0x00]) / 255  # palette.WARNING
 
 
 @pytest.fixture(scope="module")
@@ -143,28 +139,6 @@ def test_panel_title_gives_temporal_preservation_and_leaves_unfaithful_paths_to_
     assert low.warning is None and low.text.splitlines()[-1] == "temporal preservation 0.31"
     assert panel_title(snapshot, 0.62, motion=0.31).warning == "not faithful: points placed by the final map"
     assert "temporal" not in panel_title(snapshot, 0.91, motion=float("nan")).text
-
-
-def test_palette_is_tab10_then_tab20_then_continuous():
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    ten = label_palette(np.arange(10).repeat(3))
-    assert ten.kind == "categorical"
-    assert [ten.color(c) for c in range(10)] == [to_hex(c) for c in colormaps["tab10"].colors]
-    assert ten.color(np.int64(3)) == ten.color(3.0) == "#d62728"
-    fifteen = label_palette(list(range(15)))
-    assert [fifteen.color(c) for c in range(10)] == list(CATEGORICAL[:10])
-    assert len({fifteen.color(c) for c in range(15)}) == 15
-    assert set(map(to_hex, colormaps["tab20"].colors)) >= {fifteen.color(c) for c in range(15)}
-    many = label_palette(range(100))
-    assert many.kind == "continuous" and (many.vmin, many.vmax) == (0.0, 99.0)
-    assert (many.color(0), many.color(99)) == (CONTINUOUS[0], CONTINUOUS[-1])
-    viridis = np.array([int(many.color(50)[i:i + 2], 16) for i in (1, 3, 5)]) / 255
-    np.testing.assert_allclose(viridis, colormaps["viridis"](50 / 99)[:3], atol=0.03)
-    assert label_palette(None).kind == label_palette([np.nan, None]).kind == "none"
-    assert label_palette([1, 2]).color(None) == UNKNOWN
-    assert label_palette(["cat", "dog"]).colors == {"cat": CATEGORICAL[0], "dog": CATEGORICAL[1]}
 
 
 def test_a_missing_html_extra_is_named(monkeypatch, fresh):
@@ -758,4 +732,4 @@ def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_
         assert (f"temporal preservation {moved:.2f}" in lines[0]) if moved else ("temporal" not in lines[0]), state
         unfaithful = trust[names[expected]] < 0.8  # paths are the map's: said once above the figure, not per frame
         assert any("not faithful" in line for line in lines[1:]) == unfaithful, state
-        assert state["warningFill"] == ("rgb(192, 0, 0)" if unfaithful else None), state  # red: plot.WARNING
+        assert state["warningFill"] == ("rgb(192, 0, 0)" if unfaithful else None), state  # red: palette.WARNING
