@@ -35,38 +35,52 @@ from __future__ import annotations
 
 import html as html_escape
 import math
-import os
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_embeddings.dynamics import (
     N_MOVERS,
     class_medians,
     distance_to_final,
     fit_rows,
-    keyed,
     misclassified,
     movers,
 )
-from lightning_embeddings.export import sample_columns
+from lightning_embeddings.drawn import (
+    HOVER_DYNAMICS,
+    MAX_POINTS,
+    N_SUSPECTS,
+    SEED,
+    LayerView,
+    PanelTitle,
+    PathLike,
+    as_run,
+    kept,
+    limits,
+    load_layer,
+    output_dir,
+    page_text,
+    panel_title,
+    reducer_words,
+    snapshot_label,
+    fit_steps,
+    stratified_sample,
+    three_d_note,
+    with_projections,
+)
 from lightning_embeddings.faithfulness import (
     FAITHFUL,
     FAITHFUL_MOTION,
     MOTION_WRONG,
     NEIGHBOURS_WRONG,
-    faithful_paths_advice,
-    panel_warning,
-    unfaithful_paths,
     unfaithful_snapshots,
 )
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.layout import HTML_NAME, PLOTS, SPLIT, atomic_write, file_stem, projection_file, snapshot_name
+from lightning_embeddings.layout import HTML_NAME, SPLIT, atomic_write, file_stem, snapshot_name
 from lightning_embeddings.palette import (
     CONTINUOUS,
     MAX_CLASSES,
@@ -78,275 +92,26 @@ from lightning_embeddings.palette import (
     plain,
 )
 from lightning_embeddings.reader import RunReader
-from lightning_embeddings.run_samples import recorded
 from lightning_embeddings.store import sample_keys
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 HEADER_CHARS = 38  # characters per panel column in the snapshots header: it stays clear of the legend
 ZOOM_BELOW = 0.2  # a panel whose points span less than this share of the shared axes gets an inset at their scale
 MAX_PANELS = 30  # at most this many snapshot panels per PNG, evenly spaced, first and last always kept
 N_MISCLASSIFIED_PATHS = 10  # at most this many paths of samples that ended misclassified
 FADE_FROM = 0.12  # a path's first step is drawn at this share of its last step's opacity
-N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
 ID_GAPS = (1.0, 4.0, 10.0, 17.0, 26.0, 36.0, 50.0)  # points tried between a suspect's marker and its id; past the
 # first, a thin line joins them
-# samples()' columns shown on the page's hover, where present: suspicion first, then as samples() orders them
-HOVER_DYNAMICS = (
-    "suspicion", "knn_agreement", "knn_agreement_last", "movement", "settled_epoch", "correct", "learned_epoch",
-    "forgetting_events", "confidence", "variability", "aum",
-)
-SEED = 0
 
 SUSPECTS_SAID = "most likely mislabelled (suspicion)"
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _shown(label: Any) -> str:
     """A label as matplotlib draws it: the plain text it is (a ``$`` escaped, so ``"$x_$"`` is not mathtext)."""
     return str(plain(label)).replace("$", r"\$")
-
-
-def _three_d_note(info: "_Layer") -> str:
-    """What a picture of a 3-D map says: which axes it draws, and where the third is."""
-    return (f"3-D map: x and y drawn, z not shown (it is the z column of "
-            f"projections/{file_stem(info.column)}.parquet)")
-
-
-def _page_text(value: Any) -> Any:
-    """A value as the page shows it: text escaped, since plotly reads names and hover values as HTML (a label
-    ``"<b>7</b>"`` is shown as written, not bold); numbers as they are."""
-    value = plain(value)
-    return html_escape.escape(value, quote=False) if isinstance(value, str) else value
-
-
-# --------------------------------------------------------------------------- what is drawn: pure functions
-
-
-def _evaluated(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the evaluated split (``val``, ``test``): the training rows of ``record_train`` left out."""
-    return frame[(frame[SPLIT] != "train").to_numpy()] if SPLIT in frame else frame
-
-
-def _steps(rows: pd.DataFrame) -> list[tuple[int, int]]:
-    """The ``(epoch, step)`` of each snapshot in ``rows``, in order."""
-    pairs = rows[["epoch", "step"]].drop_duplicates().sort_values(["step", "epoch"])
-    return [(int(e), int(s)) for e, s in pairs.itertuples(index=False)]
-
-
-def stratified_sample(
-    frame: pd.DataFrame, limit: int = MAX_POINTS, seed: Optional[int] = SEED
-) -> tuple[Optional[np.ndarray], int]:
-    """The samples to draw when a snapshot has more than ``limit`` points: the same samples in every snapshot, each
-    class keeping its share (at least one sample per class), chosen at random with ``seed``.
-
-    Args:
-        frame: the projections (every snapshot; the most points in one snapshot is what ``limit`` bounds).
-        limit: the most points per snapshot.
-        seed: the random choice's seed.
-
-    Returns:
-        ``(keys, total)``: the sorted keys (:func:`~lightning_embeddings.store.sample_keys`) to keep, or None when
-        all are kept, and the number of distinct samples.
-
-    Example::
-
-        keys, total = stratified_sample(run.projections("head.1"), limit=5000)
-    """
-    rows = keyed(frame)
-    labels = rows.drop_duplicates("_key", keep="last").set_index("_key")
-    total = len(labels)
-    snapshot = ["stage", "step", "epoch", *([SPLIT] if SPLIT in rows else [])]
-    per_snapshot = int(rows.groupby(snapshot).size().max()) if "stage" in rows and len(rows) else total
-    if per_snapshot <= limit:
-        return None, total
-    share = limit / per_snapshot
-    rng = np.random.default_rng(seed)
-    groups = (
-        labels.groupby(labels["label"].astype(object).where(labels["label"].notna(), "<none>"), sort=False)
-        if "label" in labels else [(None, labels)]
-    )
-    chosen = []
-    for _, group in groups:
-        keys = group.index.to_numpy()
-        take = min(len(keys), max(1, int(len(keys) * share)))
-        chosen.append(rng.choice(keys, size=take, replace=False))
-    keys = np.sort(np.concatenate(chosen))
-    return keys, total
-
-
-class PanelTitle(NamedTuple):
-    """A panel's title and, when its map or the paths into it are not faithful, the warning that goes with it
-    (drawn in red; one line per reason)."""
-
-    text: str
-    warning: Optional[str]
-
-
-def snapshot_label(snapshot: Mapping[str, Any]) -> str:
-    """``"epoch 2 · step 66"``, prefixed by the stage outside ``fit`` (``"test · epoch 2 · step 66"``)."""
-    stage = snapshot.get("stage", "fit")
-    words = f"epoch {snapshot['epoch']} · step {snapshot['step']}"
-    return words if stage == "fit" else f"{stage} · {words}"
-
-
-def _known(value: Optional[float]) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def panel_title(
-    snapshot: Mapping[str, Any],
-    trustworthiness: Optional[float] = None,
-    *,
-    motion: Optional[float] = None,
-    shown: Optional[int] = None,
-    total: Optional[int] = None,
-    fitted: bool = False,
-    align: Optional[str] = "last",
-    threshold: float = FAITHFUL,
-) -> PanelTitle:
-    """The title of one snapshot's panel: stage, epoch and step, the trustworthiness and the temporal preservation
-    when known, how many points are shown when not all, and a warning in plain words when trustworthiness is below
-    ``threshold``. (Paths that are not faithful are the map's, said once per figure, not on each panel.)
-
-    Args:
-        snapshot: ``{"stage", "epoch", "step"}``.
-        trustworthiness: the snapshot's trustworthiness (10 neighbours, against its own vectors), or None.
-        motion: the temporal preservation of the paths from the previous ``fit`` snapshot into this one (Spearman
-            correlation of how far each sample moves in the map and in its vectors), or None.
-        shown: the points drawn, when a subsample.
-        total: the points the snapshot has.
-        fitted: whether the map was fitted on this snapshot.
-        align: how the run's snapshots share one map (``"last"``, ``"joint"``, ``"aligned"``), which decides the
-            warning's words.
-        threshold: below this trustworthiness the map is called not faithful.
-
-    Example::
-
-        panel_title({"stage": "fit", "epoch": 0, "step": 22}, 0.62)
-        # PanelTitle(text='epoch 0 · step 22\\ntrustworthiness 0.62', warning='not faithful: points placed by the final map')
-        panel_title({"stage": "fit", "epoch": 1, "step": 44}, 0.91, motion=0.31).text
-        # 'epoch 1 · step 44\ntrustworthiness 0.91\ntemporal preservation 0.31'
-    """
-    lines = [snapshot_label(snapshot) + (" (map fitted here)" if fitted else "")]
-    warnings = []
-    if _known(trustworthiness):
-        lines.append(f"trustworthiness {trustworthiness:.2f}")
-        if trustworthiness < threshold:
-            warnings.append(panel_warning(align, fitted))
-    if _known(motion):
-        lines.append(f"temporal preservation {motion:.2f}")
-    if shown is not None and total is not None and shown < total:
-        lines.append(f"{shown:,} of {total:,} points shown")
-    return PanelTitle("\n".join(lines), "\n".join(warnings) or None)
-
-
-# ------------------------------------------------------------------------------------------------ run facts
-
-
-@dataclass
-class _Layer:
-    """Everything one layer's pictures need, read once."""
-
-    column: str
-    frame: pd.DataFrame  # keyed projections of the evaluated split, panel order in ``_panel``, hover dynamics
-    snapshots: list[dict[str, Any]]  # in panel order: fit first, then validate/test
-    trust: dict[str, Optional[float]]
-    motion: dict[str, Optional[float]]  # temporal preservation of the paths into each fit snapshot after the first
-    samples: pd.DataFrame  # samples() of every recorded split, with ``split``; empty where there are none
-    suspects: pd.DataFrame  # the top N_SUSPECTS of the drawn split's samples() by suspicion
-    hover: list[str]  # the dynamics columns in ``frame`` shown on the page's hover
-    fitted_on: Optional[str]
-    align: Optional[str]
-    reducer: str
-    palette: Palette
-    three_d: bool
-    keep: Optional[np.ndarray]  # keys drawn, None for all
-    total: int  # distinct samples
-    path: Path  # the run directory, named in the advice
-
-    def paths_faithful(self) -> bool:
-        """Whether the map's paths may be drawn as motion: its median temporal preservation (where measured) is at
-        least ``FAITHFUL_MOTION``."""
-        known = [value for value in self.motion.values() if _known(value)]
-        return not known or float(np.median(known)) >= FAITHFUL_MOTION
-
-    def paths_note(self) -> Optional[str]:
-        """One sentence on the map's unfaithful paths and how to draw faithful ones; None where all are."""
-        names = unfaithful_paths(self.motion)
-        if not names:
-            return None
-        return (f"paths not faithful into {len(names)} of {len(self.motion)} snapshots (temporal preservation below "
-                f"{FAITHFUL_MOTION}): {faithful_paths_advice(self.path)}")
-
-
-def _as_run(run: Union[RunReader, PathLike]) -> RunReader:
-    return run if isinstance(run, RunReader) else RunReader(run)
-
-
-def _load(run: RunReader, layer: LayerSpec) -> _Layer:
-    column = run.column(layer)
-    frame = keyed(_evaluated(run.projections(layer)))
-    record = run.manifest.get("reducer") or {}
-    facts = (record.get("layers") or {}).get(column) or {}
-    trust = dict(facts.get("trustworthiness") or {})
-    motion = dict(facts.get("temporal_preservation") or {})
-    # only align="last" fits on one snapshot; "joint" and "aligned" fit on all of them
-    fitted_on = (record.get("fitted_on") or {}).get("name") if record.get("align", "last") == "last" else None
-    order = {s["name"]: i for i, s in enumerate(run.snapshots)}
-    present = frame[["stage", "epoch", "step"]].drop_duplicates()
-    snapshots = []
-    for stage, epoch, step in present.itertuples(index=False):
-        name = snapshot_name(str(stage), int(epoch), int(step))
-        snapshots.append({"name": name, "stage": str(stage), "epoch": int(epoch), "step": int(step)})
-    snapshots.sort(key=lambda s: (s["stage"] != "fit", order.get(s["name"], len(order)), s["step"]))
-    frame["_panel"] = frame.set_index(["stage", "epoch", "step"]).index.map(
-        {(s["stage"], s["epoch"], s["step"]): i for i, s in enumerate(snapshots)}
-    ).to_numpy()
-    name = record.get("name") or (facts.get("class") or "reducer").rsplit(".", 1)[-1]
-    labels = frame.get("label")
-    keep, total = stratified_sample(frame, limit=MAX_POINTS)
-    samples = recorded(run, column)
-    drawn = samples[(samples[SPLIT] == "val").to_numpy()]
-    suspects = drawn[drawn["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in drawn else drawn
-    hover = [c for c in HOVER_DYNAMICS if c in drawn and drawn[c].notna().any()]
-    for dynamic, values in sample_columns(frame, drawn, hover).items():
-        frame[dynamic] = values.to_numpy()
-    return _Layer(
-        column, frame, snapshots, trust, motion, samples, suspects, hover, fitted_on, record.get("align"), str(name),
-        label_palette(labels), "z" in frame, keep, total, run.path,
-    )
-
-
-def _kept(info: _Layer, rows: pd.DataFrame) -> pd.DataFrame:
-    return rows if info.keep is None else rows[np.isin(rows["_key"].to_numpy(), info.keep)]
-
-
-def _limits(frame: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
-    limits = []
-    for axis in "xy":
-        values = frame[axis].to_numpy(float)
-        values = values[np.isfinite(values)]
-        low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
-        pad = (high - low) * 0.04 or 1.0
-        limits.append((low - pad, high + pad))
-    return limits[0], limits[1]
-
-
-def _reducer_words(info: _Layer) -> str:
-    fitted = next((s for s in info.snapshots if s["name"] == info.fitted_on), None)
-    words = f"{info.reducer} map"
-    if info.align:
-        words += f", align={info.align!r}"
-    if fitted is not None and info.align in (None, "last"):
-        words += f", fitted on {snapshot_label(fitted)}"
-    return words
-
-
-# ------------------------------------------------------------------------------------------------------ PNGs
 
 
 def _wrapped(text: str, width: int) -> str:
@@ -371,7 +136,7 @@ def _point_size(n: int) -> float:
     return float(np.clip(3000.0 / max(n, 1), 0.5, 14.0))
 
 
-def _scatter(ax: "Axes", info: _Layer, rows: pd.DataFrame, alpha: Optional[float] = None, scale: float = 1.0) -> None:
+def _scatter(ax: "Axes", info: LayerView, rows: pd.DataFrame, alpha: Optional[float] = None, scale: float = 1.0) -> None:
     colors = info.palette.colors_of(rows["label"]) if "label" in rows else np.full(len(rows), UNKNOWN, dtype=object)
     n = len(rows)
     ax.scatter(
@@ -380,7 +145,7 @@ def _scatter(ax: "Axes", info: _Layer, rows: pd.DataFrame, alpha: Optional[float
     )
 
 
-def _label_legend(fig: Any, info: _Layer, where: Any) -> None:
+def _label_legend(fig: Any, info: LayerView, where: Any) -> None:
     """A legend of class colours (categorical), a colour bar (continuous) or a note (no labels)."""
     palette = info.palette
     if palette.kind == "categorical":
@@ -401,7 +166,7 @@ def _label_legend(fig: Any, info: _Layer, where: Any) -> None:
         fig.colorbar(mappable, ax=where, label=f"label ({len(palette.classes)} classes)", shrink=0.8)
 
 
-def _snapshot_panels(info: _Layer) -> tuple[list[dict[str, Any]], int]:
+def _snapshot_panels(info: LayerView) -> tuple[list[dict[str, Any]], int]:
     """The snapshots that get a panel (at most ``MAX_PANELS``, evenly spaced, first and last kept, the last ``fit``
     one too: it marks the suspects), and how many there are."""
     snapshots = info.snapshots
@@ -415,13 +180,13 @@ def _snapshot_panels(info: _Layer) -> tuple[list[dict[str, Any]], int]:
     return [snapshots[i] for i in picks], len(snapshots)
 
 
-def _last_fit_index(info: _Layer) -> Optional[int]:
+def _last_fit_index(info: LayerView) -> Optional[int]:
     """The position in ``info.snapshots`` of the last ``fit`` snapshot, None without one."""
     fit = [i for i, s in enumerate(info.snapshots) if s["stage"] == "fit"]
     return fit[-1] if fit else None
 
 
-def _several(info: _Layer) -> bool:
+def _several(info: LayerView) -> bool:
     """Whether the samples come from several dataloaders (then a sample is named ``dataloader:id``)."""
     loaders = info.frame["dataloader_idx"]
     if len(info.samples):
@@ -541,7 +306,7 @@ def _overlap(a: Any, b: Any) -> float:
     return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
-def _snapshots_figure(info: _Layer) -> Any:
+def _snapshots_figure(info: LayerView) -> Any:
     Figure = _matplotlib()
     panels, count = _snapshot_panels(info)
     n = len(panels)
@@ -550,13 +315,13 @@ def _snapshots_figure(info: _Layer) -> Any:
     extra = 1.4 if info.palette.kind != "none" else 0.0
     fig = Figure(figsize=(3.3 * ncols + extra, 3.4 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-    xlim, ylim = _limits(info.frame)
+    xlim, ylim = limits(info.frame)
     last_fit = _last_fit_index(info)
     marked = None
     for ax, snapshot in zip(axes, panels):
         index = info.snapshots.index(snapshot)
         rows = info.frame[info.frame["_panel"] == index]
-        drawn = _kept(info, rows)
+        drawn = kept(info, rows)
         _scatter(ax, info, drawn)
         _zoom_in(ax, info, drawn, xlim, ylim)
         if index == last_fit:
@@ -576,12 +341,12 @@ def _snapshots_figure(info: _Layer) -> Any:
         ax.set_visible(False)
     axes[0].set_xlim(*xlim)
     axes[0].set_ylim(*ylim)
-    header = f"{info.column}: {_reducer_words(info)}, {info.total:,} samples"
+    header = f"{info.column}: {reducer_words(info)}, {info.total:,} samples"
     header += ", coloured by label" if info.palette.kind != "none" else ", no labels recorded (grey)"
     if count > n:
         header += f"\n{n} of {count} snapshots shown, evenly spaced"
     if info.three_d:
-        header += "\n" + _wrapped(_three_d_note(info), HEADER_CHARS * ncols)
+        header += "\n" + _wrapped(three_d_note(info), HEADER_CHARS * ncols)
     note = info.paths_note()
     if note:
         header += "\n" + _wrapped(note, HEADER_CHARS * ncols)
@@ -593,7 +358,7 @@ def _snapshots_figure(info: _Layer) -> Any:
     return fig
 
 
-def _zoom_in(ax: "Axes", info: _Layer, drawn: pd.DataFrame, xlim: tuple[float, float],
+def _zoom_in(ax: "Axes", info: LayerView, drawn: pd.DataFrame, xlim: tuple[float, float],
              ylim: tuple[float, float]) -> None:
     """Where most of a panel's points (2nd to 98th percentile) span less than ``ZOOM_BELOW`` of the shared axes
     both ways (``align="last"`` often puts the untrained epoch 0 in one spot), add an inset of them at their own
@@ -602,7 +367,7 @@ def _zoom_in(ax: "Axes", info: _Layer, drawn: pd.DataFrame, xlim: tuple[float, f
     finite = drawn[np.isfinite(drawn["x"].to_numpy(float)) & np.isfinite(drawn["y"].to_numpy(float))]
     if finite.empty:
         return
-    own_x, own_y = _limits(finite[["x", "y"]].quantile([0.02, 0.98]))
+    own_x, own_y = limits(finite[["x", "y"]].quantile([0.02, 0.98]))
     share = max((own_x[1] - own_x[0]) / (xlim[1] - xlim[0]), (own_y[1] - own_y[0]) / (ylim[1] - ylim[0]))
     if share >= ZOOM_BELOW:
         return
@@ -624,7 +389,7 @@ def _zoom_in(ax: "Axes", info: _Layer, drawn: pd.DataFrame, xlim: tuple[float, f
     ax.indicate_inset_zoom(inset, edgecolor="dimgray")
 
 
-def _draw_snapshots(info: _Layer, target: Path) -> Path:
+def _draw_snapshots(info: LayerView, target: Path) -> Path:
     return _save(_snapshots_figure(info), target)
 
 
@@ -658,11 +423,11 @@ def _sample_paths(rows: pd.DataFrame, keys: np.ndarray) -> list[np.ndarray]:
     return [group[["x", "y"]].to_numpy(float) for _, group in picked.groupby("_key", sort=False)]
 
 
-def _draw_overview(info: _Layer, target: Path) -> Path:
+def _draw_overview(info: LayerView, target: Path) -> Path:
     return _save(_overview_figure(info), target)
 
 
-def _overview_figure(info: _Layer) -> Any:
+def _overview_figure(info: LayerView) -> Any:
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
@@ -671,17 +436,17 @@ def _overview_figure(info: _Layer) -> Any:
     grid = fig.add_gridspec(1, 2, width_ratios=[1.55, 1.0])
     ax, curve_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     rows = fit_rows(info.frame)
-    steps = _steps(rows)
+    steps = fit_steps(rows)
     last_epoch, last_step = steps[-1]
     last = rows[rows["step"] == last_step]
-    drawn = _kept(info, last)
+    drawn = kept(info, last)
     _scatter(ax, info, drawn, alpha=0.45 if len(drawn) < 2000 else 0.5, scale=2.0)
     handles: list[Any] = []
 
     wrong = misclassified(info.frame)
     has_predictions = {"label", "prediction"} <= set(info.frame.columns)
     if len(wrong):
-        marked = _kept(info, wrong)
+        marked = kept(info, wrong)
         ax.scatter(marked["x"].to_numpy(float), marked["y"].to_numpy(float), marker="x", c="black",
                    s=max(10.0, _point_size(len(drawn)) * 3), linewidths=1.0, zorder=4)
         handles.append(Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})"))
@@ -721,7 +486,7 @@ def _overview_figure(info: _Layer) -> Any:
     if marked is not None:
         handles.append(marked.handle)
 
-    xlim, ylim = _limits(rows)
+    xlim, ylim = limits(rows)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     fitted = any(s["name"] == info.fitted_on and s["step"] == last_step and s["stage"] == "fit" for s in info.snapshots)
@@ -739,7 +504,7 @@ def _overview_figure(info: _Layer) -> Any:
     if info.palette.kind == "continuous":
         lines.append(f"{len(info.palette.classes)} classes: class paths drawn for at most {MAX_CLASSES}")
     if info.three_d:
-        lines.append(_wrapped(_three_d_note(info), 110))
+        lines.append(_wrapped(three_d_note(info), 110))
     if many and not info.paths_faithful():
         lines.append(_wrapped(f"no paths drawn: this map's paths are not the motion in the vectors; "
                               f"{info.paths_note()}", 110))
@@ -752,14 +517,14 @@ def _overview_figure(info: _Layer) -> Any:
 
     _draw_distance_curve(curve_ax, info, steps)
     how = " and how they got there" if many and info.paths_faithful() else ""
-    fig.suptitle(f"{info.column}: {_reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
+    fig.suptitle(f"{info.column}: {reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
     if info.palette.kind == "continuous":
         _label_legend(fig, info, [ax, curve_ax])
     _write_ids(fig, marked)
     return fig
 
 
-def _datamap_samples(info: _Layer) -> Optional[tuple[str, pd.DataFrame]]:
+def _datamap_samples(info: LayerView) -> Optional[tuple[str, pd.DataFrame]]:
     """The samples a data map shows, by suspicion: the training split's where recorded, else the validation
     split's; None where samples() has no confidence and variability (logits were not recorded)."""
     for split in ("train", "val"):
@@ -771,7 +536,7 @@ def _datamap_samples(info: _Layer) -> Optional[tuple[str, pd.DataFrame]]:
     return None
 
 
-def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
+def _datamap_figure(info: LayerView, split: str, rows: pd.DataFrame) -> Any:
     """Dataset Cartography's data map (Swayamdipta et al. 2020): each sample's variability against its confidence
     in its label across ``fit``, coloured by the share of snapshots that predicted it right; the top suspects
     marked with their ids."""
@@ -819,7 +584,7 @@ def _datamap_figure(info: _Layer, split: str, rows: pd.DataFrame) -> Any:
     return fig
 
 
-def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]]) -> None:
+def _draw_distance_curve(ax: "Axes", info: LayerView, steps: list[tuple[int, int]]) -> None:
     whose = "each class's samples" if info.palette.kind == "categorical" else "the samples"
     ax.set_title(f"median distance of {whose} to their final position", fontsize=10)
     if len(steps) < 2:
@@ -841,10 +606,6 @@ def _draw_distance_curve(ax: "Axes", info: _Layer, steps: list[tuple[int, int]])
     ax.grid(alpha=0.3)
     ax.legend(title="label" if len(per_class) else None, fontsize=8,
               ncols=2 if per_class["label"].nunique() > 10 else 1, loc="upper right")
-
-
-def _output_dir(run: RunReader, path: Optional[PathLike]) -> Path:
-    return Path(path) if path is not None else run.path / PLOTS
 
 
 def plot_layer(
@@ -894,9 +655,9 @@ def plot_layer(
 
         snapshots_png, overview_png = plot_layer(EmbeddingRun(collector.dirpath), "head.1")
     """
-    run = _as_run(run)
-    info = _load(run, layer)
-    directory = _output_dir(run, path)
+    run = as_run(run)
+    info = load_layer(run, layer)
+    directory = output_dir(run, path)
     if info.frame.empty:
         raise ValueError(f"Layer {info.column!r} of {run.path} has an empty map: nothing to draw.")
     snapshots_png, overview_png, datamap_png = layer_pictures(directory, info.column)
@@ -911,20 +672,6 @@ def layer_pictures(directory: Path, column: str) -> list[Path]:
     """Where :func:`plot_layer` draws a layer's PNGs in ``directory``: snapshots, overview, then the data map (drawn
     only where logits were recorded)."""
     return [directory / f"{file_stem(column)}-{kind}.png" for kind in ("snapshots", "overview", "datamap")]
-
-
-def _with_projections(run: RunReader, layers: Optional[Sequence[LayerSpec]]) -> list[str]:
-    """The chosen layers' columns that have projections; the others are warned about and left out."""
-    columns = [run.column(layer) for layer in layers] if layers is not None else run.layers
-    record = ((run.manifest.get("reducer") or {}).get("layers")) or {}
-    present = []
-    for column in columns:
-        if not projection_file(run.path, column).is_file():
-            why = (record.get(column) or {}).get("skipped") or "the run was not reduced"
-            rank_zero_warn(f"lightning-embeddings: layer {column!r} has no map ({why}); it is not drawn.")
-            continue
-        present.append(column)
-    return present
 
 
 def plot_run(
@@ -958,8 +705,8 @@ def plot_run(
     """
     if html:
         _plotly()  # fail before drawing anything
-    run = _as_run(run)
-    columns = _with_projections(run, layers)
+    run = as_run(run)
+    columns = with_projections(run, layers)
     written = [picture for column in columns for picture in plot_layer(run, column, path)]
     if html and columns:
         written.append(write_html(run, columns, path))
@@ -981,7 +728,7 @@ def _plotly() -> Any:
     return go, pio
 
 
-def _hover(info: _Layer) -> tuple[list[str], str]:
+def _hover(info: LayerView) -> tuple[list[str], str]:
     fields = ["sample_id"] + [c for c in ("label", "prediction") if c in info.frame]
     if info.frame["dataloader_idx"].nunique() > 1:
         fields.append("dataloader_idx")
@@ -1011,7 +758,7 @@ def _customdata(rows: pd.DataFrame, fields: list[str]) -> list[list[Any]]:
             columns.append([_hover_text(f, v) for v in rows[f].tolist()])
             continue
         values = rows[f].astype(object).where(rows[f].notna(), None).tolist()
-        columns.append([_page_text(v) if v is not None else None for v in values])
+        columns.append([page_text(v) if v is not None else None for v in values])
     return [list(row) for row in zip(*columns)] if columns else []
 
 
@@ -1021,7 +768,7 @@ def _ids(rows: pd.DataFrame, several_loaders: bool) -> list[str]:
     return [str(s) for s in rows["sample_id"].tolist()]
 
 
-def _frame_traces(go: Any, info: _Layer, rows: pd.DataFrame, fields: list[str], template: str) -> list[Any]:
+def _frame_traces(go: Any, info: LayerView, rows: pd.DataFrame, fields: list[str], template: str) -> list[Any]:
     """One trace per class (categorical), or one trace (continuous or no labels); same order in every frame."""
     several = info.frame["dataloader_idx"].nunique() > 1
     size = float(np.clip(1600.0 / math.sqrt(max(info.total, 1)) / 10.0, 3.0, 8.0))
@@ -1033,7 +780,7 @@ def _frame_traces(go: Any, info: _Layer, rows: pd.DataFrame, fields: list[str], 
             part = rows[(labels == c).to_numpy()]
             traces.append(go.Scatter(
                 x=part["x"].to_numpy(float), y=part["y"].to_numpy(float), ids=_ids(part, several),
-                customdata=_customdata(part, fields), name=str(_page_text(c)), legendgroup=str(c),
+                customdata=_customdata(part, fields), name=str(page_text(c)), legendgroup=str(c),
                 marker=dict(color=info.palette.colors[c], size=size, opacity=0.85), **common,
             ))
         unknown = rows[rows["label"].isna().to_numpy()]
@@ -1059,13 +806,13 @@ def _frame_traces(go: Any, info: _Layer, rows: pd.DataFrame, fields: list[str], 
     )]
 
 
-def _figure(go: Any, info: _Layer) -> Any:
+def _figure(go: Any, info: LayerView) -> Any:
     fields, template = _hover(info)
-    xlim, ylim = _limits(info.frame)
+    xlim, ylim = limits(info.frame)
     frames, steps, titles = [], [], []
     for i, snapshot in enumerate(info.snapshots):
         rows = info.frame[info.frame["_panel"] == i].sort_values(["dataloader_idx", "sample_id"])
-        drawn = _kept(info, rows)
+        drawn = kept(info, rows)
         title = panel_title(snapshot, info.trust.get(snapshot["name"]), motion=info.motion.get(snapshot["name"]),
                             shown=len(drawn), total=len(rows), fitted=snapshot["name"] == info.fitted_on,
                             align=info.align or "last")
@@ -1167,21 +914,21 @@ def write_html(
         # open it in a browser; no network needed
     """
     go, pio = _plotly()
-    run = _as_run(run)
-    columns = _with_projections(run, layers)
+    run = as_run(run)
+    columns = with_projections(run, layers)
     if not columns:
         raise ValueError(f"No layer of {run.path} has a map to draw; reduce the run first (EmbeddingRun.reduce()).")
     sections = []
     for i, column in enumerate(columns):
-        info = _load(run, column)
-        notes = [f"{_reducer_words(info)}; {len(info.snapshots)} snapshots, {info.total:,} samples."]
+        info = load_layer(run, column)
+        notes = [f"{reducer_words(info)}; {len(info.snapshots)} snapshots, {info.total:,} samples."]
         if info.keep is not None:
             notes.append(
                 f"<b>Subsampled:</b> {len(info.keep):,} of {info.total:,} samples drawn in every frame (more than "
                 f"{MAX_POINTS:,} points per frame; each class keeps its share, the same samples in every frame)."
             )
         if info.three_d:
-            notes.append(html_escape.escape(_three_d_note(info)) + ".")
+            notes.append(html_escape.escape(three_d_note(info)) + ".")
         unfaithful = set(unfaithful_snapshots(info.trust))
         unfaithful = [snapshot_label(s) for s in info.snapshots if s["name"] in unfaithful]
         if unfaithful:
@@ -1208,7 +955,7 @@ def write_html(
     )
     title = f"Embeddings of {run.path}"
     page = _PAGE.format(title=html_escape.escape(title), intro=intro, sections="\n".join(sections), warning=WARNING)
-    target = _output_dir(run, path) / HTML_NAME
+    target = output_dir(run, path) / HTML_NAME
     with atomic_write(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

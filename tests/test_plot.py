@@ -23,14 +23,9 @@ import pytest
 
 from conftest import DigitsCNN, fit_collector  # noqa: E402
 
-from lightning_embeddings import EmbeddingRun, dynamics, plot  # noqa: E402
-from lightning_embeddings.plot import (  # noqa: E402
-    panel_title,
-    plot_layer,
-    plot_run,
-    stratified_sample,
-    write_html,
-)
+from lightning_embeddings import EmbeddingRun, drawn, dynamics, plot  # noqa: E402
+from lightning_embeddings.drawn import panel_title, stratified_sample  # noqa: E402
+from lightning_embeddings.plot import plot_layer, plot_run, write_html  # noqa: E402
 
 N_VAL = 449  # digits validation samples
 RED = np.array([0xC0, 0x00, 0x00]) / 255  # palette.WARNING
@@ -202,7 +197,7 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
     edit_manifest(fresh, paths)
     plot_run(fresh, layers=["head.1"])
     assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) < 50  # no panel in red for its paths
-    info = plot._load(EmbeddingRun(fresh), "head.1")
+    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
     header = plot._snapshots_figure(info)._suptitle.get_text()
     fix = f"lightning-embeddings reduce {fresh} --reducer parametric"
     assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
@@ -233,7 +228,7 @@ def test_labels_with_dollar_signs_are_drawn_as_the_plain_text_they_are(fresh, ca
         pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
     assert main(["plot", str(fresh)]) == 0, capsys.readouterr().err
     assert len(list((fresh / "plots").glob("*.png"))) == 4
-    info = plot._load(EmbeddingRun(fresh), "head.1")
+    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
     legend = plot._snapshots_figure(info).legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [n.replace("$", "\\$") for n in sorted(names)]
 
@@ -272,11 +267,11 @@ def suspect_marks(ax) -> list[tuple[str, tuple[float, float]]]:
 def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspects(train_run, digits_run):
     projections = train_run.projections("head.1")
     assert set(projections["split"]) == {"train", "val"}  # the run holds the training rows: 3x the points
-    info = plot._load(train_run, "head.1")
+    info = drawn.load_layer(train_run, "head.1")
     assert set(info.frame["split"]) == {"val"} and info.total == N_VAL
     figure = plot._snapshots_figure(info)
     panels = [ax for ax in figure.axes if ax.get_visible() and ax.collections]
-    plain = [ax for ax in plot._snapshots_figure(plot._load(EmbeddingRun(digits_run), "head.1")).axes
+    plain = [ax for ax in plot._snapshots_figure(drawn.load_layer(EmbeddingRun(digits_run), "head.1")).axes
              if ax.get_visible() and ax.collections]
     assert [panel_points(ax) for ax in panels] == [N_VAL] * 2  # the same points as a run without record_train
     assert {panel_points(ax) for ax in plain} == {N_VAL}
@@ -329,7 +324,7 @@ def assert_readable_ids(fig, ax, n: int) -> None:
 def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     """Issue 21: ids of suspects close together were printed over each other ("296" over "175"), the data map's
     pile of suspects was unreadable, and the suspects' legend sat inside the last panel over its points."""
-    info = plot._load(train_run, "head.1")
+    info = drawn.load_layer(train_run, "head.1")
     fig = plot._snapshots_figure(info)
     last = [ax for ax in fig.axes if ax.get_visible() and ax.collections][-1]
     assert_readable_ids(fig, last, 10)
@@ -363,7 +358,7 @@ def test_a_panel_squeezed_by_the_shared_axes_gets_a_zoomed_inset(fresh):
     centre = table.loc[first, ["x", "y"]].mean().to_numpy()
     table.loc[first, ["x", "y"]] = centre + (table.loc[first, ["x", "y"]].to_numpy() - centre) * 0.03
     table.to_parquet(file)
-    info = plot._load(EmbeddingRun(fresh), "head.1")
+    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
     panels = [ax for ax in plot._snapshots_figure(info).axes if ax.get_visible() and ax.collections]
     insets = [[child for child in ax.child_axes] for ax in panels]
     assert [len(found) for found in insets] == [1, 0, 0]
@@ -384,7 +379,7 @@ def test_paths_fade_in_so_the_early_jumps_stay_faint(fresh):
         facts["temporal_preservation"] = {name: 0.9 for name in facts["temporal_preservation"]}
 
     edit_manifest(fresh, faithful)
-    ax = plot._overview_figure(plot._load(EmbeddingRun(fresh), "head.1")).axes[0]
+    ax = plot._overview_figure(drawn.load_layer(EmbeddingRun(fresh), "head.1")).axes[0]
     paths = [c for c in ax.collections if c.get_gid() == "path"]
     assert len(paths) >= 10
     for path in paths:
@@ -399,7 +394,7 @@ def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
     assert [p.name for p in plot_run(fresh, layers=["head.1"])] == [  # the digits CNN returns no logits: no data map
         "head.1-snapshots.png", "head.1-overview.png"]
 
-    info = plot._load(train_run, "head.1")
+    info = drawn.load_layer(train_run, "head.1")
     split, rows = plot._datamap_samples(info)
     train = train_run.samples("head.1", split="train")
     assert split == "train" and len(rows) == len(train) == 4 * 64  # the training split where recorded: what 4 batches of 64 draw
@@ -446,7 +441,7 @@ def test_the_snapshots_header_stays_inside_the_picture_and_off_the_legend(fresh)
 
     run = EmbeddingRun(fresh)
     run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)  # 3-D: one more header line
-    info = plot._load(run, "head.1")
+    info = drawn.load_layer(run, "head.1")
     assert info.paths_note(), "this run's PCA paths are unfaithful: the header carries the long note"
     fig = plot._snapshots_figure(info)
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -493,7 +488,7 @@ def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(tr
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
     go, _ = plot._plotly()
     samples = train_run.samples("head.1")
-    figure = plot._figure(go, plot._load(train_run, "head.1"))
+    figure = plot._figure(go, drawn.load_layer(train_run, "head.1"))
     template = figure.frames[-1].data[0].hovertemplate
     fields = re.findall(r"(\w+) %\{customdata\[(\d+)\]\}", template)
     index = {name: int(i) for name, i in fields}
@@ -513,7 +508,7 @@ def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(tr
 
 def test_html_says_when_it_subsamples(fresh, monkeypatch):
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
-    monkeypatch.setattr(plot, "MAX_POINTS", 100)
+    monkeypatch.setattr(drawn, "MAX_POINTS", 100)
     page = write_html(fresh, layers=["head.1"]).read_text()
     note = re.search(r"<b>Subsampled:</b> (\d+) of 449 samples drawn in every frame", page)
     assert note and 90 <= int(note.group(1)) <= 100
