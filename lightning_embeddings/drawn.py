@@ -24,7 +24,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_embeddings.dynamics import keyed
 from lightning_embeddings.export import sample_columns
-from lightning_embeddings.faithfulness import FAITHFUL, FAITHFUL_MOTION, faithful_paths_advice, panel_warning, unfaithful_paths
+from lightning_embeddings.faithfulness import (
+    FAITHFUL,
+    FAITHFUL_MOTION,
+    faithful_paths_advice,
+    panel_warning,
+    unfaithful_paths,
+)
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PLOTS, SPLIT, file_stem, projection_file, snapshot_name
 from lightning_embeddings.palette import Palette, label_palette, plain

@@ -210,7 +210,8 @@ class EmbeddingRun(RunReader):
         ``html``), and the page; remove those of layers left without a map; write every projector export of the run
         again (:meth:`projector_exports`). Each said once; returns (drawn, removed, exported)."""
         from lightning_embeddings.export import export_tensorboard
-        from lightning_embeddings.plot import layer_pictures, plot_run, write_html
+        from lightning_embeddings.page import write_html
+        from lightning_embeddings.plot import layer_pictures, plot_run
 
         plots, wanted = self.path / PLOTS, self.manifest.get("pictures") or {}
         page = plots / HTML_NAME

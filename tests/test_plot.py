@@ -24,8 +24,10 @@ import pytest
 from conftest import DigitsCNN, fit_collector  # noqa: E402
 
 from lightning_embeddings import EmbeddingRun, drawn, dynamics, plot  # noqa: E402
+from lightning_embeddings import page as html_page  # noqa: E402
 from lightning_embeddings.drawn import panel_title, stratified_sample  # noqa: E402
-from lightning_embeddings.plot import plot_layer, plot_run, write_html  # noqa: E402
+from lightning_embeddings.page import write_html  # noqa: E402
+from lightning_embeddings.plot import plot_layer, plot_run  # noqa: E402
 
 N_VAL = 449  # digits validation samples
 RED = np.array([0xC0, 0x00, 0x00]) / 255  # palette.WARNING
@@ -246,7 +248,7 @@ def test_labels_with_markup_are_shown_as_written_in_the_page(fresh, capsys):
         table = pq.read_table(path)
         labels = pa.array([names[value % 4] for value in table.column("label").to_pylist()])
         pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
-    page = plot.write_html(EmbeddingRun(fresh), ["head.1"])
+    page = write_html(EmbeddingRun(fresh), ["head.1"])
     figure = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", page.read_text(),
                                   flags=re.S).group(1))
     shown = {trace["name"] for trace in figure}
@@ -486,9 +488,9 @@ def test_html_is_one_offline_page_with_plotly_inlined_once(fresh):
 
 def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(train_run, tmp_path):
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
-    go, _ = plot._plotly()
+    go, _ = html_page.require_plotly()
     samples = train_run.samples("head.1")
-    figure = plot._figure(go, drawn.load_layer(train_run, "head.1"))
+    figure = html_page._figure(go, drawn.load_layer(train_run, "head.1"))
     template = figure.frames[-1].data[0].hovertemplate
     fields = re.findall(r"(\w+) %\{customdata\[(\d+)\]\}", template)
     index = {name: int(i) for name, i in fields}
