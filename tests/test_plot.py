@@ -23,7 +23,8 @@ import pytest
 
 from conftest import DigitsCNN, fit_collector  # noqa: E402
 
-from lightning_embeddings import EmbeddingRun, drawn, dynamics, plot  # noqa: E402
+from lightning_embeddings import EmbeddingRun, drawn, dynamics, figures, plot  # noqa: E402
+from lightning_embeddings import overview as overview_picture  # noqa: E402
 from lightning_embeddings import page as html_page  # noqa: E402
 from lightning_embeddings.drawn import panel_title, stratified_sample  # noqa: E402
 from lightning_embeddings.page import write_html  # noqa: E402
@@ -203,7 +204,7 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
     header = plot._snapshots_figure(info)._suptitle.get_text()
     fix = f"lightning-embeddings reduce {fresh} --reducer parametric"
     assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
-    overview = plot._overview_figure(info)
+    overview = overview_picture.overview_figure(info)
     ax, said = overview.axes[0], overview._suptitle.get_text()
     paths_drawn = sum(c.get_gid() == "path" for c in ax.collections)  # class medians, movers, misclassified: one each
     if motion < 0.5:
@@ -288,7 +289,7 @@ def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspect
     assert [name for name, _ in marks] == [name for name, _ in expected]
     np.testing.assert_allclose([xy for _, xy in marks], [xy for _, xy in expected], rtol=1e-6)
     assert "most likely mislabelled (suspicion)" in figure.legends[-1].get_texts()[0].get_text()
-    overview = plot._overview_figure(info).axes[0]
+    overview = overview_picture.overview_figure(info).axes[0]
     assert panel_points(overview) == N_VAL
     assert [name for name, _ in suspect_marks(overview)] == [str(i) for i in top["sample_id"]]
     assert any("most likely mislabelled (suspicion)" in t.get_text() for t in overview.get_legend().get_texts())
@@ -332,7 +333,7 @@ def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     assert_readable_ids(fig, last, 10)
     assert all(ax.get_legend() is None for ax in fig.axes)  # the suspects' legend is the figure's, below the panels
     assert any("most likely mislabelled" in t.get_text() for legend in fig.legends for t in legend.get_texts())
-    overview = plot._overview_figure(info)
+    overview = overview_picture.overview_figure(info)
     assert_readable_ids(overview, overview.axes[0], 10)
     legend = overview.axes[0].get_legend().get_window_extent()
     assert shared(legend, overview.axes[0].get_window_extent()) == 0  # below the map, not over it
@@ -341,12 +342,12 @@ def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     assert_readable_ids(datamap, datamap.axes[0], 10)
 
     # ten suspects piled on one spot: their ids still apart, each joined to its diamond by a line
-    keys = plot._suspect_keys(info.suspects)
+    keys = figures.suspect_keys(info.suspects)
     piled = np.isin(info.frame["_key"].to_numpy(), keys)
     spot = info.frame.loc[piled, ["x", "y"]].mean().to_numpy()
     info.frame.loc[piled, ["x", "y"]] = (spot + np.random.default_rng(0).normal(0, 0.01, (piled.sum(), 2))).astype(
         info.frame["x"].dtype)
-    overview = plot._overview_figure(info)
+    overview = overview_picture.overview_figure(info)
     assert_readable_ids(overview, overview.axes[0], 10)
     assert all(t.arrow_patch is not None for t in overview.axes[0].texts if t.get_gid() == "suspect")
 
@@ -381,7 +382,7 @@ def test_paths_fade_in_so_the_early_jumps_stay_faint(fresh):
         facts["temporal_preservation"] = {name: 0.9 for name in facts["temporal_preservation"]}
 
     edit_manifest(fresh, faithful)
-    ax = plot._overview_figure(drawn.load_layer(EmbeddingRun(fresh), "head.1")).axes[0]
+    ax = overview_picture.overview_figure(drawn.load_layer(EmbeddingRun(fresh), "head.1")).axes[0]
     paths = [c for c in ax.collections if c.get_gid() == "path"]
     assert len(paths) >= 10
     for path in paths:
