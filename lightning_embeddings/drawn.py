@@ -23,7 +23,6 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_embeddings.dynamics import keyed
-from lightning_embeddings.export import sample_columns
 from lightning_embeddings.faithfulness import (
     FAITHFUL,
     FAITHFUL_MOTION,
@@ -35,7 +34,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PLOTS, SPLIT, file_stem, projection_file, snapshot_name
 from lightning_embeddings.palette import Palette, label_palette, plain
 from lightning_embeddings.reader import RunReader
-from lightning_embeddings.run_samples import recorded
+from lightning_embeddings.run_samples import recorded, sample_columns
 
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids

@@ -40,15 +40,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PROJECTOR_OWNER, SPLIT, atomic_write, file_stem
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.reduce import usable
 from lightning_embeddings.reader import RunReader
-from lightning_embeddings.run_samples import recorded
+from lightning_embeddings.reduce import usable
+from lightning_embeddings.run_samples import recorded, sample_columns
 from lightning_embeddings.store import read_manifest, write_manifest
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 SEQUENCE_NEXT = "__seq_next__"  # the projector joins a row to the row this column names into a polyline
 EVENT_FILE_SUFFIX = "lightning-embeddings"
-SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
 _TSV_FLOAT = "%.9g"  # 9 significant digits: every float32 reads back exactly
 
 
@@ -180,23 +179,6 @@ def projector_paths(
     metadata.insert(len(facts), "suspicion", _suspicion(frame, samples))
     metadata[SEQUENCE_NEXT] = pd.array([None if pd.isna(v) else int(v) for v in following], dtype="Int64")
     return tensor, metadata
-
-
-def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
-    """``columns`` of ``samples`` (:func:`~lightning_embeddings.run_samples.recorded`) for each row of ``frame`` (rows of projections or
-    snapshots), matched by ``split, dataloader_idx, sample_id``; NaN where a row's sample has none. Rows without a
-    ``split`` column are those of their stage's evaluated split (``test`` for ``trainer.test``, else ``val``).
-    Aligned to ``frame``'s index."""
-    split = frame[SPLIT].to_numpy(object) if SPLIT in frame else np.where(frame["stage"] == "test", "test", "val")
-    loader = frame["dataloader_idx"].to_numpy(np.int64) if "dataloader_idx" in frame else np.zeros(len(frame), np.int64)
-    rows = pd.DataFrame({SPLIT: split, "dataloader_idx": loader, "sample_id": frame["sample_id"].to_numpy(np.int64)})
-    columns = list(columns)
-    if samples is None or samples.empty or not columns:
-        return pd.DataFrame({c: np.full(len(frame), np.nan) for c in columns}, index=frame.index)
-    known = samples[[*SAMPLE_KEYS, *columns]].astype({"dataloader_idx": np.int64, "sample_id": np.int64})
-    known = known.drop_duplicates(list(SAMPLE_KEYS))
-    merged = rows.merge(known, on=list(SAMPLE_KEYS), how="left", validate="many_to_one")
-    return merged[columns].set_axis(frame.index)
 
 
 def _suspicion(frame: pd.DataFrame, samples: Optional[pd.DataFrame]) -> np.ndarray:

@@ -47,8 +47,7 @@ def last_maps(run: RunReader, rows: int = TABLE_ROWS) -> dict[str, pd.DataFrame]
     """Each reduced layer's map of the last snapshot (its training rows too, with ``record_train``), at most
     ``rows`` rows (a fixed random subset beyond), with each sample's ``suspicion`` from
     :meth:`~lightning_embeddings.EmbeddingRun.samples` (NaN where it has none: no labels, a ``test`` row)."""
-    from lightning_embeddings.export import sample_columns
-    from lightning_embeddings.run_samples import recorded
+    from lightning_embeddings.run_samples import recorded, sample_columns
 
     maps = {}
     for layer in run.layers:

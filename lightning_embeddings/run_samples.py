@@ -25,6 +25,7 @@ from lightning_embeddings.reader import RunReader, labelled, locate, row_keys
 from lightning_embeddings.store import METADATA_KEY, RunError
 
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
+SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
 
 
 def samples(run: RunReader, column: str, split: str = "val") -> pd.DataFrame:
@@ -146,3 +147,19 @@ def compute(run: RunReader, column: str, split: str) -> pd.DataFrame:
     frame[epochs] = frame[epochs].astype("Int64")
     return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
 
+
+def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of ``samples`` (:func:`recorded`) for each row of ``frame`` (rows of projections or
+    snapshots), matched by ``split, dataloader_idx, sample_id``; NaN where a row's sample has none. Rows without a
+    ``split`` column are those of their stage's evaluated split (``test`` for ``trainer.test``, else ``val``).
+    Aligned to ``frame``'s index."""
+    split = frame[SPLIT].to_numpy(object) if SPLIT in frame else np.where(frame["stage"] == "test", "test", "val")
+    loader = frame["dataloader_idx"].to_numpy(np.int64) if "dataloader_idx" in frame else np.zeros(len(frame), np.int64)
+    rows = pd.DataFrame({SPLIT: split, "dataloader_idx": loader, "sample_id": frame["sample_id"].to_numpy(np.int64)})
+    columns = list(columns)
+    if samples is None or samples.empty or not columns:
+        return pd.DataFrame({c: np.full(len(frame), np.nan) for c in columns}, index=frame.index)
+    known = samples[[*SAMPLE_KEYS, *columns]].astype({"dataloader_idx": np.int64, "sample_id": np.int64})
+    known = known.drop_duplicates(list(SAMPLE_KEYS))
+    merged = rows.merge(known, on=list(SAMPLE_KEYS), how="left", validate="many_to_one")
+    return merged[columns].set_axis(frame.index)
