@@ -24,6 +24,8 @@ import pytest
 from conftest import DigitsCNN, fit_collector  # noqa: E402
 
 from lightning_embeddings import EmbeddingRun, drawn, dynamics, figures, plot  # noqa: E402
+from lightning_embeddings import datamap as datamap_picture  # noqa: E402
+from lightning_embeddings import snapshots as snapshots_picture  # noqa: E402
 from lightning_embeddings import overview as overview_picture  # noqa: E402
 from lightning_embeddings import page as html_page  # noqa: E402
 from lightning_embeddings.drawn import panel_title, stratified_sample  # noqa: E402
@@ -201,7 +203,7 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
     plot_run(fresh, layers=["head.1"])
     assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) < 50  # no panel in red for its paths
     info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
-    header = plot._snapshots_figure(info)._suptitle.get_text()
+    header = snapshots_picture.snapshots_figure(info)._suptitle.get_text()
     fix = f"lightning-embeddings reduce {fresh} --reducer parametric"
     assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
     overview = overview_picture.overview_figure(info)
@@ -232,7 +234,7 @@ def test_labels_with_dollar_signs_are_drawn_as_the_plain_text_they_are(fresh, ca
     assert main(["plot", str(fresh)]) == 0, capsys.readouterr().err
     assert len(list((fresh / "plots").glob("*.png"))) == 4
     info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
-    legend = plot._snapshots_figure(info).legends[0]
+    legend = snapshots_picture.snapshots_figure(info).legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [n.replace("$", "\\$") for n in sorted(names)]
 
 
@@ -272,9 +274,9 @@ def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspect
     assert set(projections["split"]) == {"train", "val"}  # the run holds the training rows: 3x the points
     info = drawn.load_layer(train_run, "head.1")
     assert set(info.frame["split"]) == {"val"} and info.total == N_VAL
-    figure = plot._snapshots_figure(info)
+    figure = snapshots_picture.snapshots_figure(info)
     panels = [ax for ax in figure.axes if ax.get_visible() and ax.collections]
-    plain = [ax for ax in plot._snapshots_figure(drawn.load_layer(EmbeddingRun(digits_run), "head.1")).axes
+    plain = [ax for ax in snapshots_picture.snapshots_figure(drawn.load_layer(EmbeddingRun(digits_run), "head.1")).axes
              if ax.get_visible() and ax.collections]
     assert [panel_points(ax) for ax in panels] == [N_VAL] * 2  # the same points as a run without record_train
     assert {panel_points(ax) for ax in plain} == {N_VAL}
@@ -328,7 +330,7 @@ def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     """Issue 21: ids of suspects close together were printed over each other ("296" over "175"), the data map's
     pile of suspects was unreadable, and the suspects' legend sat inside the last panel over its points."""
     info = drawn.load_layer(train_run, "head.1")
-    fig = plot._snapshots_figure(info)
+    fig = snapshots_picture.snapshots_figure(info)
     last = [ax for ax in fig.axes if ax.get_visible() and ax.collections][-1]
     assert_readable_ids(fig, last, 10)
     assert all(ax.get_legend() is None for ax in fig.axes)  # the suspects' legend is the figure's, below the panels
@@ -337,8 +339,8 @@ def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     assert_readable_ids(overview, overview.axes[0], 10)
     legend = overview.axes[0].get_legend().get_window_extent()
     assert shared(legend, overview.axes[0].get_window_extent()) == 0  # below the map, not over it
-    split, rows = plot._datamap_samples(info)
-    datamap = plot._datamap_figure(info, split, rows)
+    split, rows = datamap_picture.datamap_rows(info)
+    datamap = datamap_picture.datamap_figure(info, split, rows)
     assert_readable_ids(datamap, datamap.axes[0], 10)
 
     # ten suspects piled on one spot: their ids still apart, each joined to its diamond by a line
@@ -362,7 +364,7 @@ def test_a_panel_squeezed_by_the_shared_axes_gets_a_zoomed_inset(fresh):
     table.loc[first, ["x", "y"]] = centre + (table.loc[first, ["x", "y"]].to_numpy() - centre) * 0.03
     table.to_parquet(file)
     info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
-    panels = [ax for ax in plot._snapshots_figure(info).axes if ax.get_visible() and ax.collections]
+    panels = [ax for ax in snapshots_picture.snapshots_figure(info).axes if ax.get_visible() and ax.collections]
     insets = [[child for child in ax.child_axes] for ax in panels]
     assert [len(found) for found in insets] == [1, 0, 0]
     inset = insets[0][0]
@@ -398,12 +400,12 @@ def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
         "head.1-snapshots.png", "head.1-overview.png"]
 
     info = drawn.load_layer(train_run, "head.1")
-    split, rows = plot._datamap_samples(info)
+    split, rows = datamap_picture.datamap_rows(info)
     train = train_run.samples("head.1", split="train")
     assert split == "train" and len(rows) == len(train) == 4 * 64  # the training split where recorded: what 4 batches of 64 draw
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib's set_bad was warned about on every CLI plot and reduce
-        ax = plot._datamap_figure(info, split, rows).axes[0]
+        ax = datamap_picture.datamap_figure(info, split, rows).axes[0]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), train[["variability", "confidence"]].to_numpy())
     np.testing.assert_allclose(ax.collections[0].get_array(), train["correct"].to_numpy())
     assert [name for name, _ in suspect_marks(ax)] == [str(i) for i in train["sample_id"].head(10)]
@@ -446,7 +448,7 @@ def test_the_snapshots_header_stays_inside_the_picture_and_off_the_legend(fresh)
     run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)  # 3-D: one more header line
     info = drawn.load_layer(run, "head.1")
     assert info.paths_note(), "this run's PCA paths are unfaithful: the header carries the long note"
-    fig = plot._snapshots_figure(info)
+    fig = snapshots_picture.snapshots_figure(info)
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     title = fig._suptitle.get_window_extent(renderer)
