@@ -221,10 +221,6 @@ class LayerView:
                 f"{FAITHFUL_MOTION}): {faithful_paths_advice(self.path)}")
 
 
-def as_run(run: Union[RunReader, PathLike]) -> RunReader:
-    return run if isinstance(run, RunReader) else RunReader(run)
-
-
 def load_layer(run: RunReader, layer: LayerSpec) -> LayerView:
     column = run.column(layer)
     frame = keyed(evaluated(run.projections(layer)))

@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PROJECTOR_OWNER, SPLIT, atomic_write, file_stem
 from lightning_embeddings.lock import RunLock, RunLockedError
-from lightning_embeddings.reader import RunReader
+from lightning_embeddings.reader import RunReader, as_reader
 from lightning_embeddings.reduce import usable
 from lightning_embeddings.run_samples import recorded, sample_columns
 from lightning_embeddings.store import read_manifest, write_manifest
@@ -96,7 +96,7 @@ def export_tensorboard(
         export_tensorboard(EmbeddingRun("lightning_logs/version_0/embeddings"), "lightning_logs/version_0")
         # then: tensorboard --logdir lightning_logs, Projector tab
     """
-    run = run if isinstance(run, RunReader) else RunReader(run)
+    run = as_reader(run)
     if isinstance(max_vectors, bool) or not isinstance(max_vectors, int) or max_vectors < 1:
         raise ValueError(f"max_vectors must be a positive int, got {max_vectors!r}.")
     columns = [run.column(layer) for layer in layers] if layers is not None else run.layers

@@ -6,7 +6,7 @@ nothing). The reducer comes down once, in :class:`MapSettings`; a new kind of ma
 Example::
 
     settings = MapSettings("pca", n_components=2, seed=0, align="joint")
-    manifest = write_maps(RunReader(path), settings, ["head.1"])  # projections/head.1.parquet, manifest.json
+    manifest, placed = write_maps(RunReader(path), settings, ["head.1"])  # [projections/head.1.parquet, ...]
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ class MapSettings:
 
 
 def write_maps(run: RunReader, settings: MapSettings, columns: Sequence[str],
-               samples: Optional[Callable[[Path], bool]] = None) -> dict[str, Any]:
+               samples: Optional[Callable[[Path], bool]] = None) -> tuple[dict[str, Any], list[Path]]:
     """Make the maps of ``columns`` and switch them in with the long table, ``samples`` (writes the samples'
-    dynamics to the path it is given; False: none) and the manifest, all or nothing; return the new manifest.
+    dynamics to the path it is given; False: none) and the manifest, all or nothing; return the new manifest and
+    the files put in place (the manifest last).
     Layers of the run not in ``columns`` keep their maps.
 
     Raises:
@@ -107,7 +108,7 @@ def write_maps(run: RunReader, settings: MapSettings, columns: Sequence[str],
                 error.add_note("the run's files are as they were (nothing of this reduce was put in place)")
             raise
         switch(run.path, made)  # the manifest last
-    return manifest
+    return manifest, [path for path, kept in made.items() if kept]
 
 
 def _layer_map(run: RunReader, settings: MapSettings, column: str, path: Path, fitted_on: Sequence[dict[str, Any]],

@@ -23,7 +23,6 @@ from lightning_embeddings.drawn import (
     MAX_POINTS,
     LayerView,
     PathLike,
-    as_run,
     kept,
     limits,
     load_layer,
@@ -45,7 +44,7 @@ from lightning_embeddings.faithfulness import (
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import HTML_NAME, atomic_write
 from lightning_embeddings.palette import UNKNOWN, WARNING, plain
-from lightning_embeddings.reader import RunReader
+from lightning_embeddings.reader import RunReader, as_reader
 
 
 def require_plotly() -> Any:
@@ -246,7 +245,7 @@ def write_html(
         # open it in a browser; no network needed
     """
     go, pio = require_plotly()
-    run = as_run(run)
+    run = as_reader(run)
     columns = with_projections(run, layers)
     if not columns:
         raise ValueError(f"No layer of {run.path} has a map to draw; reduce the run first (EmbeddingRun.reduce()).")

@@ -40,7 +40,6 @@ from lightning_embeddings.datamap import datamap_figure, datamap_rows
 from lightning_embeddings.drawn import (
     PanelTitle,
     PathLike,
-    as_run,
     load_layer,
     output_dir,
     panel_title,
@@ -55,7 +54,7 @@ from lightning_embeddings.layout import file_stem
 from lightning_embeddings.overview import draw_overview
 from lightning_embeddings.page import require_plotly, write_html
 from lightning_embeddings.palette import Palette, label_palette
-from lightning_embeddings.reader import RunReader
+from lightning_embeddings.reader import RunReader, as_reader
 from lightning_embeddings.snapshots import draw_snapshots
 
 
@@ -106,7 +105,7 @@ def plot_layer(
 
         snapshots_png, overview_png = plot_layer(EmbeddingRun(collector.dirpath), "head.1")
     """
-    run = as_run(run)
+    run = as_reader(run)
     info = load_layer(run, layer)
     directory = output_dir(run, path)
     if info.frame.empty:
@@ -156,7 +155,7 @@ def plot_run(
     """
     if html:
         require_plotly()  # fail before drawing anything
-    run = as_run(run)
+    run = as_reader(run)
     columns = with_projections(run, layers)
     written = [picture for column in columns for picture in plot_layer(run, column, path)]
     if html and columns:

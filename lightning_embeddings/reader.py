@@ -374,3 +374,8 @@ class RunReader:
         placed_rows = rows.stored[stored_status[rows.stored] == PLACED]
         stored_points = np.concatenate(points) if points else np.zeros((0, 0), dtype=np.float32)
         return out, stored_points[index[placed_rows]], stored_status[rows.stored]
+
+
+def as_reader(run: Union[RunReader, str, os.PathLike]) -> RunReader:
+    """``run`` itself (an :class:`~lightning_embeddings.EmbeddingRun` is a reader), or the reader of its directory."""
+    return run if isinstance(run, RunReader) else RunReader(run)

@@ -16,8 +16,6 @@ from lightning_embeddings import run_samples
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import (
     HTML_NAME,
-    LONG_PROJECTIONS,
-    MANIFEST,
     PLOTS,
     PROJECTOR_OWNER,
     SAMPLES,
@@ -198,11 +196,11 @@ class EmbeddingRun(RunReader):
         settings = MapSettings(reducer, n_components, seed, align, fit_samples, reducer_kwargs, progress)
         stale = run_samples.stale(self)  # a map does not change the dynamics
         with RunLock(self.path):  # the new maps and the pictures drawn from them, one writer at a time
-            self.manifest = write_maps(self, settings, columns, partial(run_samples.write, self) if stale else None)
+            self.manifest, placed = write_maps(self, settings, columns,
+                                               partial(run_samples.write, self) if stale else None)
             made = [column for column in columns if "skipped" not in self.manifest["reducer"]["layers"][column]]
-            written = [path for path in (self.path / LONG_PROJECTIONS, self.path / SAMPLES)
-                       if path.is_file() and (stale or path.name != SAMPLES)]
-            return Maps(self, made, *self._refresh_views(columns), written=[*written, self.path / MANIFEST])
+            maps = {projection_file(self.path, column) for column in made}
+            return Maps(self, made, *self._refresh_views(columns), written=[p for p in placed if p not in maps])
 
     def _refresh_views(self, columns: Sequence[str]) -> tuple[list[Path], list[Path], list[Path]]:
         """After a reduce, so that every picture and export shows the new maps: draw the pictures of ``columns``

@@ -33,7 +33,9 @@ class Fails:
 
 def test_every_snapshot_is_placed_through_the_map_of_the_last_one(tmp_path):
     run = handmade(tmp_path)
-    manifest = write_maps(run, MapSettings("pca", fit_samples=None, progress=False), ["embed"])
+    manifest, placed = write_maps(run, MapSettings("pca", fit_samples=None, progress=False), ["embed"])
+    assert [path.relative_to(tmp_path).as_posix() for path in placed] == [
+        "projections/embed.parquet", "projections.parquet", "manifest.json"]
     projections = pd.read_parquet(tmp_path / "projections" / "embed.parquet")
     assert projections.groupby("epoch").size().tolist() == [12, 12]
     last = np.array([vector(i, 1) for i in range(12)], np.float32)
@@ -57,6 +59,7 @@ def test_a_layer_that_fails_changes_no_file_and_one_too_small_is_skipped(tmp_pat
         p: b for p, b in before.items() if p.name != ".lock"}
     small = handmade(tmp_path / "small", sizes=(3, 3))
     with pytest.warns(UserWarning, match=r"layer 'embed' is not reduced: 3 samples per snapshot"):
-        manifest = write_maps(small, MapSettings("pca", progress=False), ["embed"])
+        manifest, placed = write_maps(small, MapSettings("pca", progress=False), ["embed"])
+    assert [path.name for path in placed] == ["manifest.json"]  # no map, so no long table either
     assert "skipped" in manifest["reducer"]["layers"]["embed"]
     assert not (tmp_path / "small" / "projections" / "embed.parquet").exists()
