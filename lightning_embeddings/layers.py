@@ -99,10 +99,7 @@ def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
         ValueError: the forward pass failed; the message names the innermost module that was running and the
             input's shape.
     """
-    from collections.abc import Mapping
-
     import torch
-
 
     modules = list(model.named_modules())
     rows = [
@@ -144,20 +141,9 @@ def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
             handles.append(module.register_forward_hook(leave(index)))
         model.eval()
         with torch.no_grad():
-            if isinstance(example_input, Mapping):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            _call(model, example_input)
     except Exception as error:
-        shapes = (
-            {k: tuple(v.shape) for k, v in example_input.items() if isinstance(v, torch.Tensor)}
-            if isinstance(example_input, Mapping)
-            else [tuple(v.shape) for v in example_input if isinstance(v, torch.Tensor)]
-            if isinstance(example_input, (tuple, list))
-            else tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
-        )
+        shapes = _shapes(example_input)
         where = (
             f" in module {rows[running[-1]]['name']!r} (index {running[-1]}, {rows[running[-1]]['type']})"
             if running else ""
@@ -173,6 +159,27 @@ def module_table(model: nn.Module, example_input: object = None) -> list[dict]:
         for (_, module), mode in zip(modules, training):
             module.training = mode
     return rows
+
+
+def _call(model: nn.Module, example_input: object) -> None:
+    """``model`` called on ``example_input``: a dict as keyword arguments, a tuple or list as positional ones."""
+    if isinstance(example_input, Mapping):
+        model(**example_input)
+    elif isinstance(example_input, (tuple, list)):
+        model(*example_input)
+    else:
+        model(example_input)
+
+
+def _shapes(example_input: object) -> object:
+    """The shapes of the tensors in ``example_input``, laid out as it is, for an error message."""
+    import torch
+
+    if isinstance(example_input, Mapping):
+        return {k: tuple(v.shape) for k, v in example_input.items() if isinstance(v, torch.Tensor)}
+    if isinstance(example_input, (tuple, list)):
+        return [tuple(v.shape) for v in example_input if isinstance(v, torch.Tensor)]
+    return tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
 
 
 def per_layer(argument: str, value: Any, layers: list[LayerSpec], default: Any) -> dict[LayerSpec, Any]:

@@ -7,7 +7,7 @@ faithful), and beside it each class's median distance to its final position over
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -81,75 +81,100 @@ def draw_overview(info: LayerView, target: Path) -> Path:
 
 
 def overview_figure(info: LayerView) -> Any:
-    from matplotlib import patheffects
-    from matplotlib.lines import Line2D
-
     Figure = figure_class()
     fig = Figure(figsize=(14.5, 6.8), layout="constrained")
     grid = fig.add_gridspec(1, 2, width_ratios=[1.55, 1.0])
     ax, curve_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     rows = fit_rows(info.frame)
     steps = fit_steps(rows)
-    last_epoch, last_step = steps[-1]
-    last = rows[rows["step"] == last_step]
+    last = rows[rows["step"] == steps[-1][1]]
     drawn = kept(info, last)
     scatter(ax, info, drawn, alpha=0.45 if len(drawn) < 2000 else 0.5, scale=2.0)
-    handles: list[Any] = []
-
     wrong = misclassified(info.frame)
-    has_predictions = {"label", "prediction"} <= set(info.frame.columns)
-    if len(wrong):
-        marked = kept(info, wrong)
-        ax.scatter(marked["x"].to_numpy(float), marked["y"].to_numpy(float), marker="x", c="black",
-                   s=max(10.0, point_size(len(drawn)) * 3), linewidths=1.0, zorder=4)
-        handles.append(Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})"))
-
-    many = len(steps) >= 2
-    if many and info.paths_faithful():
-        medians = class_medians(info.frame) if info.palette.kind == "categorical" else class_medians(info.frame.iloc[:0])
-        for label, path in medians.groupby("label", sort=True):
-            xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
-            color = info.palette.color(label)
-            _draw_path(ax, xy, color, 2.4, zorder=6)
-            ax.annotate(label_text(label), xy=tuple(xy[-1]), xytext=(5, 5), textcoords="offset points", color=color,
-                        fontsize=10, fontweight="bold", zorder=7,
-                        path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
-        if len(medians):
-            handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
-                                  label="class median path (faint early, bold late; arrow: the last step)"))
-        top = movers(info.frame, N_MOVERS)  # of the fit snapshots: the "val" split
-        top_keys = sample_keys(top["sample_id"].to_numpy(np.int64), top["dataloader_idx"].to_numpy(np.int64))
-        for xy in _sample_paths(rows, top_keys):
-            _draw_path(ax, xy, "black", 0.8, outline=False, zorder=5, alpha=0.7)
-        if len(top):
-            handles.append(Line2D([], [], color="black", linewidth=0.9, marker="o", markersize=2.4,
-                                  label=f"the {len(top)} samples that moved most"))
-        if len(wrong):
-            wrong_keys = np.setdiff1d(wrong["_key"].to_numpy(np.int64), top_keys)
-            if len(wrong_keys) > N_MISCLASSIFIED_PATHS:
-                wrong_keys = np.sort(np.random.default_rng(SEED).choice(wrong_keys, N_MISCLASSIFIED_PATHS, replace=False))
-            for xy in _sample_paths(rows, wrong_keys):
-                _draw_path(ax, xy, "#555555", 0.8, style="--", outline=False, zorder=5, alpha=0.75)
-            if len(wrong_keys):
-                said = (f"paths of {len(wrong_keys)} of the {len(wrong):,} misclassified samples (random)"
-                        if len(wrong) > len(wrong_keys) + len(top) else "paths of the misclassified samples")
-                handles.append(Line2D([], [], color="#555555", linewidth=0.8, linestyle="--", label=said))
-
+    handles = _mark_misclassified(ax, info, wrong, len(drawn))
+    if len(steps) >= 2 and info.paths_faithful():
+        handles += _draw_paths(ax, info, rows, wrong)
     marked = mark_suspects(ax, last, info.suspects, max(36.0, point_size(len(drawn)) * 8), several_loaders(info))
     if marked is not None:
         handles.append(marked.handle)
-
     xlim, ylim = limits(rows)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
+    lines, warning = _title_lines(info, steps, last, len(drawn), len(wrong))
+    ax.set_title("\n".join(lines), fontsize=10, color=WARNING if warning else "black")
+    if handles:  # below the map: inside it would cover points
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncols=2, fontsize=8,
+                  frameon=False)
+    _draw_distance_curve(curve_ax, info, steps)
+    how = " and how they got there" if len(steps) >= 2 and info.paths_faithful() else ""
+    fig.suptitle(f"{info.column}: {reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
+    if info.palette.kind == "continuous":
+        label_legend(fig, info, [ax, curve_ax])
+    write_ids(fig, marked)
+    return fig
+
+
+def _mark_misclassified(ax: "Axes", info: LayerView, wrong: pd.DataFrame, drawn: int) -> list[Any]:
+    """An x on each misclassified sample the map shows; its legend entry, if any."""
+    from matplotlib.lines import Line2D
+
+    if not len(wrong):
+        return []
+    marked = kept(info, wrong)
+    ax.scatter(marked["x"].to_numpy(float), marked["y"].to_numpy(float), marker="x", c="black",
+               s=max(10.0, point_size(drawn) * 3), linewidths=1.0, zorder=4)
+    return [Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})")]
+
+
+def _draw_paths(ax: "Axes", info: LayerView, rows: pd.DataFrame, wrong: pd.DataFrame) -> list[Any]:
+    """Each class median's path with its label, the paths of the samples that moved most and of (at most
+    ``N_MISCLASSIFIED_PATHS``) misclassified ones; their legend entries."""
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+
+    handles: list[Any] = []
+    medians = class_medians(info.frame) if info.palette.kind == "categorical" else class_medians(info.frame.iloc[:0])
+    for label, path in medians.groupby("label", sort=True):
+        xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
+        color = info.palette.color(label)
+        _draw_path(ax, xy, color, 2.4, zorder=6)
+        ax.annotate(label_text(label), xy=tuple(xy[-1]), xytext=(5, 5), textcoords="offset points", color=color,
+                    fontsize=10, fontweight="bold", zorder=7,
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
+    if len(medians):
+        handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
+                              label="class median path (faint early, bold late; arrow: the last step)"))
+    top = movers(info.frame, N_MOVERS)  # of the fit snapshots: the "val" split
+    top_keys = sample_keys(top["sample_id"].to_numpy(np.int64), top["dataloader_idx"].to_numpy(np.int64))
+    for xy in _sample_paths(rows, top_keys):
+        _draw_path(ax, xy, "black", 0.8, outline=False, zorder=5, alpha=0.7)
+    if len(top):
+        handles.append(Line2D([], [], color="black", linewidth=0.9, marker="o", markersize=2.4,
+                              label=f"the {len(top)} samples that moved most"))
+    wrong_keys = np.setdiff1d(wrong["_key"].to_numpy(np.int64), top_keys) if len(wrong) else np.array([], np.int64)
+    if len(wrong_keys) > N_MISCLASSIFIED_PATHS:
+        wrong_keys = np.sort(np.random.default_rng(SEED).choice(wrong_keys, N_MISCLASSIFIED_PATHS, replace=False))
+    for xy in _sample_paths(rows, wrong_keys):
+        _draw_path(ax, xy, "#555555", 0.8, style="--", outline=False, zorder=5, alpha=0.75)
+    if len(wrong_keys):
+        said = (f"paths of {len(wrong_keys)} of the {len(wrong):,} misclassified samples (random)"
+                if len(wrong) > len(wrong_keys) + len(top) else "paths of the misclassified samples")
+        handles.append(Line2D([], [], color="#555555", linewidth=0.8, linestyle="--", label=said))
+    return handles
+
+
+def _title_lines(info: LayerView, steps: list[tuple[int, int]], last: pd.DataFrame, drawn: int,
+                 wrong: int) -> tuple[list[str], Optional[str]]:
+    """The map's title: the last fit snapshot's panel title, then what is and is not marked; and its warning."""
+    last_epoch, last_step = steps[-1]
     fitted = any(s["name"] == info.fitted_on and s["step"] == last_step and s["stage"] == "fit" for s in info.snapshots)
     snapshot = {"stage": "fit", "epoch": last_epoch, "step": last_step}
     name = snapshot_name("fit", last_epoch, last_step)
-    title = panel_title(snapshot, info.trust.get(name), motion=info.motion.get(name), shown=len(drawn),
+    title = panel_title(snapshot, info.trust.get(name), motion=info.motion.get(name), shown=drawn,
                         total=len(last), fitted=fitted, align=info.align or "last")
     lines = [f"last fit snapshot: {title.text.replace(chr(10), ', ')}"]
-    if has_predictions:
-        lines.append(f"{len(wrong):,} of {len(last):,} misclassified (x)")
+    if {"label", "prediction"} <= set(info.frame.columns):
+        lines.append(f"{wrong:,} of {len(last):,} misclassified (x)")
     elif "label" in info.frame:
         lines.append("predictions not recorded: no misclassified marks")
     else:
@@ -158,23 +183,12 @@ def overview_figure(info: LayerView) -> Any:
         lines.append(f"{len(info.palette.classes)} classes: class paths drawn for at most {MAX_CLASSES}")
     if info.three_d:
         lines.append(wrapped(three_d_note(info), 110))
-    if many and not info.paths_faithful():
+    if len(steps) >= 2 and not info.paths_faithful():
         lines.append(wrapped(f"no paths drawn: this map's paths are not the motion in the vectors; "
                               f"{info.paths_note()}", 110))
     if title.warning:
         lines.append(title.warning)
-    ax.set_title("\n".join(lines), fontsize=10, color=WARNING if title.warning else "black")
-    if handles:  # below the map: inside it would cover points
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncols=2, fontsize=8,
-                  frameon=False)
-
-    _draw_distance_curve(curve_ax, info, steps)
-    how = " and how they got there" if many and info.paths_faithful() else ""
-    fig.suptitle(f"{info.column}: {reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
-    if info.palette.kind == "continuous":
-        label_legend(fig, info, [ax, curve_ax])
-    write_ids(fig, marked)
-    return fig
+    return lines, title.warning
 
 
 def _draw_distance_curve(ax: "Axes", info: LayerView, steps: list[tuple[int, int]]) -> None:

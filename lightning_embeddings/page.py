@@ -48,6 +48,7 @@ from lightning_embeddings.reader import RunReader, as_reader
 
 
 def require_plotly() -> Any:
+    """plotly's ``graph_objects`` and ``io``, or an ImportError that says which extra to install."""
     try:
         import plotly.graph_objects as go
         import plotly.io as pio
@@ -137,7 +138,17 @@ def _frame_traces(go: Any, info: LayerView, rows: pd.DataFrame, fields: list[str
     )]
 
 
-def _figure(go: Any, info: LayerView) -> Any:
+def layer_figure(info: LayerView) -> Any:
+    """One layer's plotly figure: a frame per snapshot, a slider and a play button over them.
+
+    Example::
+
+        from lightning_embeddings.drawn import load_layer
+        from lightning_embeddings.page import layer_figure
+
+        layer_figure(load_layer(run, "head.1")).show()
+    """
+    go, _ = require_plotly()
     fields, template = _hover(info)
     xlim, ylim = limits(info.frame)
     frames, steps, titles = [], [], []
@@ -271,7 +282,7 @@ def write_html(
                          f"{MOTION_WRONG[0].upper() + MOTION_WRONG[1:]}.</span>")
         if info.hover:
             notes.append(f"Hover shows each sample's {', '.join(info.hover)} (EmbeddingRun.samples()).")
-        figure = _figure(go, info)
+        figure = layer_figure(info)
         div = pio.to_html(figure, include_plotlyjs=(i == 0), full_html=False, auto_play=False,
                           div_id=f"lightning-embeddings-{i}", config={"responsive": True, "displaylogo": False})
         sections.append(f"<section>\n<h2>{html_escape.escape(column)}</h2>\n<p class=\"note\">{' '.join(notes)}</p>\n"

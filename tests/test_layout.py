@@ -108,7 +108,7 @@ def code_lines(path: Path) -> dict[str, int]:
 
 
 # issue 24 cuts these; the list may only shrink
-LONG_FUNCTIONS = {"cli.build_parser", "cli._info", "layers.module_table", "overview.overview_figure"}
+LONG_FUNCTIONS = {"cli.build_parser", "cli._info"}
 
 
 def test_no_function_over_sixty_lines_of_code():

@@ -491,9 +491,8 @@ def test_html_is_one_offline_page_with_plotly_inlined_once(fresh):
 
 def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(train_run, tmp_path):
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
-    go, _ = html_page.require_plotly()
     samples = train_run.samples("head.1")
-    figure = html_page._figure(go, drawn.load_layer(train_run, "head.1"))
+    figure = html_page.layer_figure(drawn.load_layer(train_run, "head.1"))
     template = figure.frames[-1].data[0].hovertemplate
     fields = re.findall(r"(\w+) %\{customdata\[(\d+)\]\}", template)
     index = {name: int(i) for name, i in fields}
