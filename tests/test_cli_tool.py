@@ -15,7 +15,8 @@ import pytest
 
 from conftest import EXAMPLES, fit_collector
 from lightning_embeddings import EmbeddingRun
-from lightning_embeddings.cli import main, parse_value
+from lightning_embeddings.cli import main
+from lightning_embeddings.cli_parser import parse_value
 
 N_VAL = 449
 COMMANDS = ("layers", "info", "reduce", "samples", "plot", "export")
