@@ -1,11 +1,12 @@
 """What a layer's pictures are drawn from, read and chosen once for the PNGs and the page alike: its keyed
 projections of the evaluated split, its snapshots in panel order, each snapshot's faithfulness, the samples' dynamics
 and the top suspects, the palette, which points fit on a picture (:func:`stratified_sample`) and the words of a
-panel's title (:func:`panel_title`). Nothing here draws.
+panel's title (:func:`panel_title`). Nothing here draws, and nothing here computes the samples' dynamics: the
+caller hands them over (:func:`~lightning_embeddings.run_samples.recorded`).
 
 Example::
 
-    view = load_layer(RunReader(path), "head.1")
+    view = load_layer(RunReader(path), "head.1", recorded(RunReader(path), "head.1"))
     view.snapshots[-1]["name"], len(view.suspects), view.palette.kind  # ('epoch_0004-step_0000110', 10, 'categorical')
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_embeddings.dynamics import keyed
+from lightning_embeddings.paths import keyed
 from lightning_embeddings.faithfulness import (
     FAITHFUL,
     FAITHFUL_MOTION,
@@ -34,7 +35,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PLOTS, SPLIT, file_stem, projection_file, snapshot_name
 from lightning_embeddings.palette import Palette, label_palette, plain
 from lightning_embeddings.reader import RunReader
-from lightning_embeddings.run_samples import recorded, sample_columns
+from lightning_embeddings.run_samples import sample_columns
 
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
@@ -221,7 +222,15 @@ class LayerView:
                 f"{FAITHFUL_MOTION}): {faithful_paths_advice(self.path)}")
 
 
-def load_layer(run: RunReader, layer: LayerSpec) -> LayerView:
+def load_layer(run: RunReader, layer: LayerSpec, samples: pd.DataFrame) -> LayerView:
+    """A layer's :class:`LayerView`, read from ``run`` (its projections and the manifest's facts) with ``samples``,
+    the layer's :func:`~lightning_embeddings.run_samples.recorded` frame, handed over: the evaluated split's top
+    suspects are marked and its dynamics shown on hover.
+
+    Example::
+
+        view = load_layer(run, "head.1", recorded(run, "head.1"))
+    """
     column = run.column(layer)
     frame = keyed(evaluated(run.projections(layer)))
     record = run.manifest.get("reducer") or {}
@@ -243,7 +252,6 @@ def load_layer(run: RunReader, layer: LayerSpec) -> LayerView:
     name = record.get("name") or (facts.get("class") or "reducer").rsplit(".", 1)[-1]
     labels = frame.get("label")
     keep, total = stratified_sample(frame, limit=MAX_POINTS)
-    samples = recorded(run, column)
     drawn = samples[(samples[SPLIT] == "val").to_numpy()]
     suspects = drawn[drawn["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in drawn else drawn
     hover = [c for c in HOVER_DYNAMICS if c in drawn and drawn[c].notna().any()]

@@ -22,7 +22,7 @@ from lightning_embeddings.drawn import (
     reducer_words,
     three_d_note,
 )
-from lightning_embeddings.dynamics import N_MOVERS, class_medians, distance_to_final, fit_rows, misclassified, movers
+from lightning_embeddings.paths import MapPaths, fit_rows
 from lightning_embeddings.figures import (
     figure_class,
     label_legend,
@@ -76,11 +76,18 @@ def _sample_paths(rows: pd.DataFrame, keys: np.ndarray) -> list[np.ndarray]:
     return [group[["x", "y"]].to_numpy(float) for _, group in picked.groupby("_key", sort=False)]
 
 
-def draw_overview(info: LayerView, target: Path) -> Path:
-    return save(overview_figure(info), target)
+def draw_overview(info: LayerView, paths: MapPaths, target: Path) -> Path:
+    return save(overview_figure(info, paths), target)
 
 
-def overview_figure(info: LayerView) -> Any:
+def overview_figure(info: LayerView, paths: MapPaths) -> Any:
+    """The overview of ``info``'s layer, drawing ``paths`` (:func:`~lightning_embeddings.paths.map_paths` of
+    ``info.frame``, per class where the palette is categorical).
+
+    Example::
+
+        overview_figure(info, map_paths(info.frame, info.palette.kind == "categorical")).savefig("overview.png")
+    """
     Figure = figure_class()
     fig = Figure(figsize=(14.5, 6.8), layout="constrained")
     grid = fig.add_gridspec(1, 2, width_ratios=[1.55, 1.0])
@@ -90,10 +97,10 @@ def overview_figure(info: LayerView) -> Any:
     last = rows[rows["step"] == steps[-1][1]]
     drawn = kept(info, last)
     scatter(ax, info, drawn, alpha=0.45 if len(drawn) < 2000 else 0.5, scale=2.0)
-    wrong = misclassified(info.frame)
+    wrong = paths.misclassified
     handles = _mark_misclassified(ax, info, wrong, len(drawn))
     if len(steps) >= 2 and info.paths_faithful():
-        handles += _draw_paths(ax, info, rows, wrong)
+        handles += _draw_paths(ax, info, rows, paths)
     marked = mark_suspects(ax, last, info.suspects, max(36.0, point_size(len(drawn)) * 8), several_loaders(info))
     if marked is not None:
         handles.append(marked.handle)
@@ -105,7 +112,7 @@ def overview_figure(info: LayerView) -> Any:
     if handles:  # below the map: inside it would cover points
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncols=2, fontsize=8,
                   frameon=False)
-    _draw_distance_curve(curve_ax, info, steps)
+    _draw_distance_curve(curve_ax, info, steps, paths.distance_to_final)
     how = " and how they got there" if len(steps) >= 2 and info.paths_faithful() else ""
     fig.suptitle(f"{info.column}: {reducer_words(info)}, {info.total:,} samples: where they end{how}", fontsize=12)
     if info.palette.kind == "continuous":
@@ -126,14 +133,14 @@ def _mark_misclassified(ax: "Axes", info: LayerView, wrong: pd.DataFrame, drawn:
     return [Line2D([], [], marker="x", color="black", linestyle="", label=f"misclassified ({len(wrong):,})")]
 
 
-def _draw_paths(ax: "Axes", info: LayerView, rows: pd.DataFrame, wrong: pd.DataFrame) -> list[Any]:
+def _draw_paths(ax: "Axes", info: LayerView, rows: pd.DataFrame, paths: MapPaths) -> list[Any]:
     """Each class median's path with its label, the paths of the samples that moved most and of (at most
     ``N_MISCLASSIFIED_PATHS``) misclassified ones; their legend entries."""
     from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
     handles: list[Any] = []
-    medians = class_medians(info.frame) if info.palette.kind == "categorical" else class_medians(info.frame.iloc[:0])
+    medians, top, wrong = paths.class_medians, paths.movers, paths.misclassified
     for label, path in medians.groupby("label", sort=True):
         xy = path.sort_values("step")[["x", "y"]].to_numpy(float)
         color = info.palette.color(label)
@@ -144,7 +151,6 @@ def _draw_paths(ax: "Axes", info: LayerView, rows: pd.DataFrame, wrong: pd.DataF
     if len(medians):
         handles.append(Line2D([], [], color="dimgray", linewidth=2.4, marker="o", markersize=4,
                               label="class median path (faint early, bold late; arrow: the last step)"))
-    top = movers(info.frame, N_MOVERS)  # of the fit snapshots: the "val" split
     top_keys = sample_keys(top["sample_id"].to_numpy(np.int64), top["dataloader_idx"].to_numpy(np.int64))
     for xy in _sample_paths(rows, top_keys):
         _draw_path(ax, xy, "black", 0.8, outline=False, zorder=5, alpha=0.7)
@@ -191,14 +197,13 @@ def _title_lines(info: LayerView, steps: list[tuple[int, int]], last: pd.DataFra
     return lines, title.warning
 
 
-def _draw_distance_curve(ax: "Axes", info: LayerView, steps: list[tuple[int, int]]) -> None:
+def _draw_distance_curve(ax: "Axes", info: LayerView, steps: list[tuple[int, int]], curve: pd.DataFrame) -> None:
     whose = "each class's samples" if info.palette.kind == "categorical" else "the samples"
     ax.set_title(f"median distance of {whose} to their final position", fontsize=10)
     if len(steps) < 2:
         ax.text(0.5, 0.5, "one fit snapshot: no movement to show", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    curve = distance_to_final(info.frame)
     per_class = curve[curve["label"].notna()] if info.palette.kind == "categorical" else curve.iloc[:0]
     for label, part in per_class.groupby("label", sort=True):
         ax.plot(part["step"], part["distance"], color=info.palette.color(label), linewidth=1.6, marker="o",

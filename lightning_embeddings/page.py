@@ -45,6 +45,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import HTML_NAME, atomic_write
 from lightning_embeddings.palette import UNKNOWN, WARNING, plain
 from lightning_embeddings.reader import RunReader, as_reader
+from lightning_embeddings.run_samples import recorded
 
 
 def require_plotly() -> Any:
@@ -145,8 +146,9 @@ def layer_figure(info: LayerView) -> Any:
 
         from lightning_embeddings.drawn import load_layer
         from lightning_embeddings.page import layer_figure
+        from lightning_embeddings.run_samples import recorded
 
-        layer_figure(load_layer(run, "head.1")).show()
+        layer_figure(load_layer(run, "head.1", recorded(run, "head.1"))).show()
     """
     go, _ = require_plotly()
     fields, template = _hover(info)
@@ -262,7 +264,7 @@ def write_html(
         raise ValueError(f"No layer of {run.path} has a map to draw; reduce the run first (EmbeddingRun.reduce()).")
     sections = []
     for i, column in enumerate(columns):
-        info = load_layer(run, column)
+        info = load_layer(run, column, recorded(run, column))
         notes = [f"{reducer_words(info)}; {len(info.snapshots)} snapshots, {info.total:,} samples."]
         if info.keep is not None:
             notes.append(

@@ -26,9 +26,11 @@ training rows of ``record_train`` are drawn in the data map only.
 slider and a play button over the snapshots, points moving by sample identity, numeric hover with each sample's
 training dynamics (suspicion, k-NN agreement, ...).
 
-The colours of both come from :func:`label_palette`. This module only draws: what the paths say (misclassified
-samples, movers, class medians, distance to the final position) comes from :mod:`lightning_embeddings.dynamics`;
-:func:`stratified_sample` and :func:`panel_title` choose what fits on a picture.
+The colours of both come from :func:`label_palette`. :func:`plot_layer` is the caller: it reads what is drawn
+(:func:`~lightning_embeddings.drawn.load_layer`), with the samples' dynamics
+(:func:`~lightning_embeddings.run_samples.recorded`, computed where ``samples.parquet`` cannot be read) and what the
+paths say (:func:`~lightning_embeddings.paths.map_paths`: misclassified samples, movers, class medians, distance to
+the final position), and hands them to the pictures, which only draw.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from lightning_embeddings.drawn import (
     stratified_sample,
     with_projections,
 )
-from lightning_embeddings.dynamics import class_medians, distance_to_final, fit_rows, misclassified, movers
+from lightning_embeddings.paths import class_medians, distance_to_final, fit_rows, map_paths, misclassified, movers
 from lightning_embeddings.figures import save
 from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import file_stem
@@ -55,6 +57,7 @@ from lightning_embeddings.overview import draw_overview
 from lightning_embeddings.page import require_plotly, write_html
 from lightning_embeddings.palette import Palette, label_palette
 from lightning_embeddings.reader import RunReader, as_reader
+from lightning_embeddings.run_samples import recorded
 from lightning_embeddings.snapshots import draw_snapshots
 
 
@@ -106,12 +109,13 @@ def plot_layer(
         snapshots_png, overview_png = plot_layer(EmbeddingRun(collector.dirpath), "head.1")
     """
     run = as_reader(run)
-    info = load_layer(run, layer)
+    info = load_layer(run, layer, recorded(run, run.column(layer)))
     directory = output_dir(run, path)
     if info.frame.empty:
         raise ValueError(f"Layer {info.column!r} of {run.path} has an empty map: nothing to draw.")
     snapshots_png, overview_png, datamap_png = layer_pictures(directory, info.column)
-    written = [draw_snapshots(info, snapshots_png), draw_overview(info, overview_png)]
+    paths = map_paths(info.frame, per_class=info.palette.kind == "categorical")
+    written = [draw_snapshots(info, snapshots_png), draw_overview(info, paths, overview_png)]
     datamap = datamap_rows(info)
     if datamap is not None:
         written.append(save(datamap_figure(info, *datamap), datamap_png))

@@ -10,17 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_embeddings.dynamics import (
-    SnapshotView,
-    class_medians,
-    distance_to_final,
-    knn_accuracy,
-    knn_agreement,
-    misclassified,
-    movers,
-    neighbours,
-    sample_dynamics,
-)
+from lightning_embeddings.dynamics import SnapshotView, knn_accuracy, knn_agreement, neighbours, sample_dynamics
+from lightning_embeddings.paths import class_medians, distance_to_final, misclassified, movers
 
 
 def hand_made() -> pd.DataFrame:

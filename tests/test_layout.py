@@ -127,3 +127,18 @@ def test_file_names_on_disk_are_said_only_by_layout():
         literals = {node.value for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.Constant) and isinstance(node.value, str)}
         assert not literals & names, f"{path.name} spells {literals & names} instead of importing it from layout"
+
+
+PICTURES = {"drawn", "palette", "figures", "snapshots", "overview", "datamap"}  # read what is drawn, or draw it
+MAY_USE = {"paths": {"keyed", "fit_rows", "MapPaths"}, "run_samples": {"sample_columns"}}  # keys, rows, joins
+
+
+def test_pictures_compute_no_analysis_and_fit_no_map():
+    """DESIGN.md: drawing never computes analysis; what the pictures show is computed by their caller (plot_layer,
+    write_html) and handed over."""
+    for picture in PICTURES:
+        for module, names in imports(PACKAGE / f"{picture}.py"):
+            name = module.removeprefix("lightning_embeddings.")
+            assert name not in {"dynamics", "reduce", "maps", "parametric", "run"}, (picture, module)
+            if name in MAY_USE:
+                assert set(names) <= MAY_USE[name], f"{picture}.py imports {set(names) - MAY_USE[name]} from {name}"

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import DigitsCNN, fit_collector  # noqa: E402
 
-from lightning_embeddings import EmbeddingRun, drawn, dynamics, figures, plot  # noqa: E402
+from lightning_embeddings import EmbeddingRun, drawn, figures, plot  # noqa: E402
+from lightning_embeddings import paths as map_paths  # noqa: E402
 from lightning_embeddings import datamap as datamap_picture  # noqa: E402
 from lightning_embeddings import snapshots as snapshots_picture  # noqa: E402
 from lightning_embeddings import overview as overview_picture  # noqa: E402
@@ -31,6 +32,7 @@ from lightning_embeddings import page as html_page  # noqa: E402
 from lightning_embeddings.drawn import panel_title, stratified_sample  # noqa: E402
 from lightning_embeddings.page import write_html  # noqa: E402
 from lightning_embeddings.plot import plot_layer, plot_run  # noqa: E402
+from lightning_embeddings.run_samples import recorded  # noqa: E402
 
 N_VAL = 449  # digits validation samples
 RED = np.array([0xC0, 0x00, 0x00]) / 255  # palette.WARNING
@@ -66,6 +68,16 @@ def fresh(digits_run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "embeddings"
     shutil.copytree(digits_run, target, ignore=shutil.ignore_patterns("plots"))
     return target
+
+
+def view(run: EmbeddingRun, layer: str = "head.1") -> drawn.LayerView:
+    """What the pictures draw of ``layer``, with its samples handed over as plot_layer does."""
+    return drawn.load_layer(run, layer, recorded(run, layer))
+
+
+def overview_of(info: drawn.LayerView):
+    """The overview figure of ``info`` with the paths plot_layer hands it."""
+    return overview_picture.overview_figure(info, map_paths.map_paths(info.frame, info.palette.kind == "categorical"))
 
 
 def edit_manifest(path: Path, edit) -> None:
@@ -173,7 +185,7 @@ def test_plot_run_writes_two_readable_pngs_per_layer(fresh):
     snapshots = read_png(fresh / "plots" / "head.1-snapshots.png")
     assert snapshots.shape[1] > 2 * snapshots.shape[0]
     assert near(snapshots, RED) < 50
-    assert not dynamics.misclassified(run.projections("head.1")).empty  # the overview has marks to draw
+    assert not map_paths.misclassified(run.projections("head.1")).empty  # the overview has marks to draw
 
 
 def test_unfaithful_panels_are_framed_in_red_and_trustworthiness_may_be_absent(fresh):
@@ -202,11 +214,11 @@ def test_unfaithful_paths_are_said_once_with_the_fix_and_not_drawn_as_motion(fre
     edit_manifest(fresh, paths)
     plot_run(fresh, layers=["head.1"])
     assert near(read_png(fresh / "plots" / "head.1-snapshots.png"), RED) < 50  # no panel in red for its paths
-    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
+    info = view(EmbeddingRun(fresh))
     header = snapshots_picture.snapshots_figure(info)._suptitle.get_text()
     fix = f"lightning-embeddings reduce {fresh} --reducer parametric"
     assert ("paths not faithful into 2 of 2 snapshots" in header and fix in header.replace("\n", " ")) == (motion < 0.5)
-    overview = overview_picture.overview_figure(info)
+    overview = overview_of(info)
     ax, said = overview.axes[0], overview._suptitle.get_text()
     paths_drawn = sum(c.get_gid() == "path" for c in ax.collections)  # class medians, movers, misclassified: one each
     if motion < 0.5:
@@ -233,7 +245,7 @@ def test_labels_with_dollar_signs_are_drawn_as_the_plain_text_they_are(fresh, ca
         pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
     assert main(["plot", str(fresh)]) == 0, capsys.readouterr().err
     assert len(list((fresh / "plots").glob("*.png"))) == 4
-    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
+    info = view(EmbeddingRun(fresh))
     legend = snapshots_picture.snapshots_figure(info).legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [n.replace("$", "\\$") for n in sorted(names)]
 
@@ -272,11 +284,11 @@ def suspect_marks(ax) -> list[tuple[str, tuple[float, float]]]:
 def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspects(train_run, digits_run):
     projections = train_run.projections("head.1")
     assert set(projections["split"]) == {"train", "val"}  # the run holds the training rows: 3x the points
-    info = drawn.load_layer(train_run, "head.1")
+    info = view(train_run)
     assert set(info.frame["split"]) == {"val"} and info.total == N_VAL
     figure = snapshots_picture.snapshots_figure(info)
     panels = [ax for ax in figure.axes if ax.get_visible() and ax.collections]
-    plain = [ax for ax in snapshots_picture.snapshots_figure(drawn.load_layer(EmbeddingRun(digits_run), "head.1")).axes
+    plain = [ax for ax in snapshots_picture.snapshots_figure(view(EmbeddingRun(digits_run))).axes
              if ax.get_visible() and ax.collections]
     assert [panel_points(ax) for ax in panels] == [N_VAL] * 2  # the same points as a run without record_train
     assert {panel_points(ax) for ax in plain} == {N_VAL}
@@ -291,7 +303,7 @@ def test_record_train_pictures_draw_the_evaluated_split_and_mark_the_top_suspect
     assert [name for name, _ in marks] == [name for name, _ in expected]
     np.testing.assert_allclose([xy for _, xy in marks], [xy for _, xy in expected], rtol=1e-6)
     assert "most likely mislabelled (suspicion)" in figure.legends[-1].get_texts()[0].get_text()
-    overview = overview_picture.overview_figure(info).axes[0]
+    overview = overview_of(info).axes[0]
     assert panel_points(overview) == N_VAL
     assert [name for name, _ in suspect_marks(overview)] == [str(i) for i in top["sample_id"]]
     assert any("most likely mislabelled (suspicion)" in t.get_text() for t in overview.get_legend().get_texts())
@@ -329,13 +341,13 @@ def assert_readable_ids(fig, ax, n: int) -> None:
 def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     """Issue 21: ids of suspects close together were printed over each other ("296" over "175"), the data map's
     pile of suspects was unreadable, and the suspects' legend sat inside the last panel over its points."""
-    info = drawn.load_layer(train_run, "head.1")
+    info = view(train_run)
     fig = snapshots_picture.snapshots_figure(info)
     last = [ax for ax in fig.axes if ax.get_visible() and ax.collections][-1]
     assert_readable_ids(fig, last, 10)
     assert all(ax.get_legend() is None for ax in fig.axes)  # the suspects' legend is the figure's, below the panels
     assert any("most likely mislabelled" in t.get_text() for legend in fig.legends for t in legend.get_texts())
-    overview = overview_picture.overview_figure(info)
+    overview = overview_of(info)
     assert_readable_ids(overview, overview.axes[0], 10)
     legend = overview.axes[0].get_legend().get_window_extent()
     assert shared(legend, overview.axes[0].get_window_extent()) == 0  # below the map, not over it
@@ -349,7 +361,7 @@ def test_suspects_ids_never_overlap_and_their_legend_covers_no_panel(train_run):
     spot = info.frame.loc[piled, ["x", "y"]].mean().to_numpy()
     info.frame.loc[piled, ["x", "y"]] = (spot + np.random.default_rng(0).normal(0, 0.01, (piled.sum(), 2))).astype(
         info.frame["x"].dtype)
-    overview = overview_picture.overview_figure(info)
+    overview = overview_of(info)
     assert_readable_ids(overview, overview.axes[0], 10)
     assert all(t.arrow_patch is not None for t in overview.axes[0].texts if t.get_gid() == "suspect")
 
@@ -363,7 +375,7 @@ def test_a_panel_squeezed_by_the_shared_axes_gets_a_zoomed_inset(fresh):
     centre = table.loc[first, ["x", "y"]].mean().to_numpy()
     table.loc[first, ["x", "y"]] = centre + (table.loc[first, ["x", "y"]].to_numpy() - centre) * 0.03
     table.to_parquet(file)
-    info = drawn.load_layer(EmbeddingRun(fresh), "head.1")
+    info = view(EmbeddingRun(fresh))
     panels = [ax for ax in snapshots_picture.snapshots_figure(info).axes if ax.get_visible() and ax.collections]
     insets = [[child for child in ax.child_axes] for ax in panels]
     assert [len(found) for found in insets] == [1, 0, 0]
@@ -384,7 +396,7 @@ def test_paths_fade_in_so_the_early_jumps_stay_faint(fresh):
         facts["temporal_preservation"] = {name: 0.9 for name in facts["temporal_preservation"]}
 
     edit_manifest(fresh, faithful)
-    ax = overview_picture.overview_figure(drawn.load_layer(EmbeddingRun(fresh), "head.1")).axes[0]
+    ax = overview_of(view(EmbeddingRun(fresh))).axes[0]
     paths = [c for c in ax.collections if c.get_gid() == "path"]
     assert len(paths) >= 10
     for path in paths:
@@ -399,7 +411,7 @@ def test_data_map_only_where_logits_were_recorded(train_run, fresh, tmp_path):
     assert [p.name for p in plot_run(fresh, layers=["head.1"])] == [  # the digits CNN returns no logits: no data map
         "head.1-snapshots.png", "head.1-overview.png"]
 
-    info = drawn.load_layer(train_run, "head.1")
+    info = view(train_run)
     split, rows = datamap_picture.datamap_rows(info)
     train = train_run.samples("head.1", split="train")
     assert split == "train" and len(rows) == len(train) == 4 * 64  # the training split where recorded: what 4 batches of 64 draw
@@ -446,7 +458,7 @@ def test_the_snapshots_header_stays_inside_the_picture_and_off_the_legend(fresh)
 
     run = EmbeddingRun(fresh)
     run.reduce(reducer="pca", n_components=3, layers=["head.1"], progress=False)  # 3-D: one more header line
-    info = drawn.load_layer(run, "head.1")
+    info = view(run)
     assert info.paths_note(), "this run's PCA paths are unfaithful: the header carries the long note"
     fig = snapshots_picture.snapshots_figure(info)
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -492,7 +504,7 @@ def test_html_is_one_offline_page_with_plotly_inlined_once(fresh):
 def test_html_hover_gives_each_samples_dynamics_and_draws_the_evaluated_split(train_run, tmp_path):
     pytest.importorskip("plotly", reason="the page needs the 'html' extra")
     samples = train_run.samples("head.1")
-    figure = html_page.layer_figure(drawn.load_layer(train_run, "head.1"))
+    figure = html_page.layer_figure(view(train_run))
     template = figure.frames[-1].data[0].hovertemplate
     fields = re.findall(r"(\w+) %\{customdata\[(\d+)\]\}", template)
     index = {name: int(i) for name, i in fields}
@@ -732,3 +744,27 @@ def test_html_title_follows_the_slider_and_play_in_headless_chromium(fresh, tmp_
         unfaithful = trust[names[expected]] < 0.8  # paths are the map's: said once above the figure, not per frame
         assert any("not faithful" in line for line in lines[1:]) == unfaithful, state
         assert state["warningFill"] == ("rgb(192, 0, 0)" if unfaithful else None), state  # red: palette.WARNING
+
+
+def test_drawing_computes_no_dynamics_the_caller_hands_them_over(fresh, monkeypatch, tmp_path):
+    """Issue 24: reading what is drawn never computes the samples' dynamics (a k-NN pass over every snapshot);
+    plot_layer, the caller, computes them where samples.parquet is missing and hands them over."""
+    from lightning_embeddings import run_samples
+
+    (fresh / "samples.parquet").unlink()
+    run = EmbeddingRun(fresh)
+    computed = []
+    real_compute = run_samples.compute
+    monkeypatch.setattr(run_samples, "compute", lambda *args: computed.append(args[1:]) or real_compute(*args))
+    given = recorded(run, "head.1")
+    assert ("head.1", "val") in computed  # the caller's computation: samples.parquet is gone
+    by_caller = len(computed)
+    info = drawn.load_layer(run, "head.1", given.iloc[:0])
+    assert info.suspects.empty and info.hover == []  # nothing handed over, nothing marked
+    info = drawn.load_layer(run, "head.1", given)
+    assert list(info.suspects["sample_id"]) == list(given["sample_id"].head(drawn.N_SUSPECTS))
+    overview_picture.overview_figure(info, map_paths.map_paths(info.frame))
+    snapshots_picture.snapshots_figure(info)
+    assert len(computed) == by_caller  # reading and drawing computed nothing
+    plot_layer(run, "head.1", path=tmp_path)
+    assert len(computed) == 2 * by_caller  # plot_layer, the caller, computed them again: nothing to read

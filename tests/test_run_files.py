@@ -18,7 +18,7 @@ import pytest
 from torch import nn
 
 from conftest import DigitsCNN, fit_collector
-from lightning_embeddings import EmbeddingRun, RunError, layout, store
+from lightning_embeddings import EmbeddingRun, RunError, layout
 from lightning_embeddings.cli import main
 from lightning_embeddings.export import export_tensorboard
 from lightning_embeddings.plot import plot_run
