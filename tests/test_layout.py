@@ -142,3 +142,18 @@ def test_pictures_compute_no_analysis_and_fit_no_map():
             assert name not in {"dynamics", "reduce", "maps", "parametric", "run"}, (picture, module)
             if name in MAY_USE:
                 assert set(names) <= MAY_USE[name], f"{picture}.py imports {set(names) - MAY_USE[name]} from {name}"
+
+
+ANALYSIS = {"dynamics", "paths", "faithfulness", "reduce", "parametric"}  # pure: arrays and DataFrames, maps
+HIGHER = {"maps", "run", "run_samples", "reader", "finish", "callback", "export", "loggers", "plot", "page"} | PICTURES
+
+
+def test_lower_layers_never_import_higher_ones():
+    """DESIGN.md: the recording side knows nothing of maps, reading or pictures; analysis knows nothing of
+    Lightning."""
+    for module in RECORDING_SIDE:
+        assert not package_imports(module) & HIGHER, (module, package_imports(module) & HIGHER)
+    for module in ANALYSIS:
+        lightning = [name for name, _ in imports(PACKAGE / f"{module}.py") if name.split(".")[0] == "lightning"]
+        assert lightning == [], (module, lightning)
+        assert not package_imports(module) & (HIGHER | RECORDING_SIDE - {"store", "layout", "lock", "_version"})
