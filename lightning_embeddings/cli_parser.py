@@ -222,11 +222,13 @@ def _add_samples(commands: Any) -> None:
             f"""\
             The samples to look at first: one row per sample of a split, measured in the layer's own vectors
             across the fit's snapshots (never in the 2-D map), sorted by suspicion (0..1; higher: more likely a
-            label error). Columns: suspicion, the k-NN label agreement (cosine, 10 neighbours; mean over the
-            snapshots and at the last), movement between snapshots, the epoch a sample settled; with recorded
-            predictions how often it was right, when it was learned and how often forgotten; with recorded logits
-            its confidence, variability and margin (AUM). Read from RUN_DIR/{SAMPLES} (written at the end
-            of fit and by reduce). --split train needs EmbeddingCollector(record_train=True).
+            label error; ties ranked by the evidence against the label). Columns: the label, the label its 10
+            nearest neighbours hold most often at the last snapshot (neighbour_label), the last prediction,
+            suspicion, the k-NN label agreement (cosine, 10 neighbours; mean over the snapshots and at the last),
+            movement between snapshots, the epoch a sample settled; with recorded predictions how often it was
+            right, when it was learned and how often forgotten; with recorded logits its confidence, variability
+            and margin (AUM). Read from RUN_DIR/{SAMPLES} (written at the end of fit and by reduce). --split train
+            needs EmbeddingCollector(record_train=True).
             """
         ),
         epilog=_examples(

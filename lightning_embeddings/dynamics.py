@@ -25,6 +25,9 @@ from torchmetrics.functional.classification import multiclass_accuracy
 K_NEIGHBOURS = 10  # neighbours of a row in its layer's vector space
 PREDICTION_COLUMNS = ("correct", "learned_epoch", "forgetting_events")  # of samples(), from predictions
 LOGIT_COLUMNS = ("confidence", "variability", "aum")  # of samples(), from logits
+# among samples of equal suspicion, the evidence against the label ranks them, the lowest value first: the last
+# snapshot's agreement with the neighbours, the confidence in the label, its margin, the share of snapshots right
+EVIDENCE = ("knn_agreement_last", "confidence", "aum", "correct")
 # Up to rows^2 x (dim + 256) of work (10,000 rows at 512-d: about 1.5 s on 2 cores) neighbours() searches exactly;
 # above, pynndescent's graph (benchmarks/README.md, "k-NN index").
 EXACT_WORK = 10_000**2 * (512 + 256)
@@ -114,6 +117,13 @@ def _codes(labels: np.ndarray, n: int) -> np.ndarray:
     if len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for {n} rows: give one label per row, aligned.")
     return pd.factorize(pd.Series(np.asarray(labels, dtype=object)), sort=True)[0].astype(np.int64)
+
+
+def _labels_of(codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The labels that :func:`_codes` coded as ``codes``: an object array, None where a code is -1."""
+    uniques = pd.factorize(pd.Series(np.asarray(labels, dtype=object)), sort=True)[1]
+    values = np.asarray(uniques, dtype=object)[np.maximum(codes, 0)] if len(uniques) else np.full(len(codes), None)
+    return np.where(codes >= 0, values, None)
 
 
 def _theirs(found: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -261,6 +271,21 @@ def _stays_from(holds: np.ndarray) -> np.ndarray:
     return np.where(fails.any(axis=0), len(holds) - np.argmax(fails[::-1], axis=0), 0)
 
 
+def by_suspicion(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` (:func:`sample_dynamics`' columns) by ``suspicion``, highest first; rows of equal
+    suspicion (to 9 decimals: a mean's rounding is no evidence) by ``EVIDENCE``, lowest first
+    (``knn_agreement_last``, then ``confidence``, ``aum``, ``correct``); NaN last; then in their order in ``frame``.
+
+    Example::
+
+        by_suspicion(sample_dynamics(labels, views)).head(20)
+    """
+    keys = frame[list(EVIDENCE)].assign(_suspicion=frame["suspicion"].round(9)).reset_index(drop=True)
+    order = keys.sort_values(["_suspicion", *EVIDENCE], ascending=[False] + [True] * len(EVIDENCE), kind="stable",
+                             na_position="last").index
+    return frame.iloc[order.to_numpy()]
+
+
 def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: int = K_NEIGHBOURS) -> pd.DataFrame:
     """Per-sample training dynamics of one layer across its ``fit`` snapshots, in its own vector space.
 
@@ -277,6 +302,8 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
 
         - ``knn_agreement``: mean over snapshots of :func:`knn_agreement` (skipping snapshots where it is NaN);
           ``knn_agreement_last``: at the last snapshot.
+        - ``neighbour_label``: the most common label of the sample's neighbours at the last snapshot (ties: the
+          smallest), what its neighbours say it is; None where none of them has a label.
         - ``movement``: mean over consecutive snapshots of the cosine distance between the sample's two vectors.
         - ``settled_epoch``: epoch of the first snapshot from which the majority label of its neighbours never
           changes again (NaN where none of its neighbours has a label at the last snapshot).
@@ -294,7 +321,8 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
           0.973-0.984 for ``1 - correct``; with pair noise (c -> c+1) at 30% and 40% it leads (precision@k 0.843
           and 0.661; the prediction-based signals at most 0.788 and 0.638). Its means with ``1 - confidence`` or
           ``1 - correct`` gained at most 0.015 (held-out samples) and lost some under pair noise
-          (``benchmarks/README.md``, "Choosing suspicion").
+          (``benchmarks/README.md``, "Choosing suspicion"). :func:`by_suspicion` ranks by it and, among equal
+          values (a sample none of whose neighbours ever shared its label scores 1.0), by the evidence.
 
         The columns are the same whatever was recorded, so code that selects them runs on any run.
 
@@ -335,6 +363,7 @@ def sample_dynamics(labels: np.ndarray, snapshots: Iterable[SnapshotView], k: in
     columns = {
         "knn_agreement": _mean_std(agreement, n)[0],
         "knn_agreement_last": agreement[-1] if agreement else np.full(n, np.nan),
+        "neighbour_label": _labels_of(majority[-1] if majority else np.full(n, -1), labels),
         "movement": _mean_std(movement, n)[0],
         "settled_epoch": np.full(n, np.nan),
         **{name: np.full(n, np.nan) for name in PREDICTION_COLUMNS + LOGIT_COLUMNS},  # where not measured

@@ -83,10 +83,13 @@ class EmbeddingRun(RunReader):
         """Which samples to look at: one row per sample of ``split``, over the ``fit`` snapshots, measured in the
         layer's own vectors (never in the map), sorted by ``suspicion`` (higher: more likely a label error).
 
-        Columns: ``sample_id, dataloader_idx, label, suspicion``, then the dynamics of
-        :func:`~lightning_embeddings.dynamics.sample_dynamics`: k-NN label agreement (cosine, 10 neighbours) per
-        snapshot's mean and last, movement between snapshots, the epoch it settled; with predictions: how often
-        correct, the epoch it was learned, forgetting events; with logits: confidence, variability and margin (AUM).
+        Columns: ``sample_id, dataloader_idx, label, neighbour_label`` (the label its 10 nearest neighbours hold
+        most often at the last snapshot), ``prediction`` (the last snapshot's, where recorded), ``suspicion``, then
+        the dynamics of :func:`~lightning_embeddings.dynamics.sample_dynamics`: k-NN label agreement (cosine, 10
+        neighbours) per snapshot's mean and last, movement between snapshots, the epoch it settled; with
+        predictions: how often correct, the epoch it was learned, forgetting events; with logits: confidence,
+        variability and margin (AUM). Rows of equal suspicion are ranked by the evidence against their label
+        (:func:`~lightning_embeddings.dynamics.by_suspicion`), not by id.
         Read from ``samples.parquet`` (written at the end of fit, and by :meth:`reduce` where the ``fit`` snapshots
         changed since), else computed, one snapshot in memory at a time. ``split="train"`` needs ``EmbeddingCollector(record_train=True)``.
 

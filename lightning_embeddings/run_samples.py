@@ -19,13 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lightning_embeddings.dynamics import SnapshotView, sample_dynamics
+from lightning_embeddings.dynamics import SnapshotView, by_suspicion, sample_dynamics
 from lightning_embeddings.layout import SAMPLES, SPLIT
 from lightning_embeddings.reader import RunReader, labelled, locate, row_keys
 from lightning_embeddings.store import METADATA_KEY, RunError
 
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
+SAMPLES_FORMAT = 2  # samples.parquet's columns: 2 added neighbour_label and prediction (a file of 1 is made again)
 
 
 def samples(run: RunReader, column: str, split: str = "val") -> pd.DataFrame:
@@ -97,7 +98,8 @@ def write(run: RunReader, target: Path) -> bool:
 
 def source(run: RunReader) -> dict[str, Any]:
     """What ``samples.parquet`` is computed from: the ``fit`` snapshots, the layers and the logits column."""
-    return {"snapshots": [s["name"] for s in run.manifest["snapshots"] if s["stage"] == "fit"],
+    return {"format": SAMPLES_FORMAT,
+            "snapshots": [s["name"] for s in run.manifest["snapshots"] if s["stage"] == "fit"],
             "layers": [[layer["column"], layer["dim"]] for layer in run.manifest["layers"]],
             "logits": run.manifest.get("logits")}
 
@@ -140,12 +142,29 @@ def compute(run: RunReader, column: str, split: str) -> pd.DataFrame:
 
     labels = last.keys.column("label").to_numpy(zero_copy_only=False)
     frame = sample_dynamics(labels, views())
-    first = ["sample_id", "dataloader_idx", "label", "suspicion"]
-    frame = pd.concat([last.keys.select(first[:3]).to_pandas(), frame], axis=1)
+    first = ["sample_id", "dataloader_idx", "label", "neighbour_label", "prediction", "suspicion"]
+    keys = last.keys.select([c for c in ("sample_id", "dataloader_idx", "label", "prediction")
+                             if c in last.keys.column_names]).to_pandas()
+    frame = pd.concat([keys, frame], axis=1)
+    if "prediction" not in frame:
+        frame["prediction"] = pd.Series(np.full(len(frame), None), dtype=frame["neighbour_label"].dtype)
+    frame["neighbour_label"] = as_labels(frame["neighbour_label"], frame["label"])
     frame = frame[[*first, *(c for c in frame.columns if c not in first)]]
     epochs = [c for c in frame.columns if c.endswith("_epoch")]  # epochs as integers, <NA> where none
     frame[epochs] = frame[epochs].astype("Int64")
-    return frame.sort_values("suspicion", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
+    return by_suspicion(frame).reset_index(drop=True)
+
+
+def as_labels(values: pd.Series, labels: pd.Series) -> pd.Series:
+    """``values`` (labels of other samples, None where none) in the dtype of ``labels``: integers stay integers
+    (``Int64`` where some are missing)."""
+    if pd.api.types.is_integer_dtype(labels.dtype) or pd.api.types.is_float_dtype(labels.dtype):
+        numbers = pd.to_numeric(values)
+        whole = numbers.dropna()
+        if (whole == whole.round()).all():
+            return numbers.astype("Int64") if numbers.isna().any() else numbers.astype(labels.dtype)
+        return numbers
+    return values.astype(object)
 
 
 def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:

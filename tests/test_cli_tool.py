@@ -261,15 +261,18 @@ def test_samples_prints_the_ranked_table_and_json(run_with_train, capsys):
     lines = out.splitlines()
     assert "train samples of layer 'head.1' most likely mislabelled" in lines[0]
     header = re.split(r"\s{2,}", lines[1].strip())
-    assert header[:5] == ["rank", "sample_id", "label", "suspicion", "knn_agreement"]
+    assert header[:7] == ["rank", "sample_id", "label", "neighbour_label", "prediction", "suspicion", "knn_agreement"]
     ranked = [re.split(r"\s{2,}", line.strip()) for line in lines[2:]]
     assert [int(cells[1]) for cells in ranked] == expected["sample_id"].tolist()
-    assert [float(cells[3]) for cells in ranked] == pytest.approx(expected["suspicion"].tolist(), abs=5e-4)
+    assert [int(cells[3]) for cells in ranked] == expected["neighbour_label"].tolist()
+    assert [float(cells[5]) for cells in ranked] == pytest.approx(expected["suspicion"].tolist(), abs=5e-4)
     status, out, _ = cli(capsys, "samples", run_with_train.path, "--layer", "head.1", "--split", "train", "--top",
                          "5", "--json")
     records = json.loads(out)
     assert [r["sample_id"] for r in records] == expected["sample_id"].tolist()
     assert records[0]["suspicion"] == pytest.approx(expected["suspicion"].iloc[0])
+    assert [(r["neighbour_label"], r["prediction"]) for r in records] == list(
+        zip(expected["neighbour_label"], expected["prediction"]))
 
 
 def test_parse_value():

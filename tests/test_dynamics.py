@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_embeddings.dynamics import SnapshotView, knn_accuracy, knn_agreement, neighbours, sample_dynamics
+from lightning_embeddings.dynamics import (
+    SnapshotView,
+    by_suspicion,
+    knn_accuracy,
+    knn_agreement,
+    neighbours,
+    sample_dynamics,
+)
 from lightning_embeddings.paths import class_medians, distance_to_final, misclassified, movers
 
 
@@ -250,3 +257,28 @@ def test_suspicion_ranks_a_planted_mislabel_first():
     assert frame.suspicion[6] == 1.0 and (frame.suspicion.drop(6) < 0.5).all()
     empty = sample_dynamics(labels, [], k=3)
     assert len(empty) == 13 and empty.suspicion.isna().all()
+
+
+def test_neighbour_label_says_what_the_neighbours_say_a_sample_is():
+    """Issue 25: row 12 is labelled 0 but lies in class 2's bundle at the last snapshot: its neighbours say 2."""
+    views = [SnapshotView(0, three_classes(0)), SnapshotView(1, three_classes(2))]
+    frame = sample_dynamics(LABELS, views, k=3)
+    assert frame.neighbour_label[12] == 2 and frame.neighbour_label[0] == 0 and frame.neighbour_label[9] == 2
+    named = sample_dynamics(np.array(["cat"] * 4 + ["dog"] * 4 + ["eel"] * 4 + ["cat"]), views, k=3)
+    assert named.neighbour_label[12] == "eel"
+    unlabelled = np.array([None] * 12 + [0], dtype=object)  # nobody else has a label: the neighbours say nothing
+    assert sample_dynamics(unlabelled, views, k=3).neighbour_label[12] is None
+
+
+def test_ties_in_suspicion_are_broken_by_evidence_not_by_position():
+    """Issue 25: the top of a label_errors run all tied at suspicion 1.000 and came out in id order."""
+    frame = pd.DataFrame({
+        "suspicion": [1.0, 1.0, 1.0, 1.0, 0.8, 1 - (0.1 + 0.2 + 0.3) / 3],  # 0.8 and 0.7999999999999999
+        "knn_agreement_last": [0.0, 0.0, 0.0, 0.1, 0.0, 0.0],
+        "confidence": [0.30, 0.05, np.nan, 0.0, 0.3, 0.2],
+        "aum": [-1.0, -2.0, np.nan, -9.0, -9.0, 0.0],
+        "correct": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    }, index=[10, 11, 12, 13, 14, 15])
+    ranked = by_suspicion(frame)
+    # agreement at the end first, then confidence in the label (NaN last); 14 and 15 tie up to a mean's rounding
+    assert list(ranked.index) == [11, 10, 12, 13, 15, 14]

@@ -79,11 +79,11 @@ def _manifest(path: Path) -> dict:
 class FirstTwoColumns:
     """Not a scikit-learn estimator (no get_params): fit centres the first two columns, transform applies it."""
 
-    fitted: list[int] = []  # id() of every instance fitted, across copies
+    fitted: list["FirstTwoColumns"] = []  # every instance fitted, across copies (held: their id()s stay distinct)
 
     def fit(self, X: np.ndarray) -> "FirstTwoColumns":
         self.offset_ = np.asarray(X)[:, :2].mean(axis=0)
-        FirstTwoColumns.fitted.append(id(self))
+        FirstTwoColumns.fitted.append(self)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -290,7 +290,8 @@ def test_user_object_with_only_fit_and_transform(fit_digits):
     trainer, collector = fit_digits(trainer_kwargs=SHORT, max_samples=100, reducer=user)
     assert not hasattr(user, "offset_"), "the user's own object was fitted; a copy should be"
     assert len(FirstTwoColumns.fitted) == len(LAYERS), f"expected one fit per layer, got {FirstTwoColumns.fitted}"
-    assert len(set(FirstTwoColumns.fitted)) == len(LAYERS) and id(user) not in FirstTwoColumns.fitted
+    assert len({id(f) for f in FirstTwoColumns.fitted}) == len(LAYERS)
+    assert all(f is not user for f in FirstTwoColumns.fitted)
     run = EmbeddingRun(collector.dirpath)
     record = _manifest(run.path)["reducer"]
     for layer in LAYERS:

@@ -91,3 +91,26 @@ def test_the_readme_duckdb_cosine_query_runs_with_the_fixed_size_cast(run):
     cos = (first * last).sum(1) / np.linalg.norm(first, axis=1) / np.linalg.norm(last, axis=1)
     assert [r[0] for r in rows] == np.argsort(cos, kind="stable")[:10].tolist()
     np.testing.assert_allclose([r[1] for r in rows], np.sort(cos)[:10], rtol=1e-5)
+
+
+def test_samples_say_what_the_neighbours_and_the_model_say_each_sample_is(run):
+    """Issue 25: each row carries the last snapshot's prediction and the label its 10 nearest neighbours (cosine,
+    in the layer's vectors at the last snapshot) hold most often; rows of equal suspicion are ranked by evidence."""
+    from sklearn.neighbors import NearestNeighbors
+
+    samples = run.samples("head.1")
+    last = run.table(epochs=[run.epochs[-1]], layers=["head.1"], stages=["fit"]).sort_values("sample_id")
+    vectors = np.stack(last["head.1"].to_numpy())
+    _, found = NearestNeighbors(n_neighbors=11, metric="cosine").fit(vectors).kneighbors(vectors)
+    labels = last["label"].to_numpy()
+    said = [np.bincount(labels[row[row != i][:10]], minlength=10).argmax() for i, row in enumerate(found)]
+    expected = pd.DataFrame({"sample_id": last["sample_id"].to_numpy(), "neighbour_label": said,
+                             "prediction": last["prediction"].to_numpy()})
+    got = samples[["sample_id", "neighbour_label", "prediction"]].sort_values("sample_id").reset_index(drop=True)
+    assert (got["neighbour_label"] == expected["neighbour_label"]).mean() > 0.99  # ties among exact distances aside
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    assert (samples["label"] != samples["neighbour_label"]).sum() >= 5  # some samples the neighbours disagree on
+    # equal suspicion: the last snapshot's agreement never rises down the ranking
+    for _, tied in samples.groupby(samples["suspicion"].round(9), sort=False):
+        assert tied["knn_agreement_last"].is_monotonic_increasing
+    assert samples["suspicion"].round(9).is_monotonic_decreasing
