@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inputs
 import numba_compile
 import memory
 import overhead
@@ -28,9 +29,10 @@ REDUCED = {
     "reduction": ["--cases", "pca:10000", "pacmap:10000", "pca:100000", "--epochs", "5"],
     "samples": ["--rows", "10000", "--epochs", "10", "--dim", "256"],
     "numba_compile": ["--reducers", "pacmap"],
+    "inputs": ["--samples", "1000", "--image-sizes", "32", "224"],
 }
 FULL = {"overhead": [], "record_train": [], "writer": [], "memory": [], "reduction": [], "samples": [],
-        "numba_compile": []}
+        "numba_compile": [], "inputs": []}
 
 
 def main() -> None:
@@ -40,7 +42,8 @@ def main() -> None:
     sizes = FULL if args.full else REDUCED
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, module in (("overhead", overhead), ("record_train", record_train), ("writer", writer), ("memory", memory),
-                         ("reduction", reduction), ("samples", samples), ("numba_compile", numba_compile)):
+                         ("reduction", reduction), ("samples", samples), ("numba_compile", numba_compile),
+                         ("inputs", inputs)):
         print(f"== {name} {' '.join(sizes[name])}", flush=True)
         module.main(sizes[name])
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

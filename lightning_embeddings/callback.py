@@ -21,8 +21,9 @@ from lightning_embeddings import reduce as reducers
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, sequence_first_notes
 from lightning_embeddings.finish import finish_run, say_kept, say_nothing_recorded
+from lightning_embeddings.inputs import InputRecord, InputViews
 from lightning_embeddings.layers import LayerSpec, per_layer, resolve_layers
-from lightning_embeddings.layout import holds_run, snapshot_file, snapshot_files, snapshot_name
+from lightning_embeddings.layout import holds_run, inputs_file, snapshot_file, snapshot_files, snapshot_name
 from lightning_embeddings.outputs import OutputKey
 from lightning_embeddings.recorder import Recorder
 from lightning_embeddings.reshape import Strategy, resolve_strategy
@@ -80,6 +81,11 @@ class EmbeddingCollector(Callback):
         label_key: the key of the labels in a dict batch; by default ``label``, ``labels``, ``target``,
             ``targets`` or ``y``, or the second item of an ``(x, y)`` batch.
         id_key: the key of dataset ids in a dict batch; by default a sample's index in the dataset.
+        inputs: keep what each sample is, once per split, in ``<dirpath>/inputs``: ``"auto"`` (or True) a PNG
+            thumbnail of an image input or the text of a text input, a callable ``batch -> list`` of each sample's
+            str, PIL image or array, or False.
+        text_key: a dict batch's text field for ``inputs``; by default ``text``, ``sentence`` or ``sentences``.
+        tokenizer: decodes a dict batch's ``input_ids`` for ``inputs``: a Hugging Face tokenizer or ids -> str.
         stages: record validation during ``"fit"``, ``trainer.validate`` (``"validate"``), ``trainer.test``
             (``"test"``); after a fit, validate/test snapshots join the fit's run and its map.
         plots: draw each layer's pictures into ``<dirpath>/plots`` at the end.
@@ -121,6 +127,9 @@ class EmbeddingCollector(Callback):
         seed: Optional[int] = 0,
         label_key: Optional[str] = None,
         id_key: Optional[str] = None,
+        inputs: Union[bool, str, Callable] = "auto",
+        text_key: Optional[str] = None,
+        tokenizer: Optional[Any] = None,
         stages: tuple[Literal["fit", "validate", "test"], ...] = ("fit",),
         plots: bool = True,
         html: bool = False,
@@ -134,22 +143,13 @@ class EmbeddingCollector(Callback):
         }
         self._output_keys: dict[LayerSpec, Optional[OutputKey]] = per_layer("output_key", output_key, self.layers, None)
         reducers.check_map(reducer, n_components, seed, align, fit_samples, dict(reducer_kwargs or {}))
-        self.every_n_epochs = every_n_epochs
-        self.max_samples = max_samples
-        self.record_train = record_train
-        self.logits = logits
-        self.reducer = reducer
-        self.n_components = n_components
-        self.reducer_kwargs = dict(reducer_kwargs or {})
-        self.align = align
-        self.fit_samples = fit_samples
-        self.seed = seed
-        self.label_key = label_key
-        self.id_key = id_key
-        self.overwrite = overwrite
-        self.stages = tuple(stages)
-        self.plots = plots
-        self.html = html
+        self.every_n_epochs, self.max_samples, self.record_train = every_n_epochs, max_samples, record_train
+        self.logits, self.label_key, self.id_key = logits, label_key, id_key
+        self.reducer, self.n_components, self.reducer_kwargs = reducer, n_components, dict(reducer_kwargs or {})
+        self.align, self.fit_samples, self.seed = align, fit_samples, seed
+        self.inputs, self.text_key, self.tokenizer = inputs, text_key, tokenizer
+        self._views = InputViews(inputs, text_key, tokenizer)  # checks inputs=
+        self.stages, self.plots, self.html, self.overwrite = tuple(stages), plots, html, overwrite
         self._run = RunDirectory(Path(dirpath) if dirpath is not None else None)  # where the run is; rank 0's lock
         self._root: Optional[Path] = None  # the trainer's default_root_dir, where checkpoints find the run again
         self._rank_zero_wait: Optional[Any] = None
@@ -188,7 +188,9 @@ class EmbeddingCollector(Callback):
         check_writable(self.dirpath)
         captures = [LayerCapture(layer, self._strategies[layer.spec], self._output_keys[layer.spec]) for layer in resolved]
         logits = next((c.layer.column for c in captures if c.layer.spec == self.logits), None)
-        self._recorder = Recorder(captures, self.max_samples, self._warnings.warn, logits)
+        kept = InputRecord(self._views, self._warnings.warn,
+                           lambda split: inputs_file(self.dirpath, split, trainer.global_rank, trainer.world_size))
+        self._recorder = Recorder(captures, self.max_samples, self._warnings.warn, logits, kept if self.inputs else None)
         for note in sequence_first_notes(captures):
             self._warnings.info(note)
         if stage != "fit":  # validate/test after fit: add to the fit's run
@@ -332,7 +334,7 @@ class EmbeddingCollector(Callback):
         warn = self._warnings.warn
         self._recorder.add(vectors, dataloader_idx, size, batches.batch_ids(batch, size, self.id_key),
                            batches.batch_labels(batch, size, self.label_key),
-                           batches.step_predictions(outputs, size, warn), batches.step_logits(outputs, size, warn))
+                           batches.step_predictions(outputs, size, warn), batches.step_logits(outputs, size, warn), batch)
 
     def _end_snapshot(self, trainer: pl.Trainer) -> None:
         if self._recorder is None:

@@ -32,6 +32,7 @@ PROJECTIONS = "projections"
 LONG_PROJECTIONS = "projections.parquet"
 SAMPLES = "samples.parquet"
 PLOTS = "plots"
+INPUTS = "inputs"  # what each sample is: <split>.parquet, <split>-rank<N>.parquet under DDP
 HTML_NAME = "embeddings.html"
 TENSORBOARD = "tensorboard"  # where `lightning-embeddings export` writes projector files by default
 PROJECTOR_OWNER = ".lightning-embeddings-run"  # in a TensorBoard log directory: the run its projector was written from
@@ -59,6 +60,18 @@ def snapshot_name(stage: str, epoch: int, step: int) -> str:
 def snapshot_file(dirpath: Path, name: str, rank: int, world_size: int) -> Path:
     suffix = f"-rank{rank}" if world_size > 1 else ""
     return dirpath / VECTORS / f"{name}{suffix}.parquet"
+
+
+def inputs_file(dirpath: Path, split: str, rank: int, world_size: int) -> Path:
+    """Where one rank keeps what the samples of ``split`` are: ``inputs/val.parquet``, ``inputs/val-rank1.parquet``."""
+    suffix = f"-rank{rank}" if world_size > 1 else ""
+    return dirpath / INPUTS / f"{split}{suffix}.parquet"
+
+
+def inputs_files(dirpath: Path, split: str) -> list[Path]:
+    """Every file of what the samples of ``split`` are: ``<split>.parquet`` and ``<split>-rank<N>.parquet``."""
+    pattern = re.compile(re.escape(split) + r"(?:-rank\d+)?\.parquet")
+    return sorted(path for path in (dirpath / INPUTS).glob("*.parquet") if pattern.fullmatch(path.name))
 
 
 def snapshot_files(dirpath: Path, name: str) -> list[Path]:

@@ -21,7 +21,17 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_embeddings import reduce as reducers
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.layout import KEYS, MANIFEST, SPLIT, SWITCH, projection_file, snapshot_file, snapshot_files
+from lightning_embeddings.layout import (
+    INPUTS,
+    KEYS,
+    MANIFEST,
+    SPLIT,
+    SWITCH,
+    inputs_files,
+    projection_file,
+    snapshot_file,
+    snapshot_files,
+)
 from lightning_embeddings.lock import RunLock, RunLockedError
 from lightning_embeddings.store import (
     RunError,
@@ -244,6 +254,34 @@ class RunReader:
             return pd.read_parquet(path, page_checksum_verification=True)
         except (OSError, pa.ArrowException) as err:
             raise RunError(f"{path} is not a readable Parquet file ({err}): make it again with reduce.") from err
+
+    def inputs(self, split: Literal["val", "test", "train"] = "val") -> pd.DataFrame:
+        """What each recorded sample of ``split`` is (``EmbeddingCollector(inputs=...)``): ``sample_id, split,
+        dataloader_idx`` and ``image`` (PNG bytes, None for text) or ``text``, ordered by ``(dataloader_idx,
+        sample_id)``; each sample once, whichever rank kept it.
+
+        Raises:
+            ValueError: the run kept no inputs of ``split`` (``inputs=False``, a batch that is neither image nor
+                text, or a split not recorded), naming the splits it has.
+            RunError: a file of inputs is damaged.
+
+        Example::
+
+            from PIL import Image
+            row = EmbeddingRun(path).inputs("train").set_index("sample_id").loc[1119]
+            Image.open(io.BytesIO(row["image"])).show()
+        """
+        chosen = inputs_files(self.path, split)
+        if not chosen:
+            kept = sorted(path.name for path in (self.path / INPUTS).glob("*.parquet")) or "none"
+            raise ValueError(f"{self.path} keeps no inputs of {split!r} ({INPUTS}/ holds {kept}): they are kept at "
+                             "the first recorded snapshot of a split with EmbeddingCollector(inputs='auto').")
+        try:
+            table = pa.concat_tables([pq.read_table(f, page_checksum_verification=True) for f in chosen])
+        except (OSError, pa.ArrowException) as err:
+            raise RunError(f"the inputs of {split!r} in {self.path / INPUTS} are not readable Parquet ({err}).") from err
+        frame = table.to_pandas().drop_duplicates(["dataloader_idx", "sample_id"])
+        return frame.sort_values(["dataloader_idx", "sample_id"], kind="stable").reset_index(drop=True)
 
     def aligned(self, rows: Rows, column: str, found: np.ndarray, here: np.ndarray) -> np.ndarray:
         """``column``'s vectors of the stored rows at ``found``, a row of NaN where ``here`` is False."""

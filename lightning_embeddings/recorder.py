@@ -29,6 +29,7 @@ import pyarrow as pa
 from lightning_embeddings import batch as batches
 from lightning_embeddings import store
 from lightning_embeddings.capture import LayerCapture, batch_vectors
+from lightning_embeddings.inputs import InputRecord
 from lightning_embeddings.live import LiveKnnAccuracy
 
 
@@ -41,11 +42,15 @@ class Recorder:
         max_samples: at most this many rows of each loader (None: all of them).
         warn: says a warning once (the callback's ``WarningCache.warn``).
         logits: the column of the recorded layer whose vectors are the class logits (None: no such layer).
+        inputs: what each sample is, kept once per split (:class:`~lightning_embeddings.inputs.InputRecord`);
+            None: not kept.
     """
 
     def __init__(self, captures: Sequence[LayerCapture], max_samples: Optional[int],
-                 warn: Callable[[str], None], logits: Optional[str] = None) -> None:
+                 warn: Callable[[str], None], logits: Optional[str] = None,
+                 inputs: Optional[InputRecord] = None) -> None:
         self.captures = list(captures)
+        self.inputs = inputs
         self.max_samples = max_samples
         self.warn = warn
         self.logits = logits
@@ -96,6 +101,8 @@ class Recorder:
         """Rows from ``loaders`` come next: at most ``max_samples`` (or ``bounds``) of each, never
         DistributedSampler's padding."""
         self.split = split
+        if self.inputs is not None:
+            self.inputs.start(split)
         self._seen.clear()
         self._limits = {
             i: min((n for n in (self.max_samples, batches.real_samples(dl), bounds[i] if bounds else None)
@@ -152,11 +159,11 @@ class Recorder:
 
     def add(self, vectors: Sequence[Any], dataloader_idx: int, size: int, ids: Optional[np.ndarray] = None,
             labels: Optional[np.ndarray] = None, predictions: Optional[np.ndarray] = None,
-            logits: Optional[np.ndarray] = None) -> None:
+            logits: Optional[np.ndarray] = None, batch: Any = None) -> None:
         """Record a batch of ``size`` rows: its ``vectors`` (from :meth:`end_batch`), its ``ids`` (None: their place
         in the loader's order), labels, predictions and the step's own logits (each may be None; predictions are
-        the logits' argmax where not given); rows past the loader's limit are dropped. Labelled validation rows
-        are kept for the live k-NN accuracy."""
+        the logits' argmax where not given), and what its samples are (from ``batch``, where inputs are kept);
+        rows past the loader's limit are dropped. Labelled validation rows are kept for the live k-NN accuracy."""
         take = self.taken(dataloader_idx, size)
         layer_logits = next((v for c, v in zip(self.captures, vectors) if c.layer.column == self.logits), None)
         keep = self.split != "train" and labels is not None and self.live.room() > 0
@@ -184,6 +191,8 @@ class Recorder:
             if v is None:
                 self.missing[capture.layer.column] += take
         self._write({name: value[:take] for name, value in columns.items() if value is not None}, ready)
+        if self.inputs is not None and batch is not None:
+            self.inputs.add(batch, columns["sample_id"], dataloader_idx, take)
         self._seen[dataloader_idx] += take
 
     def report_missing(self, totals: Mapping[str, int], name: str) -> dict[str, int]:
@@ -212,6 +221,8 @@ class Recorder:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
+        if self.inputs is not None:
+            self.inputs.end()
         self.snapshot = None
         return writer is not None
 
@@ -219,6 +230,8 @@ class Recorder:
         """Discard the unfinished snapshot (nothing of it is left on disk) or the sanity check."""
         self._switch(False)
         self.snapshot, self.checking, self._pending = None, False, []
+        if self.inputs is not None:
+            self.inputs.abort()
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

@@ -330,6 +330,8 @@ class EpochWriter:
                 arrays.append(pa.nulls(n, field.type))
             elif pa.types.is_fixed_size_list(field.type):
                 arrays.append(vectors_array(np.asarray(value)))
+            elif isinstance(value, pa.Array):
+                arrays.append(value.cast(field.type))
             else:
                 arrays.append(pa.array(np.asarray(value)).cast(field.type))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)

@@ -19,7 +19,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SLOW = pytest.mark.slow  # fresh processes that import torch (and compile numba): CI runs them, pytest -m slow
 IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py", "explore_suspicion.py", "memory.py",
-              "reduction.py", "samples.py", "paths.py", "many_snapshots.py"}
+              "reduction.py", "samples.py", "paths.py", "many_snapshots.py", "inputs.py"}
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,7 @@ IN_PROCESS = {"overhead.py", "record_train.py", "label_noise.py", "knn_index.py"
                                   "--parametric-steps", "20"], "label_errors head.1     train parametric", marks=SLOW),
         ("explore_suspicion.py", ["--quick"], "suspicion (shipped)"),
         ("writer.py", ["--rows", "2000", "--dim", "16", "--repeats", "1"], "MB/s"),
+        ("inputs.py", ["--samples", "64", "--image-sizes", "16", "--repeats", "1", "--batch-size", "32"], "bytes/sample"),
         pytest.param("memory.py", ["--sizes", "500", "--dims", "16"], "recorded in a validation epoch", marks=SLOW),
         pytest.param("reduction.py", ["--cases", "pca:500", "--epochs", "2", "--dim", "8"],
                      "reduction: pca, 500 x 8 x 2 epochs", marks=SLOW),

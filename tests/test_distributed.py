@@ -7,6 +7,7 @@ Lightning's own launcher would, then reads what they wrote from this (the parent
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from conftest import EXAMPLES, DigitsCNN, DigitsDataModule
 
 from lightning_embeddings import EmbeddingRun
@@ -276,6 +278,16 @@ def test_ddp_two_ranks_odd_validation_set_one_file_per_rank_no_duplicates(tmp_pa
     assert run.manifest["reducer"]["name"] == "pca"
     assert [p.name for p in dirpath.rglob(".*")] == [".lock"]  # no temporary file left by any rank, only the lock
     assert "Traceback" not in results[0][1] + results[1][1]
+
+    # what each sample is (issue 25): one file per rank, each sample once (not the padding), each its own image
+    assert sorted(p.name for p in (dirpath / "inputs").iterdir()) == ["val-rank0.parquet", "val-rank1.parquet"]
+    assert pq.read_table(dirpath / "inputs" / "val-rank1.parquet").column("sample_id").to_pylist() == list(range(1, N_VAL, 2))
+    kept = run.inputs("val")
+    assert kept["sample_id"].tolist() == list(range(N_VAL))
+    for sample_id, png in zip(kept["sample_id"], kept["image"]):
+        image = images[sample_id, 0].numpy()
+        expected = np.round((image - image.min()) / (image.max() - image.min()) * 255)
+        assert np.abs(np.asarray(Image.open(io.BytesIO(png)), dtype=float) - expected).max() <= 1, sample_id
 
 
 def test_ddp_slow_reduction_on_rank_zero_does_not_time_out_the_other_rank(tmp_path):

@@ -81,6 +81,8 @@ def test_resume_continues_the_original_run(tmp_path, explicit_dirpath):
     old = {name: (first / "vectors" / name).read_bytes() for name in _vector_files(first)}
     old_stats = {name: (first / "vectors" / name).stat().st_mtime_ns for name in old}
     assert len(old) == 2
+    inputs = first / "inputs" / "val.parquet"
+    kept, kept_at = inputs.read_bytes(), inputs.stat().st_mtime_ns
 
     trainer, collector, model = fit(4, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
     assert Path(trainer.log_dir) == tmp_path / "logs" / "version_1"  # the logger moved on ...
@@ -112,6 +114,9 @@ def test_resume_continues_the_original_run(tmp_path, explicit_dirpath):
         assert maps.groupby("epoch").size().to_dict() == {0: N_VAL, 1: N_VAL, 2: N_VAL, 3: N_VAL}
     assert run.manifest["reducer"]["fitted_on"]["epoch"] == 3
     assert _hidden_files(first) == []
+    # what each sample is was kept once, by the first fit: the resumed one left it as it was
+    assert inputs.read_bytes() == kept and inputs.stat().st_mtime_ns == kept_at
+    assert run.inputs("val")["sample_id"].tolist() == list(range(N_VAL))
 
 
 @pytest.mark.parametrize("explicit_dirpath", [False, True], ids=["default-dirpath", "explicit-dirpath"])
