@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     k = int(data.flipped.sum())
     print(f"\nrun directory: {run.path}")
     print(f"the 10 training samples most likely mislabelled ({k} of {len(suspects)} labels were flipped):")
-    print(suspects.head(10)[["sample_id", "label", "suspicion", "knn_agreement", "confidence", "forgetting_events",
+    print(suspects.head(10)[["sample_id", "label", "neighbour_label", "prediction", "suspicion", "confidence",
                              "flipped"]].to_string(index=False))
     print(f"flipped among the top {k}: {suspects['flipped'].head(k).mean():.3f} (precision@k); AUROC "
           f"{roc_auc_score(suspects['flipped'], suspects['suspicion']):.3f}")

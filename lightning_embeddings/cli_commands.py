@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lightning_embeddings.cli_model import load_model
-from lightning_embeddings.cli_parser import PROG, CommandError, UsageError
+from lightning_embeddings.cli_parser import GALLERY_MAX, PROG, CommandError, UsageError
 from lightning_embeddings.faithfulness import FAITHFUL, FAITHFUL_MOTION, NEIGHBOURS_WRONG, faithful_paths_advice, map_advice
 from lightning_embeddings.layout import TENSORBOARD, projection_file
 from lightning_embeddings.reduce import FIT_SAMPLES, REDUCER_NAMES, check_reducer_kwargs
@@ -246,10 +247,21 @@ def _samples(args: argparse.Namespace) -> None:
     top = run.samples(column, split=args.split).head(args.top)
     if args.json:
         print(top.to_json(orient="records", indent=2))
-        return
+    else:
+        _print_samples(top, args.split, column, run.path)
+    if args.show:
+        from lightning_embeddings.plot import plot_suspects
+
+        gallery = plot_suspects(run, column, split=args.split, top=min(args.top, GALLERY_MAX))
+        print(gallery if gallery is not None else f"no gallery: the {args.split} samples have no labels",
+              file=sys.stderr if args.json else sys.stdout)
+
+
+def _print_samples(top: Any, split: str, column: str, path: Path) -> None:
+    """The top samples as a table, ranked."""
     shown = [c for c in top.columns if c != "dataloader_idx" or top[c].nunique() > 1]
     rows = [[_cell(value) for value in row] for row in top[shown].itertuples(index=False, name=None)]
-    print(f"{args.split} samples of layer {column!r} most likely mislabelled (of {run.path}):")
+    print(f"{split} samples of layer {column!r} most likely mislabelled (of {path}):")
     print(_indent(_format_table(["rank", *shown], [[i + 1, *row] for i, row in enumerate(rows)],
                                 right=set(range(len(shown) + 1)))))
 

@@ -22,6 +22,7 @@ PROG = "lightning-embeddings"
 COMMANDS = ("layers", "info", "reduce", "samples", "plot", "export")
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 LAYERS_HELP = "only these layers (names or indices); default all"
+GALLERY_MAX = 50  # suspects drawn by samples --show: a taller picture is not looked at
 
 
 class CommandError(Exception):
@@ -222,19 +223,20 @@ def _add_samples(commands: Any) -> None:
             f"""\
             The samples to look at first: one row per sample of a split, measured in the layer's own vectors
             across the fit's snapshots (never in the 2-D map), sorted by suspicion (0..1; higher: more likely a
-            label error; ties ranked by the evidence against the label). Columns: the label, the label its 10
-            nearest neighbours hold most often at the last snapshot (neighbour_label), the last prediction,
-            suspicion, the k-NN label agreement (cosine, 10 neighbours; mean over the snapshots and at the last),
-            movement between snapshots, the epoch a sample settled; with recorded predictions how often it was
-            right, when it was learned and how often forgotten; with recorded logits its confidence, variability
-            and margin (AUM). Read from RUN_DIR/{SAMPLES} (written at the end of fit and by reduce). --split train
-            needs EmbeddingCollector(record_train=True).
+            label error; ties ranked by the evidence against the label). Columns: the label, the label its
+            10 nearest neighbours hold most often at the last snapshot (neighbour_label), the last
+            prediction, suspicion, the k-NN label agreement (cosine, 10 neighbours; mean over the snapshots
+            and at the last), movement between snapshots, the epoch a sample settled; with recorded
+            predictions how often it was right, when it was learned and how often forgotten; with recorded
+            logits its confidence, variability and margin (AUM). Read from RUN_DIR/{SAMPLES} (written at
+            the end of fit and by reduce). --split train needs EmbeddingCollector(record_train=True).
             """
         ),
         epilog=_examples(
             "lightning-embeddings samples RUN_DIR --layer head.1",
             "lightning-embeddings samples RUN_DIR --layer head.1 --split train --top 50",
             "lightning-embeddings samples RUN_DIR --layer head.1 --split train --json | jq '.[0]'",
+            "lightning-embeddings samples RUN_DIR --layer head.1 --split train --show",
         ),
     )
     parser.add_argument("--layer", help="the layer, by name or index (default: the run's only layer)")
@@ -242,6 +244,9 @@ def _add_samples(commands: Any) -> None:
                          help="the validation or the training samples (default: %(default)s)")
     parser.add_argument("--top", type=_positive_int, default=20, help="how many rows (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
+    parser.add_argument("--show", action="store_true",
+                        help=f"also draw the gallery of the top suspects (at most {GALLERY_MAX}) as they are, each "
+                             f"beside its nearest neighbours, to RUN_DIR/{PLOTS}/<layer>-suspects.png, and print it")
 
 
 def _add_plot(commands: Any) -> None:

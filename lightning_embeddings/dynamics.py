@@ -112,6 +112,28 @@ def neighbours(
     return out
 
 
+def nearest_to(vectors: np.ndarray, queries: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
+    """The ``k`` nearest other rows by cosine distance, exactly, of the rows ``queries`` of ``vectors``: an
+    ``(len(queries), k)`` int64 array, nearest first, -1 where there are fewer (or the query row has no direction).
+
+    Example::
+
+        nearest_to(vectors, np.array([1119]), k=5)   # the five rows nearest to row 1119
+    """
+    valid, rows = _search_rows(vectors, "cosine")
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    place = {row: i for i, row in enumerate(valid)}
+    asked = [(n, place[q]) for n, q in enumerate(np.asarray(queries, np.int64)) if q in place]
+    width = min(k, len(valid) - 1)
+    if not asked or width < 1:
+        return out
+    similar = rows[[i for _, i in asked]] @ rows.T
+    similar[np.arange(len(asked)), [i for _, i in asked]] = -np.inf  # not itself
+    found = np.argsort(-similar, axis=1, kind="stable")[:, :width]
+    out[[n for n, _ in asked], :width] = valid[found]
+    return out
+
+
 def _codes(labels: np.ndarray, n: int) -> np.ndarray:
     """Labels as codes 0..C-1 in sorted order, -1 where missing (None/NaN)."""
     if len(labels) != n:

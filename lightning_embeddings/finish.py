@@ -51,8 +51,17 @@ def finish_run(
                    f"read them with lightning_embeddings.EmbeddingRun({str(dirpath)!r})")
     if (dirpath / SAMPLES).is_file():
         split = " --split train" if record_train else ""
+        galleries = _galleries(run) if (run.manifest.get("pictures") or {}).get("png") else []
+        shown = f"; as they are: {', '.join(map(str, galleries))}" if galleries else ""
         rank_zero_info(f"lightning-embeddings: the samples most likely mislabelled, per layer: "
-                       f"lightning-embeddings samples {dirpath} --layer {run.layers[-1]}{split}")
+                       f"lightning-embeddings samples {dirpath} --layer {run.layers[-1]}{split}{shown}")
+
+
+def _galleries(run: EmbeddingRun) -> list[Path]:
+    """Each layer's suspects gallery (``<layer>-suspects.png``), where its samples have labels."""
+    from lightning_embeddings.plot import plot_suspects  # matplotlib, only where pictures are drawn
+
+    return [path for column in run.layers if (path := plot_suspects(run, column)) is not None]
 
 
 def say_nothing_recorded(stage: str, validated: bool) -> None:

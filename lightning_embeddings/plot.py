@@ -38,6 +38,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import pandas as pd
+
 from lightning_embeddings.datamap import datamap_figure, datamap_rows
 from lightning_embeddings.drawn import (
     PanelTitle,
@@ -52,13 +54,14 @@ from lightning_embeddings.drawn import (
 from lightning_embeddings.paths import class_medians, distance_to_final, fit_rows, map_paths, misclassified, movers
 from lightning_embeddings.figures import save
 from lightning_embeddings.layers import LayerSpec
-from lightning_embeddings.layout import file_stem
+from lightning_embeddings.layout import SPLIT, file_stem
 from lightning_embeddings.overview import draw_overview
 from lightning_embeddings.page import require_plotly, write_html
 from lightning_embeddings.palette import Palette, label_palette
 from lightning_embeddings.reader import RunReader, as_reader
-from lightning_embeddings.run_samples import recorded
+from lightning_embeddings.run_samples import GALLERY, recorded, suspects
 from lightning_embeddings.snapshots import draw_snapshots
+from lightning_embeddings.suspects import draw_suspects
 
 
 def plot_layer(
@@ -66,7 +69,8 @@ def plot_layer(
 ) -> list[Path]:
     """Draw one layer's PNGs: ``<layer>-snapshots.png``, ``<layer>-overview.png`` and, where logits were
     recorded, ``<layer>-datamap.png`` (``<layer>`` the column as :func:`~.store.file_stem` names files: ``head.1``
-    as is, ``/`` and a leading ``.`` percent-encoded).
+    as is, ``/`` and a leading ``.`` percent-encoded). The suspects' gallery, which needs no map, is
+    :func:`plot_suspects`'.
 
     The pictures of the map draw the evaluated split (``val``; ``test`` for ``trainer.test`` snapshots), never the
     training rows of ``record_train``. The snapshots picture has one panel per snapshot (``fit`` first, then
@@ -120,6 +124,39 @@ def plot_layer(
     if datamap is not None:
         written.append(save(datamap_figure(info, *datamap), datamap_png))
     return written
+
+
+def plot_suspects(run: Union[RunReader, PathLike], layer: LayerSpec, path: Optional[PathLike] = None,
+                  samples: Optional[pd.DataFrame] = None, split: Optional[str] = None, top: int = GALLERY) -> Optional[Path]:
+    """Draw ``<layer>-suspects.png``: the ``top`` samples most likely mislabelled of ``split`` (by default the split
+    with the most labels: the training split under ``record_train``), each with its thumbnail or text, its label,
+    the label its neighbours hold and its prediction, beside its 5 nearest neighbours (cosine, in the layer's
+    vectors at the last ``fit`` snapshot) and theirs. Needs no map. None, and no file, where the split has no
+    labels.
+
+    Args:
+        run: an :class:`EmbeddingRun` or its directory.
+        layer: the layer (column name, module name, spec or index).
+        path: the directory to write to; ``<run>/plots`` by default.
+        samples: the layer's :func:`~lightning_embeddings.run_samples.recorded` samples, where the caller has them.
+        split: ``"val"`` or ``"train"``.
+        top: how many suspects.
+
+    Example::
+
+        from lightning_embeddings.plot import plot_suspects
+
+        plot_suspects(EmbeddingRun(collector.dirpath), "head.1")   # .../plots/head.1-suspects.png
+    """
+    run = as_reader(run)
+    column = run.column(layer)
+    samples = recorded(run, column) if samples is None else samples
+    gallery = suspects(run, column, samples, top=top, split=split)
+    if gallery is None:
+        return None
+    evaluated = samples[(samples[SPLIT] != "train").to_numpy()]  # the maps' colours: of the evaluated split's labels
+    palette = label_palette((evaluated if len(evaluated) else samples)["label"].to_numpy())
+    return draw_suspects(gallery, palette, output_dir(run, path) / f"{file_stem(column)}-suspects.png")
 
 
 def layer_pictures(directory: Path, column: str) -> list[Path]:
@@ -179,6 +216,7 @@ __all__ = [
     "panel_title",
     "plot_layer",
     "plot_run",
+    "plot_suspects",
     "snapshot_label",
     "stratified_sample",
     "write_html",

@@ -12,20 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lightning_embeddings.dynamics import SnapshotView, by_suspicion, sample_dynamics
+from lightning_embeddings.dynamics import SnapshotView, by_suspicion, nearest_to, sample_dynamics
 from lightning_embeddings.layout import SAMPLES, SPLIT
 from lightning_embeddings.reader import RunReader, labelled, locate, row_keys
-from lightning_embeddings.store import METADATA_KEY, RunError
+from lightning_embeddings.store import METADATA_KEY, RunError, sample_keys
 
 SAMPLE_SPLITS = ("val", "train")  # the splits samples() follows across fit
 SAMPLE_KEYS = (SPLIT, "dataloader_idx", "sample_id")  # what names a sample
+GALLERY, GALLERY_NEIGHBOURS = 20, 5  # the suspects in the gallery, and the neighbours shown beside each
 SAMPLES_FORMAT = 2  # samples.parquet's columns: 2 added neighbour_label and prediction (a file of 1 is made again)
 
 
@@ -182,3 +183,52 @@ def sample_columns(frame: pd.DataFrame, samples: Optional[pd.DataFrame], columns
     known = known.drop_duplicates(list(SAMPLE_KEYS))
     merged = rows.merge(known, on=list(SAMPLE_KEYS), how="left", validate="many_to_one")
     return merged[columns].set_axis(frame.index)
+
+
+class Gallery(NamedTuple):
+    """What the suspects gallery shows of a layer (:func:`suspects`)."""
+
+    column: str
+    split: str  # the split with the most labelled samples: "train" under record_train, else "val"
+    rows: pd.DataFrame  # its top suspects: samples()' columns, by suspicion
+    neighbours: pd.DataFrame  # per suspect (``suspect``: its position in ``rows``) its nearest: rank, sample_id, ...
+    inputs: pd.DataFrame  # image or text of every sample shown (EmbeddingRun.inputs); empty where none were kept
+
+
+def gallery_split(samples: pd.DataFrame) -> Optional[str]:
+    """The split of ``samples`` (:func:`recorded`) with the most labelled rows; None where none has a label."""
+    counts = samples[samples["label"].notna()].groupby(SPLIT).size() if "label" in samples else pd.Series(dtype=int)
+    return str(counts.sort_values(ascending=False, kind="stable").index[0]) if len(counts) else None
+
+
+def suspects(run: RunReader, column: str, samples: pd.DataFrame, top: int = GALLERY,
+             shown: int = GALLERY_NEIGHBOURS, split: Optional[str] = None) -> Optional[Gallery]:
+    """The ``top`` suspects of ``split`` (by default the :func:`gallery_split`) of ``samples`` (:func:`recorded` of
+    ``column``), each with its ``shown`` nearest neighbours (cosine, exact) in the layer's vectors at the last
+    ``fit`` snapshot, and the inputs kept of all of them; None where no split has labels.
+
+    Example::
+
+        found = suspects(run, "head.1", recorded(run, "head.1"))
+        found.rows[["sample_id", "label", "neighbour_label"]]
+    """
+    split = gallery_split(samples) if split is None else split
+    if split is None or not (samples[SPLIT] == split).any():
+        return None
+    rows = samples[(samples[SPLIT] == split).to_numpy()].head(top).reset_index(drop=True)
+    fit = [s for s in run.manifest["snapshots"] if s["stage"] == "fit"]
+    last = run.rows(fit[-1], split=split)
+    ids, loaders = rows["sample_id"].to_numpy(np.int64), rows["dataloader_idx"].to_numpy(np.int64)
+    found, here = locate(last, sample_keys(ids, loaders, np.full(len(rows), split)))
+    near = nearest_to(run.read(last, column, last.stored), found, shown)
+    near[~here] = -1
+    keys = last.keys.select([c for c in ("sample_id", "dataloader_idx", "label") if c in last.keys.column_names])
+    picked = keys.take(pa.array(np.maximum(near.ravel(), 0))).to_pandas()
+    picked.insert(0, "suspect", np.repeat(np.arange(len(rows)), shown))
+    picked.insert(1, "rank", np.tile(np.arange(1, shown + 1), len(rows)))
+    neighbours = picked[near.ravel() >= 0].reset_index(drop=True)
+    try:
+        kept = run.inputs(split)
+    except ValueError:  # inputs=False, or neither image nor text: the gallery shows labels only
+        kept = pd.DataFrame(columns=["sample_id", "split", "dataloader_idx", "image", "text"])
+    return Gallery(column, split, rows, neighbours, kept)

@@ -275,6 +275,23 @@ def test_samples_prints_the_ranked_table_and_json(run_with_train, capsys):
         zip(expected["neighbour_label"], expected["prediction"]))
 
 
+def test_samples_show_draws_the_gallery_and_json_stays_json(run_with_train, capsys, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_with_train.path, copy)
+    status, out, _ = cli(capsys, "samples", copy, "--split", "train", "--top", "4", "--show")
+    assert status == 0
+    gallery = copy / "plots" / "head.1-suspects.png"
+    assert out.splitlines()[-1] == str(gallery) and Image.open(gallery).format == "PNG"
+    assert len(out.splitlines()) == 2 + 4 + 1  # title, header, 4 rows, the gallery's path
+    status, out, err = cli(capsys, "samples", copy, "--split", "val", "--top", "3", "--show", "--json")
+    assert status == 0 and len(json.loads(out)) == 3  # stdout stays one JSON document
+    assert err.strip().endswith("head.1-suspects.png")
+
+
 def test_parse_value():
     assert [parse_value(v) for v in ["30", "-2", "0.5", "1e-3", "TRUE", "false", "None", "cosine"]] == [
         30, -2, 0.5, 0.001, True, False, None, "cosine"

@@ -36,7 +36,7 @@ def test_digits_example_runs_and_prints_its_run(tmp_path, run_example, capsys):
     assert "epochs: [0, 1, 2]" in out
     assert "layer 'features.1' (index 3, ReLU, avg_pool_2_2): 64 dims, 449 samples per epoch" in out
     assert (f"pictures in {run_dir / 'plots'}: features.1-overview.png, features.1-snapshots.png, "
-            "head.1-overview.png, head.1-snapshots.png") in out
+            "features.1-suspects.png, head.1-overview.png, head.1-snapshots.png, head.1-suspects.png") in out
     run = EmbeddingRun(run_dir)
     assert run.manifest["reducer"]["name"] == "pca"
     assert len(run.projections("head.1")) == 3 * 449

@@ -129,8 +129,8 @@ def test_file_names_on_disk_are_said_only_by_layout():
         assert not literals & names, f"{path.name} spells {literals & names} instead of importing it from layout"
 
 
-PICTURES = {"drawn", "palette", "figures", "snapshots", "overview", "datamap"}  # read what is drawn, or draw it
-MAY_USE = {"paths": {"keyed", "fit_rows", "MapPaths"}, "run_samples": {"sample_columns"}}  # keys, rows, joins
+PICTURES = {"drawn", "palette", "figures", "snapshots", "overview", "datamap", "suspects"}  # read what is drawn, or draw it
+MAY_USE = {"paths": {"keyed", "fit_rows", "MapPaths"}, "run_samples": {"sample_columns", "Gallery"}}  # data
 
 
 def test_pictures_compute_no_analysis_and_fit_no_map():

@@ -98,4 +98,5 @@ def test_every_python_block_runs_as_written(workdir):
     (quick_start,) = [m.parent for m in workdir.glob("lightning_logs/version_*/embeddings/manifest.json")
                       if (json.loads(m.read_text())["reducer"] or {}).get("name") == "pacmap"]
     assert sorted(p.name for p in (quick_start / "plots").glob("*.png")) == [
-        "features.1-overview.png", "features.1-snapshots.png", "head.1-overview.png", "head.1-snapshots.png"]
+        "features.1-overview.png", "features.1-snapshots.png", "features.1-suspects.png", "head.1-overview.png",
+        "head.1-snapshots.png", "head.1-suspects.png"]

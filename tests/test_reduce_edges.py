@@ -163,11 +163,12 @@ def test_a_reduce_draws_the_pictures_a_run_wants_even_where_the_fit_drew_none(tm
     _, collector = fit_collector(tmp_path, trainer_kwargs=SHORT, max_samples=N, reducer=None, plots=True)
     run = EmbeddingRun(collector.dirpath)
     assert run.manifest["pictures"] == {"png": True, "html": False}
-    assert not (run.path / PLOTS).exists()  # no map, no pictures
+    galleries = ["features.1-suspects.png", "head.1-suspects.png"]  # issue 25: the suspects need no map
+    assert sorted(p.name for p in (run.path / PLOTS).iterdir()) == galleries  # no map, no pictures of one
     maps = run.reduce(reducer="pca", progress=False)
     names = ["features.1-snapshots.png", "features.1-overview.png", "head.1-snapshots.png", "head.1-overview.png"]
     assert [p.name for p in maps.drawn] == names
-    assert sorted(p.name for p in (run.path / PLOTS).iterdir()) == sorted(names)
+    assert sorted(p.name for p in (run.path / PLOTS).iterdir()) == sorted(names + galleries)
 
 
 def test_a_reduce_of_a_copied_or_moved_run_never_rewrites_another_runs_projector(run, tmp_path):

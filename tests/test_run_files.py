@@ -91,7 +91,8 @@ def test_module_names_like_paths_write_nothing_outside_the_run(tmp_path):
         assert len(run.projections(column)) == 2 * N_VAL
     assert run.vectors("../../escape")[1].shape == (N_VAL, 32)
     pictures = sorted(path.name for path in (run.path / "plots").iterdir())
-    assert pictures == sorted(f"{layout.file_stem(c)}-{kind}.png" for c in layers for kind in ("snapshots", "overview"))
+    assert pictures == sorted(f"{layout.file_stem(c)}-{kind}.png" for c in layers
+                              for kind in ("snapshots", "overview", "suspects"))
     assert layout.file_stem("head.1") == "head.1" and layout.file_stem("..") == "%2E."  # old names kept, none hidden
 
 
