@@ -42,6 +42,7 @@ def test_joint_keeps_early_structure_better_than_last(forming):
     assert abs(joint[-1] - last[-1]) < 0.05
 
 
+@pytest.mark.slow  # numba compiles AlignedUMAP: about 17 s
 def test_aligned_umap_gives_each_snapshot_its_own_map(forming):
     maps = forming.reduce(reducer="umap", align="aligned", progress=False)["forming"]
     trust = _trust(forming)

@@ -52,6 +52,7 @@ def test_digits_cli_example_runs_from_its_yaml(tmp_path, run_example):
     assert run.manifest["reducer"]["name"] == "pacmap"
 
 
+@pytest.mark.slow  # its align="aligned" maps: numba compiles AlignedUMAP, about 17 s
 def test_forming_example_compares_the_alignments(tmp_path, run_example, capsys):
     # at a reduced size: 3 epochs of 100 samples (by default 5 epochs, all 600 forming and 449 digits samples)
     run_example("forming.py", "--out", str(tmp_path), "--epochs", "3", "--samples", "100")

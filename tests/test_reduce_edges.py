@@ -235,6 +235,7 @@ def test_non_finite_rows_are_left_out_of_the_map_counted_and_warned_about_once(r
     assert np.isnan(vectors[ids == ids_last[0]]).any() and np.isinf(vectors[ids == ids_last[1]]).any()
 
 
+@pytest.mark.slow  # numba compiles AlignedUMAP: about 17 s
 def test_aligned_umap_leaves_non_finite_rows_out_too(run):
     last = run.snapshots[1]["name"]
     ids = _patch(run, 1, "head.1", lambda v: v.__setitem__(0, np.nan))

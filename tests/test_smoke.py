@@ -50,8 +50,8 @@ def test_fast_dev_run_smoke_tests_rerun_in_one_place_with_a_pca_map(tmp_path):
         path = Path(run["dirpath"])
         assert path.parent.name.startswith("lightning-embeddings-fast_dev_run-") and tmp_path not in path.parents
         assert run["reducer"] == "pca"
-        assert run["pictures"] == ["features.1-overview.png", "features.1-snapshots.png", "head.1-overview.png",
-                                   "head.1-snapshots.png"]
+        assert run["pictures"] == ["features.1-overview.png", "features.1-snapshots.png", "features.1-suspects.png",
+                                   "head.1-overview.png", "head.1-snapshots.png", "head.1-suspects.png"]
         assert f"fast_dev_run: the map is made with PCA instead of umap, in the throwaway run {path}" in done.stderr
     assert not result["umap_imported"]  # no UMAP import, no numba compile in a smoke test
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing piles up where the tests run
