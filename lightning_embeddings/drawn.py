@@ -35,7 +35,7 @@ from lightning_embeddings.layers import LayerSpec
 from lightning_embeddings.layout import PLOTS, SPLIT, file_stem, projection_file, snapshot_name
 from lightning_embeddings.palette import Palette, label_palette, plain
 from lightning_embeddings.reader import RunReader
-from lightning_embeddings.run_samples import sample_columns
+from lightning_embeddings.run_samples import gallery_split, sample_columns
 
 MAX_POINTS = 20_000  # points drawn per panel (PNG) or per frame (HTML); above it a per-class sample is drawn
 N_SUSPECTS = 10  # the samples most likely mislabelled, marked with their ids
@@ -196,7 +196,9 @@ class LayerView:
     trust: dict[str, Optional[float]]
     motion: dict[str, Optional[float]]  # temporal preservation of the paths into each fit snapshot after the first
     samples: pd.DataFrame  # samples() of every recorded split, with ``split``; empty where there are none
-    suspects: pd.DataFrame  # the top N_SUSPECTS of the drawn split's samples() by suspicion
+    suspects: pd.DataFrame  # the top N_SUSPECTS by suspicion of samples() of the split with the most labels
+    suspects_split: str  # that split: "train" under record_train (as the table and the gallery), else "val"
+    suspect_rows: Optional[pd.DataFrame]  # where they are: keyed rows of the last fit snapshot (None: the panel's)
     hover: list[str]  # the dynamics columns in ``frame`` shown on the page's hover
     fitted_on: Optional[str]
     align: Optional[str]
@@ -224,15 +226,17 @@ class LayerView:
 
 def load_layer(run: RunReader, layer: LayerSpec, samples: pd.DataFrame) -> LayerView:
     """A layer's :class:`LayerView`, read from ``run`` (its projections and the manifest's facts) with ``samples``,
-    the layer's :func:`~lightning_embeddings.run_samples.recorded` frame, handed over: the evaluated split's top
-    suspects are marked and its dynamics shown on hover.
+    the layer's :func:`~lightning_embeddings.run_samples.recorded` frame, handed over: the top suspects of the
+    split with the most labels (the table's and the gallery's) are marked where they are in the map, the evaluated
+    split's dynamics shown on hover.
 
     Example::
 
         view = load_layer(run, "head.1", recorded(run, "head.1"))
     """
     column = run.column(layer)
-    frame = keyed(evaluated(run.projections(layer)))
+    projections = run.projections(layer)
+    frame = keyed(evaluated(projections))
     record = run.manifest.get("reducer") or {}
     facts = (record.get("layers") or {}).get(column) or {}
     trust = dict(facts.get("trustworthiness") or {})
@@ -253,14 +257,27 @@ def load_layer(run: RunReader, layer: LayerSpec, samples: pd.DataFrame) -> Layer
     labels = frame.get("label")
     keep, total = stratified_sample(frame, limit=MAX_POINTS)
     drawn = samples[(samples[SPLIT] == "val").to_numpy()]
-    suspects = drawn[drawn["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in drawn else drawn
+    split = gallery_split(samples) or "val"
+    marked = samples[(samples[SPLIT] == split).to_numpy()]
+    suspects = marked[marked["suspicion"].notna().to_numpy()].head(N_SUSPECTS) if "suspicion" in marked else marked
     hover = [c for c in HOVER_DYNAMICS if c in drawn and drawn[c].notna().any()]
     for dynamic, values in sample_columns(frame, drawn, hover).items():
         frame[dynamic] = values.to_numpy()
     return LayerView(
-        column, frame, snapshots, trust, motion, samples, suspects, hover, fitted_on, record.get("align"), str(name),
-        label_palette(labels), "z" in frame, keep, total, run.path,
+        column, frame, snapshots, trust, motion, samples, suspects, split, _placed(projections, split, snapshots), hover,
+        fitted_on, record.get("align"), str(name), label_palette(labels), "z" in frame, keep, total, run.path,
     )
+
+
+def _placed(projections: pd.DataFrame, split: str, snapshots: list[dict[str, Any]]) -> Optional[pd.DataFrame]:
+    """The keyed rows of ``split`` in the last ``fit`` snapshot of the map, where its suspects are marked; None for
+    the evaluated split (its panel's rows hold them)."""
+    fit = [s for s in snapshots if s["stage"] == "fit"]
+    if split == "val" or not fit or SPLIT not in projections:
+        return None
+    last = projections[(projections[SPLIT] == split).to_numpy() & (projections["stage"] == "fit").to_numpy()
+                       & (projections["step"] == fit[-1]["step"]).to_numpy()]
+    return keyed(last)
 
 
 def kept(info: LayerView, rows: pd.DataFrame) -> pd.DataFrame:

@@ -137,7 +137,7 @@ def mark_suspects(ax: "Axes", rows: pd.DataFrame, suspects: pd.DataFrame, size: 
     xy = at[["x", "y"]].to_numpy(float)
     ax.scatter(xy[:, 0], xy[:, 1], marker="D", facecolors="none", edgecolors=SUSPECT, s=size, linewidths=1.4, zorder=8)
     handle = Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor=SUSPECT, markeredgewidth=1.4,
-                    linestyle="", label=f"the {len(at)} {SUSPECTS_SAID}, with ids")
+                    linestyle="", label=f"the {len(at)} {'training samples ' * (split == 'train')}{SUSPECTS_SAID}, with ids")
     names = [sample_name(loader, i, several) for loader, i in zip(at["dataloader_idx"], at["sample_id"])]
     return Suspects(ax, names, xy, size, handle)
 

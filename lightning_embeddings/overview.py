@@ -101,7 +101,8 @@ def overview_figure(info: LayerView, paths: MapPaths) -> Any:
     handles = _mark_misclassified(ax, info, wrong, len(drawn))
     if len(steps) >= 2 and info.paths_faithful():
         handles += _draw_paths(ax, info, rows, paths)
-    marked = mark_suspects(ax, last, info.suspects, max(36.0, point_size(len(drawn)) * 8), several_loaders(info))
+    marked = mark_suspects(ax, last if info.suspect_rows is None else info.suspect_rows, info.suspects,
+                           max(36.0, point_size(len(drawn)) * 8), several_loaders(info), info.suspects_split)
     if marked is not None:
         handles.append(marked.handle)
     xlim, ylim = limits(rows)

@@ -85,8 +85,9 @@ def plot_layer(
     position against the global step. A 3-D map is drawn by its x and y, and the titles say so.
 
     In both, the last ``fit`` snapshot marks the 10 samples most likely mislabelled (the first rows of
-    :meth:`~lightning_embeddings.EmbeddingRun.samples`, by ``suspicion``) with a hollow diamond and their ids,
-    where the run has labels.
+    :meth:`~lightning_embeddings.EmbeddingRun.samples`, by ``suspicion``, of the split with the most labels: the
+    training split under ``record_train``, as the table and the gallery, marked where its rows are in the map) with
+    a hollow diamond and their ids, where the run has labels.
 
     The data map (Dataset Cartography, Swayamdipta et al. 2020) draws each sample's variability against its
     confidence in its label across ``fit``, coloured by the share of snapshots that predicted it right, of the

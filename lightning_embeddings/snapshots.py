@@ -69,7 +69,8 @@ def snapshots_figure(info: LayerView) -> Any:
         scatter(ax, info, drawn)
         _zoom_in(ax, info, drawn, xlim, ylim)
         if index == last_fit:
-            marked = mark_suspects(ax, rows, info.suspects, max(24.0, point_size(len(drawn)) * 5), several_loaders(info))
+            marked = mark_suspects(ax, rows if info.suspect_rows is None else info.suspect_rows, info.suspects,
+                                   max(24.0, point_size(len(drawn)) * 5), several_loaders(info), info.suspects_split)
         title = panel_title(
             snapshot, info.trust.get(snapshot["name"]), motion=info.motion.get(snapshot["name"]), shown=len(drawn),
             total=len(rows), fitted=snapshot["name"] == info.fitted_on, align=info.align or "last",

@@ -130,7 +130,7 @@ def test_file_names_on_disk_are_said_only_by_layout():
 
 
 PICTURES = {"drawn", "palette", "figures", "snapshots", "overview", "datamap", "suspects"}  # read what is drawn, or draw it
-MAY_USE = {"paths": {"keyed", "fit_rows", "MapPaths"}, "run_samples": {"sample_columns", "Gallery"}}  # data
+MAY_USE = {"paths": {"keyed", "fit_rows", "MapPaths"}, "run_samples": {"sample_columns", "Gallery", "gallery_split"}}
 
 
 def test_pictures_compute_no_analysis_and_fit_no_map():

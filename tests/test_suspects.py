@@ -133,3 +133,27 @@ def test_a_text_run_shows_each_suspects_text_and_its_neighbours(tmp_path):
         near = gallery.neighbours[gallery.neighbours["suspect"] == row]
         assert [line.split(":")[0] for line in texts[row * 6 + 1:row * 6 + 6]] == [f"#{i}" for i in near["sample_id"]]
     assert_legible(figure)
+
+
+def test_the_maps_mark_the_same_splits_suspects_as_the_table_and_the_gallery(run):
+    """Issue 25: the PNGs marked the validation set's suspects while the table and the gallery showed the training
+    set's. The training rows are placed in the map too: their top suspects are marked where they are."""
+    from lightning_embeddings import drawn, overview, snapshots
+    from lightning_embeddings.paths import map_paths
+
+    info = drawn.load_layer(run, "head.1", recorded(run, "head.1"))
+    top = run.samples("head.1", split="train").head(10)
+    assert info.suspects_split == "train" and info.suspects["sample_id"].tolist() == top["sample_id"].tolist()
+    maps = run.projections("head.1")
+    last = maps[(maps["split"] == "train") & (maps["step"] == maps["step"].max())].set_index("sample_id")
+    expected = [(str(i), tuple(last.loc[i, ["x", "y"]].to_numpy(float))) for i in top["sample_id"]]
+    for figure in (overview.overview_figure(info, map_paths(info.frame)), snapshots.snapshots_figure(info)):
+        marked = [ax for ax in figure.axes if any(t.get_gid() == "suspect" for t in ax.texts)]
+        assert len(marked) == 1
+        marks = [(t.get_text(), tuple(map(float, t.xy))) for t in marked[0].texts if t.get_gid() == "suspect"]
+        assert [name for name, _ in marks] == [name for name, _ in expected]
+        np.testing.assert_allclose([xy for _, xy in marks], [xy for _, xy in expected], rtol=1e-6)
+        legend = [t.get_text() for legend in [*figure.legends, *(ax.get_legend() for ax in figure.axes)] if legend
+                  for t in legend.get_texts()]
+        assert "the 10 training samples most likely mislabelled (suspicion), with ids" in legend
+    assert set(info.frame["split"]) == {"val"}  # the points drawn are still the evaluated split's
