@@ -66,6 +66,7 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch, capsys, script, ar
     assert printed in result.stdout
 
 
+@SLOW  # a fit, then the script's five parametric maps
 def test_parametric_variants_runs_on_a_recorded_run(tmp_path, monkeypatch, capsys):
     from conftest import fit_collector
 

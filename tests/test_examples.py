@@ -43,6 +43,7 @@ def test_digits_example_runs_and_prints_its_run(tmp_path, run_example, capsys):
     assert all((run_dir / "plots" / f"head.1-{kind}.png").stat().st_size > 0 for kind in ("overview", "snapshots"))
 
 
+@pytest.mark.slow  # a LightningCLI run, as the other LightningCLI tests
 def test_digits_cli_example_runs_from_its_yaml(tmp_path, run_example):
     run_example("digits_cli.py", "fit", "--config", str(EXAMPLES / "digits.yaml"), "--trainer.default_root_dir",
                 str(tmp_path))
