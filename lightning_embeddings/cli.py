@@ -77,8 +77,7 @@ def _run(argv: list[str]) -> int:
 
 def _lock_while_writing(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The run's lock for a command that writes into an existing run; nothing otherwise."""
-    writes = getattr(args, "writes", False) or getattr(args, "show", False)  # samples --show draws into the run
-    run_dir = Path(args.run_dir) if writes else None
+    run_dir = Path(args.run_dir) if getattr(args, "writes", False) else None
     return RunLock(run_dir) if run_dir is not None and (run_dir / MANIFEST).is_file() else contextlib.nullcontext()
 
 

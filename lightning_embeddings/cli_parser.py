@@ -68,6 +68,17 @@ def _command(
     return parser
 
 
+class _Writes(argparse.Action):
+    """A flag that makes its command write into the run, so that it holds the run's lock: ``samples --show``."""
+
+    def __init__(self, option_strings: Any, dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, True)
+        namespace.writes = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lightning-embeddings`` argument parser, one sub-parser per command."""
     from lightning_embeddings._version import __version__
@@ -244,7 +255,7 @@ def _add_samples(commands: Any) -> None:
                          help="the validation or the training samples (default: %(default)s)")
     parser.add_argument("--top", type=_positive_int, default=20, help="how many rows (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
-    parser.add_argument("--show", action="store_true",
+    parser.add_argument("--show", action=_Writes,
                         help=f"also draw the gallery of the top suspects (at most {GALLERY_MAX}) as they are, each "
                              f"beside its nearest neighbours, to RUN_DIR/{PLOTS}/<layer>-suspects.png, and print it")
 

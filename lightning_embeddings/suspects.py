@@ -66,11 +66,10 @@ def suspects_figure(gallery: Gallery, palette: Palette) -> Any:
         _mosaic(beside, gallery, inputs, palette, shown)
     for i, suspect in gallery.rows.iterrows():
         _said(said, i, suspect, gallery.split, palette)
+        if kind == "text":
+            _text(beside, i, _input(inputs, suspect, "text"))
         if kind != "image":
-            near = gallery.neighbours[gallery.neighbours["suspect"] == i].sort_values("rank")
-            if kind == "text":
-                _text(beside, i, _input(inputs, suspect, "text"))
-            _neighbours_text(beside, i, 0.48 if kind == "text" else 0.0, near, inputs, palette)
+            _neighbours_text(beside, i, 0.48 if kind == "text" else 0.0, _near(gallery, i), inputs, palette)
     return fig
 
 
@@ -89,10 +88,9 @@ def _mosaic(ax: "Axes", gallery: Gallery, inputs: Optional[pd.DataFrame], palett
     rows = max(len(gallery.rows), 1)
     canvas = np.full((rows * ROW, (1 + shown) * COLUMN, 3), 255, np.uint8)
     for i, suspect in gallery.rows.iterrows():
-        near = gallery.neighbours[gallery.neighbours["suspect"] == i].sort_values("rank")
         cells = [(suspect, SUSPECT, f"#{suspect['sample_id']}")]
         cells += [(other, palette.color(other.get("label")), f"#{other['sample_id']}: {label_text(other.get('label'))}")
-                  for _, other in near.iterrows()]
+                  for _, other in _near(gallery, i).iterrows()]
         for j, (sample, frame, caption) in enumerate(cells):
             ys, xs = cell_box(i, j)
             canvas[ys.start - FRAME:ys.stop + FRAME, xs.start - FRAME:xs.stop + FRAME] = np.round(
@@ -133,6 +131,11 @@ def _title(gallery: Gallery, shown: int, kind: Optional[str], chars: int) -> str
 
 def _split_words(split: str) -> str:
     return {"train": "training samples", "val": "validation samples", "test": "test samples"}.get(split, f"{split} samples")
+
+
+def _near(gallery: Gallery, row: int) -> pd.DataFrame:
+    """The neighbours of the suspect in ``row``, nearest first."""
+    return gallery.neighbours[(gallery.neighbours["suspect"] == row).to_numpy()].sort_values("rank")
 
 
 def _input(inputs: Optional[pd.DataFrame], row: pd.Series, kind: str) -> Any:

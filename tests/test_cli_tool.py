@@ -292,6 +292,15 @@ def test_samples_show_draws_the_gallery_and_json_stays_json(run_with_train, caps
     assert err.strip().endswith("head.1-suspects.png")
 
 
+def test_samples_show_makes_the_command_a_writer_that_holds_the_run_lock():
+    from lightning_embeddings.cli_parser import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["samples", "RUN", "--show"]).writes is True
+    assert parser.parse_args(["samples", "RUN"]).writes is False
+    assert parser.parse_args(["plot", "RUN"]).writes is True and parser.parse_args(["info", "RUN"]).writes is False
+
+
 def test_parse_value():
     assert [parse_value(v) for v in ["30", "-2", "0.5", "1e-3", "TRUE", "false", "None", "cosine"]] == [
         30, -2, 0.5, 0.001, True, False, None, "cosine"
